@@ -1,0 +1,74 @@
+"""Every child process group the agent starts, so shutdown can stop them all.
+
+Children run in their own sessions (process groups). Shutdown sends TERM to each group,
+waits a grace period, then KILLs whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import structlog
+
+log = structlog.get_logger()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def signal_group(pgid: int, signum: int) -> bool:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class ChildRegistry:
+    def __init__(self) -> None:
+        self._groups: dict[int, str] = {}
+
+    def add(self, pgid: int, what: str) -> None:
+        self._groups[pgid] = what
+
+    def discard(self, pgid: int) -> None:
+        self._groups.pop(pgid, None)
+
+    @property
+    def groups(self) -> dict[int, str]:
+        return dict(self._groups)
+
+    async def terminate_all(self, grace: float) -> None:
+        groups = {g: w for g, w in self._groups.items() if _group_alive(g)}
+        if not groups:
+            return
+        for pgid in groups:
+            signal_group(pgid, signal.SIGHUP)
+            signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        pending = set(groups)
+        delay = 0.01
+        while pending and time.monotonic() < deadline:
+            # Children are reaped by their owners' asyncio watchers; we only observe.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            pending = {g for g in pending if _group_alive(g)}
+        for pgid in pending:
+            log.warning("children.kill_after_grace", pgid=pgid, what=groups[pgid], grace=grace)
+            signal_group(pgid, signal.SIGKILL)
+        self._groups.clear()
+
+    def kill_all_now(self) -> None:
+        for pgid in list(self._groups):
+            signal_group(pgid, signal.SIGKILL)
+        self._groups.clear()

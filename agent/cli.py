@@ -1,0 +1,66 @@
+"""``wsagent agent``: parse settings, become PID 1's reaper if needed, run the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.config import load_config
+from agent.errors import ConfigError
+
+EXIT_USAGE = 2
+
+
+def run_agent(argv: Sequence[str]) -> int:
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as exc:
+        print(f"wsagent agent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from agent import reaper
+
+    if reaper.should_reap(config.no_reap):
+        return reaper.run_as_init([sys.executable, "-m", "wsagent", "agent", *argv])
+
+    from agent import logs
+    from agent.app import Agent, run_until_signalled
+    from agent.wiring import wire_components
+
+    try:
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = logs.configure(
+            log_file=config.log_dir / "coder-agent.log",
+            max_bytes=config.log_max_bytes,
+            level=os.environ.get("CODER_AGENT_LOG_LEVEL", "info"),
+        )
+    except OSError as exc:
+        print(f"wsagent agent: error: CODER_AGENT_LOG_DIR: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    import structlog
+
+    structlog.get_logger().info(
+        "agent.starting",
+        version=f"v{__version__}",
+        url=config.url,
+        auth=config.auth,
+        pid=os.getpid(),
+    )
+
+    async def main() -> int:
+        agent = Agent(config)
+        wire_components(agent)
+        return await run_until_signalled(agent)
+
+    try:
+        return asyncio.run(main())
+    except ConfigError as exc:
+        print(f"wsagent agent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if log_file is not None:
+            log_file.close()

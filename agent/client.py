@@ -1,0 +1,241 @@
+"""The agent's REST client: one method per endpoint of the agent API.
+
+REST calls carry ``Coder-Session-Token`` and a 10 s timeout; WebSocket dials (made by the
+coordinator and the PTY dial-back) use the ``coder_session_token`` cookie. Errors come back
+typed: :class:`ApiError` (with the status and Coder's error body), :class:`TransportError`
+and :class:`DecodeError`. No httpx exception escapes this module.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+from agent.errors import ApiError, DecodeError, TransportError, UnauthorizedError
+from agent.sdk import codec
+from agent.sdk.errors import ValidationError
+from agent.sdk.models import (
+    AuthenticateResponse,
+    AWSInstanceIdentityToken,
+    AzureInstanceIdentityToken,
+    ErrorResponse,
+    GitAuthResponse,
+    GitSSHKey,
+    GoogleInstanceIdentityToken,
+    Metadata,
+    PostAppHealthsRequest,
+    PostLifecycleRequest,
+    PostStartupRequest,
+    Stats,
+    StatsResponse,
+)
+
+T = TypeVar("T")
+
+API_PREFIX: Final = "/api/v2"
+REST_TIMEOUT: Final = 10.0
+SESSION_HEADER: Final = "Coder-Session-Token"
+SESSION_COOKIE: Final = "coder_session_token"
+MAX_RESPONSE_BYTES: Final = 16 << 20
+MAX_ERROR_DETAIL: Final = 1024
+
+
+class TokenHolder:
+    """The current agent token; replaced on every identity exchange."""
+
+    def __init__(self, token: str = "") -> None:
+        self.token = token
+
+
+def tls_context(*, insecure_skip_verify: bool, ca_file: str = "") -> ssl.SSLContext | bool:
+    """What httpx should verify with. Verification is on unless the operator turns it off."""
+    if insecure_skip_verify:
+        return False
+    if ca_file:
+        return ssl.create_default_context(cafile=ca_file)
+    return True
+
+
+def websocket_url(base_url: str, path: str, query: str = "") -> str:
+    parts = urlsplit(base_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
+
+
+class ControlPlaneClient:
+    def __init__(
+        self,
+        base_url: str,
+        tokens: TokenHolder,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float | None = REST_TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.tokens = tokens
+        self.verify = verify
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+            follow_redirects=False,
+            headers={"Accept": "application/json", "User-Agent": "wsagent"},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> ControlPlaneClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -------------------------------------------------------------- plumbing
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: str = "",
+        expect: int = 200,
+        auth: bool = True,
+        request_timeout: float | object | None = httpx.USE_CLIENT_DEFAULT,
+    ) -> bytes:
+        url = API_PREFIX + path + (f"?{params}" if params else "")
+        headers: dict[str, str] = {}
+        if auth:
+            headers[SESSION_HEADER] = self.tokens.token
+        content = None
+        if body is not None:
+            content = codec.dumps(body)
+            headers["Content-Type"] = "application/json"
+        full_url = self.base_url + url
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                content=content,
+                headers=headers,
+                timeout=request_timeout,  # type: ignore[arg-type]
+            )
+        except httpx.TimeoutException as exc:
+            raise TransportError(method, full_url, f"timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(method, full_url, _describe(exc)) from exc
+        data = response.content[:MAX_RESPONSE_BYTES]
+        if response.status_code != expect:
+            raise _api_error(method, full_url, response, data)
+        return data
+
+    async def _decode(
+        self,
+        method: str,
+        path: str,
+        decoder: Callable[[object, str], T],
+        **kwargs: Any,
+    ) -> T:
+        data = await self._request(method, path, **kwargs)
+        endpoint = f"{method} {API_PREFIX}{path}"
+        return decoder(codec.loads(endpoint, data), endpoint)
+
+    # -------------------------------------------------------------- endpoints
+
+    async def metadata(self) -> Metadata:
+        return await self._decode("GET", "/workspaceagents/me/metadata", Metadata.from_json)
+
+    async def post_startup(self, request: PostStartupRequest) -> None:
+        await self._request("POST", "/workspaceagents/me/startup", body=request.to_json())
+
+    async def post_lifecycle(self, state: str) -> None:
+        await self._request(
+            "POST",
+            "/workspaceagents/me/report-lifecycle",
+            body=PostLifecycleRequest(state).to_json(),
+            expect=204,
+        )
+
+    async def post_app_health(self, healths: dict[str, str]) -> None:
+        await self._request(
+            "POST",
+            "/workspaceagents/me/app-health",
+            body=PostAppHealthsRequest(healths).to_json(),
+        )
+
+    async def report_stats(self, stats: Stats) -> StatsResponse:
+        return await self._decode(
+            "POST",
+            "/workspaceagents/me/report-stats",
+            StatsResponse.from_json,
+            body=stats.to_json(),
+        )
+
+    async def git_auth(self, url: str, *, listen: bool = False) -> GitAuthResponse:
+        # ``listen`` is a presence flag on the server, so it is sent without a value.
+        params = "url=" + quote(url, safe="") + ("&listen" if listen else "")
+        return await self._decode(
+            "GET",
+            "/workspaceagents/me/gitauth",
+            GitAuthResponse.from_json,
+            params=params,
+            request_timeout=None if listen else httpx.USE_CLIENT_DEFAULT,
+        )
+
+    async def git_ssh_key(self) -> GitSSHKey:
+        return await self._decode("GET", "/workspaceagents/me/gitsshkey", GitSSHKey.from_json)
+
+    async def auth_aws(self, token: AWSInstanceIdentityToken) -> AuthenticateResponse:
+        return await self._identity("aws-instance-identity", token.to_json())
+
+    async def auth_azure(self, token: AzureInstanceIdentityToken) -> AuthenticateResponse:
+        return await self._identity("azure-instance-identity", token.to_json())
+
+    async def auth_google(self, token: GoogleInstanceIdentityToken) -> AuthenticateResponse:
+        return await self._identity("google-instance-identity", token.to_json())
+
+    async def _identity(self, kind: str, body: dict[str, Any]) -> AuthenticateResponse:
+        return await self._decode(
+            "POST",
+            f"/workspaceagents/{kind}",
+            AuthenticateResponse.from_json,
+            body=body,
+            auth=False,
+        )
+
+    def websocket_url(self, path: str, query: str = "") -> str:
+        return websocket_url(self.base_url, API_PREFIX + path, query)
+
+    def websocket_headers(self) -> dict[str, str]:
+        return {"Cookie": f"{SESSION_COOKIE}={self.tokens.token}", "User-Agent": "wsagent"}
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def _api_error(method: str, url: str, response: httpx.Response, data: bytes) -> ApiError:
+    """Turn an error answer into a typed error, as Coder's ReadBodyAsError does."""
+    status = response.status_code
+    cls = UnauthorizedError if status == 401 else ApiError
+    ctype = response.headers.get("content-type", "")
+    if "application/json" not in ctype:
+        detail = data[:MAX_ERROR_DETAIL].decode("utf-8", "replace") or "no response body"
+        return cls(method, url, status, f"unexpected non-JSON response {ctype!r}", detail)
+    if not data.strip():
+        return cls(method, url, status, "empty response body")
+    try:
+        body = ErrorResponse.from_json(codec.loads(f"{method} {url}", data), f"{method} {url}")
+    except DecodeError as exc:
+        return cls(method, url, status, "malformed error body", exc.reason)
+    message = body.message or f"unexpected status code {status}, response has no message"
+    validations = [ValidationError(v.field, v.detail) for v in body.validations]
+    return cls(method, url, status, message, body.detail, validations)

@@ -1,0 +1,242 @@
+"""Agent settings from flags and the environment, with the names `coder agent` uses.
+
+Pure: takes an argv list and an environment mapping, returns a frozen config or raises
+:class:`ConfigError` naming the setting. The CLI turns that into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from agent.errors import ConfigError
+
+AUTH_TOKEN: Final = "token"
+AUTH_AWS: Final = "aws-instance-identity"
+AUTH_GOOGLE: Final = "google-instance-identity"
+AUTH_AZURE: Final = "azure-instance-identity"
+AUTH_AUTO: Final = "auto"
+AUTH_METHODS: Final = (AUTH_TOKEN, AUTH_AWS, AUTH_GOOGLE, AUTH_AZURE, AUTH_AUTO)
+
+MIB: Final = 1 << 20
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(text: str, setting: str) -> float:
+    """Parse a Go-style duration ("1m30s", "250ms") or plain seconds ("2.5") to seconds."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = _parse_go_duration(text, setting)
+    if value < 0:
+        raise ConfigError(setting, "duration must not be negative")
+    return value
+
+
+def _parse_go_duration(text: str, setting: str) -> float:
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ConfigError(setting, f"invalid duration {text!r} (examples: 30s, 5m, 250ms)")
+    return total
+
+
+def parse_size(text: str, setting: str) -> int:
+    """Parse a byte size: "5242880", "5MiB", "512KiB", "1GiB"."""
+    m = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB|K|M|G)?\s*", text)
+    if not m:
+        raise ConfigError(setting, f"invalid size {text!r} (examples: 5MiB, 262144)")
+    scale = {None: 1, "B": 1, "K": 1 << 10, "KiB": 1 << 10, "M": MIB, "MiB": MIB}
+    scale |= {"G": 1 << 30, "GiB": 1 << 30}
+    return int(m.group(1)) * scale[m.group(2)]
+
+
+def parse_bool(text: str, setting: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(setting, f"invalid boolean {text!r}")
+
+
+def validate_url(text: str, setting: str) -> str:
+    if not text:
+        raise ConfigError(
+            setting, "is required (the control plane's URL, e.g. https://coder.example.com)"
+        )
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(setting, f"must be an http:// or https:// URL, got {text!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(setting, f"invalid port in {text!r}") from None
+    if not parts.hostname:
+        raise ConfigError(setting, f"has no host: {text!r}")
+    del port
+    return text.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    url: str
+    auth: str
+    token: str
+    log_dir: Path
+    no_reap: bool = False
+    insecure_skip_verify: bool = False
+    ca_file: str = ""
+    log_max_bytes: int = 5 * MIB
+    log_backups: int = 1
+    startup_log_max_bytes: int = 5 * MIB
+    shutdown_grace: float = 3.0
+    pty_idle_timeout: float = 300.0
+    pty_max_sessions: int = 64
+    pty_scrollback_bytes: int = 256 * 1024
+    dmi_dir: Path = Path("/sys/class/dmi/id")
+    hypervisor_uuid_path: Path = Path("/sys/hypervisor/uuid")
+    aws_metadata_endpoint: str = "http://169.254.169.254"
+    gce_metadata_host: str = "169.254.169.254"
+    azure_imds_endpoint: str = "http://169.254.169.254"
+    google_audience: str = "coder"
+    metadata_timeout: float = 2.0
+    askpass_deadline: float = 300.0
+
+    @property
+    def uses_token_auth(self) -> bool:
+        return self.auth == AUTH_TOKEN
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsagent agent",
+        description="Run the workspace agent in the foreground.",
+    )
+    parser.add_argument("--agent-url", help="control plane URL (env CODER_AGENT_URL)")
+    parser.add_argument("--auth", help=f"one of {', '.join(AUTH_METHODS)} (env CODER_AGENT_AUTH)")
+    parser.add_argument("--agent-token", help="agent token (env CODER_AGENT_TOKEN)")
+    parser.add_argument("--log-dir", help="log directory (env CODER_AGENT_LOG_DIR)")
+    parser.add_argument("--no-reap", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--insecure-skip-tls-verify",
+        action="store_true",
+        default=None,
+        help="do not verify the control plane's TLS certificate "
+        "(env CODER_AGENT_INSECURE_SKIP_TLS_VERIFY)",
+    )
+    return parser
+
+
+def _env_or(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value == "" else value
+
+
+def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
+    """Build the config; flags win over environment variables."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise ConfigError(unknown[0], "unknown flag")
+
+    url = validate_url(args.agent_url or env.get("CODER_AGENT_URL", ""), "CODER_AGENT_URL")
+    token = args.agent_token if args.agent_token is not None else env.get("CODER_AGENT_TOKEN", "")
+    auth = (args.auth or env.get("CODER_AGENT_AUTH", "")).strip()
+    if not auth:
+        auth = AUTH_TOKEN if token else AUTH_AUTO
+    if auth not in AUTH_METHODS:
+        raise ConfigError(
+            "CODER_AGENT_AUTH", f"must be one of {', '.join(AUTH_METHODS)}, got {auth!r}"
+        )
+    if auth == AUTH_TOKEN and not token:
+        raise ConfigError("CODER_AGENT_TOKEN", "is required when CODER_AGENT_AUTH=token")
+
+    log_dir = Path(args.log_dir or _env_or(env, "CODER_AGENT_LOG_DIR", tempfile.gettempdir()))
+    if log_dir.exists() and not log_dir.is_dir():
+        raise ConfigError("CODER_AGENT_LOG_DIR", f"{log_dir} is not a directory")
+
+    insecure = args.insecure_skip_tls_verify
+    if insecure is None:
+        insecure = parse_bool(
+            env.get("CODER_AGENT_INSECURE_SKIP_TLS_VERIFY", ""),
+            "CODER_AGENT_INSECURE_SKIP_TLS_VERIFY",
+        )
+    ca_file = env.get("CODER_AGENT_TLS_CA_FILE", "")
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigError("CODER_AGENT_TLS_CA_FILE", f"{ca_file} is not a readable file")
+
+    def size(name: str, default: int) -> int:
+        raw = env.get(name)
+        return default if not raw else parse_size(raw, name)
+
+    def duration(name: str, default: float) -> float:
+        raw = env.get(name)
+        return default if not raw else parse_duration(raw, name)
+
+    def positive_int(name: str, default: int) -> int:
+        raw = env.get(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, f"invalid integer {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(name, "must be positive")
+        return value
+
+    aws = _env_or(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://169.254.169.254")
+    azure = _env_or(env, "CODER_AGENT_AZURE_IMDS_ENDPOINT", "http://169.254.169.254")
+    for name, value in (
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", aws),
+        ("CODER_AGENT_AZURE_IMDS_ENDPOINT", azure),
+    ):
+        validate_url(value, name)
+
+    return AgentConfig(
+        url=url,
+        auth=auth,
+        token=token,
+        log_dir=log_dir,
+        no_reap=args.no_reap,
+        insecure_skip_verify=insecure,
+        ca_file=ca_file,
+        log_max_bytes=size("CODER_AGENT_LOG_MAX_SIZE", 5 * MIB),
+        startup_log_max_bytes=size("CODER_AGENT_STARTUP_LOG_MAX_SIZE", 5 * MIB),
+        shutdown_grace=duration("CODER_AGENT_SHUTDOWN_GRACE", 3.0),
+        pty_idle_timeout=duration("CODER_AGENT_PTY_IDLE_TIMEOUT", 300.0),
+        pty_max_sessions=positive_int("CODER_AGENT_PTY_MAX_SESSIONS", 64),
+        pty_scrollback_bytes=size("CODER_AGENT_PTY_SCROLLBACK_SIZE", 256 * 1024),
+        dmi_dir=Path(_env_or(env, "CODER_AGENT_DMI_DIR", "/sys/class/dmi/id")),
+        hypervisor_uuid_path=Path(
+            _env_or(env, "CODER_AGENT_HYPERVISOR_UUID_PATH", "/sys/hypervisor/uuid")
+        ),
+        aws_metadata_endpoint=aws.rstrip("/"),
+        gce_metadata_host=_env_or(env, "GCE_METADATA_HOST", "169.254.169.254"),
+        azure_imds_endpoint=azure.rstrip("/"),
+        google_audience=_env_or(env, "CODER_AGENT_GOOGLE_AUDIENCE", "coder"),
+        metadata_timeout=duration("CODER_AGENT_METADATA_TIMEOUT", 2.0),
+        askpass_deadline=duration("CODER_AGENT_GIT_ASKPASS_DEADLINE", 300.0),
+    )

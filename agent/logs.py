@@ -1,0 +1,262 @@
+"""Structured logging: JSON (or readable lines on a terminal) to stdout, JSON lines to
+``<log dir>/coder-agent.log`` (0600, rotated at a size cap), secrets always redacted.
+
+Event names are ``component.event``. A failure that repeats goes through
+:class:`FailureThrottle`, so a retry loop logs the first failure, each change, and then
+rarely.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import structlog
+
+REDACTED: Final = "[REDACTED]"
+SENSITIVE_KEYS: Final = frozenset(
+    {
+        "token",
+        "session_token",
+        "agent_token",
+        "authorization",
+        "password",
+        "private_key",
+        "cookie",
+        "coder_session_token",
+        "secret",
+    }
+)
+_MIN_SECRET_LEN: Final = 8
+
+
+class Redactor:
+    """Remembers secret values (tokens) and scrubs them from every log field."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, secret: str) -> None:
+        # Very short values would scrub ordinary words; real tokens are long.
+        if len(secret) >= _MIN_SECRET_LEN:
+            with self._lock:
+                self._secrets.add(secret)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def __call__(
+        self, _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in event_dict.items():
+            if key.lower() in SENSITIVE_KEYS and value:
+                event_dict[key] = REDACTED
+            elif isinstance(value, str) and self._secrets:
+                event_dict[key] = self.scrub(value)
+            elif isinstance(value, BaseException) and self._secrets:
+                event_dict[key] = self.scrub(repr(value))
+        return event_dict
+
+
+REDACTOR: Final = Redactor()
+
+
+class RotatingFile:
+    """An append-only log file created 0600, rotated to ``.1`` past ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int = 1) -> None:
+        self.path = path
+        self.max_bytes = max(max_bytes, 4096)
+        self.backups = max(backups, 1)
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._size = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(self._fd, 0o600)
+        self._size = os.fstat(self._fd).st_size
+
+    def write(self, line: str) -> None:
+        data = line.encode("utf-8", "replace")
+        with self._lock:
+            if self._fd < 0:
+                return
+            if self._size + len(data) > self.max_bytes and self._size > 0:
+                self._rotate()
+            try:
+                os.write(self._fd, data)
+            except OSError:
+                return
+            self._size += len(data)
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        for index in range(self.backups, 0, -1):
+            src = self.path if index == 1 else self.path.with_name(f"{self.path.name}.{index - 1}")
+            dst = self.path.with_name(f"{self.path.name}.{index}")
+            try:
+                os.replace(src, dst)
+            except FileNotFoundError:
+                pass
+        self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class TeeLogger:
+    """structlog logger writing the console line to a stream and the JSON line to a file."""
+
+    def __init__(self, stream: TextIO, file: RotatingFile | None) -> None:
+        self._stream = stream
+        self._file = file
+
+    def msg(self, json_line: str, console_line: str | None = None) -> None:
+        try:
+            self._stream.write((console_line or json_line) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # stdout closed (daemonised, broken pipe): the file still gets the line
+        if self._file is not None:
+            self._file.write(json_line + "\n")
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+@dataclass
+class _Renderer:
+    console: structlog.dev.ConsoleRenderer | None
+
+    def __call__(
+        self, logger: object, method: str, event_dict: MutableMapping[str, Any]
+    ) -> tuple[tuple[str, str | None], dict[str, Any]]:
+        json_line = json.dumps(event_dict, default=repr, ensure_ascii=False)
+        console_line = None
+        if self.console is not None:
+            console_line = str(self.console(logger, method, dict(event_dict)))
+        return (json_line, console_line), {}
+
+
+def _timestamp(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict["timestamp"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+    return event_dict
+
+
+class _StdlibBridge(logging.Handler):
+    """Sends warnings from httpx/websockets through the same redacting pipeline."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = structlog.get_logger()
+        method = "error" if record.levelno >= logging.ERROR else "warning"
+        getattr(log, method)(f"lib.{record.name}", message=record.getMessage())
+
+
+def configure(
+    *,
+    log_file: Path | None,
+    max_bytes: int = 5 << 20,
+    backups: int = 1,
+    level: str = "info",
+    stream: TextIO | None = None,
+) -> RotatingFile | None:
+    """Configure structlog for the process. Returns the file so the caller can close it."""
+    out = stream or sys.stdout
+    is_tty = False
+    try:
+        is_tty = out.isatty()
+    except (AttributeError, ValueError):
+        pass
+    file = RotatingFile(log_file, max_bytes, backups) if log_file is not None else None
+    console = structlog.dev.ConsoleRenderer(colors=False) if is_tty else None
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            _timestamp,
+            structlog.processors.format_exc_info,
+            REDACTOR,
+            _Renderer(console),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=lambda *_: TeeLogger(out, file),
+        cache_logger_on_first_use=True,
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [_StdlibBridge()]
+    root.setLevel(logging.WARNING)
+    return file
+
+
+@dataclass
+class FailureThrottle:
+    """Decides which repeats of a failing operation are worth a log line.
+
+    The first failure is logged, so is any failure whose ``key`` differs from the last;
+    identical repeats are logged again only after ``first_quiet`` seconds, then at doubling
+    intervals up to ``max_quiet``. Pure: the caller passes ``now``.
+    """
+
+    first_quiet: float = 60.0
+    max_quiet: float = 3600.0
+    _key: str | None = None
+    _count: int = 0
+    _next_log_at: float = 0.0
+    _quiet: float = field(default=0.0)
+
+    def failure(self, key: str, now: float) -> int | None:
+        """Record a failure; return the repeat count if it should be logged, else None."""
+        if key != self._key:
+            self._key = key
+            self._count = 1
+            self._quiet = self.first_quiet
+            self._next_log_at = now + self._quiet
+            return 1
+        self._count += 1
+        if now >= self._next_log_at:
+            self._quiet = min(self._quiet * 2, self.max_quiet)
+            self._next_log_at = now + self._quiet
+            return self._count
+        return None
+
+    def success(self) -> int:
+        """Record a success; return how many failures preceded it (0 if none)."""
+        count = self._count
+        self._key = None
+        self._count = 0
+        return count
+
+    @property
+    def failing(self) -> bool:
+        return self._key is not None
+
+
+def error_key(exc: BaseException) -> str:
+    """A stable description of an error for :class:`FailureThrottle` (type and message)."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def redact_all(values: Iterable[str]) -> None:
+    for value in values:
+        REDACTOR.add(value)

@@ -1,0 +1,70 @@
+"""PID 1 duty: reap orphans and forward signals (DESIGN.md decision 6).
+
+``waitpid(-1)`` inside the asyncio agent would steal its own children's exit statuses, so
+when the agent is PID 1 it forks: the parent only reaps and forwards signals, the child
+(re-executed with ``--no-reap``) runs the agent. The parent exits with the child's code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+FORWARDED: Final = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
+def should_reap(no_reap: bool) -> bool:
+    return os.getpid() == 1 and not no_reap and sys.platform.startswith("linux")
+
+
+def exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def run_as_init(argv: Sequence[str]) -> int:
+    """Fork/exec ``argv`` (with ``--no-reap``), reap everything, return the child's code."""
+    child_argv = [*argv, "--no-reap"]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - replaced by exec
+        try:
+            os.execv(child_argv[0], child_argv)
+        finally:
+            os._exit(127)
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    while True:
+        try:
+            reaped, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        if reaped == pid:
+            code = exit_code(status)
+            # Reap whatever is left without blocking, then leave: PID 1 exiting ends the
+            # namespace and the kernel kills the rest.
+            while True:
+                try:
+                    other, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if other == 0:
+                    break
+            return code

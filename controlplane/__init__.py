@@ -1,0 +1,1 @@
+"""The reference control plane: the server half of the agent API."""

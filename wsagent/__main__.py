@@ -1,0 +1,56 @@
+"""Entry point of the ``wsagent`` console script."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: wsagent <command> [flags]
+
+commands:
+  agent        run the workspace agent (env CODER_AGENT_URL, CODER_AGENT_TOKEN, ...)
+  server       run the reference control plane
+  admin        administer the control plane (users, workspaces, git auth)
+  demo         control plane and agent together on loopback
+  terminal     open a terminal to a workspace agent through the control plane
+  gitssh       GIT_SSH_COMMAND helper (run by git)
+
+flags:
+  --version    print the version
+"""
+
+SERVER_COMMANDS = frozenset({"server", "admin", "demo", "terminal"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command in ("--version", "version"):
+        from agent import __version__
+
+        print(f"wsagent v{__version__}")
+        return 0
+    if command == "agent":
+        from agent.cli import run_agent
+
+        return run_agent(rest)
+    if command in SERVER_COMMANDS:
+        try:
+            from controlplane.cli import main as server_main
+        except ImportError as exc:
+            print(
+                f"wsagent {command}: the control plane is not installed ({exc.name}); "
+                "install it with: pip install 'wsagent[server]'",
+                file=sys.stderr,
+            )
+            return 2
+        return server_main(command, rest)
+    print(f"wsagent: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
