@@ -23,7 +23,7 @@ from agent.children import ChildRegistry
 from agent.client import ControlPlaneClient, TokenHolder, tls_context
 from agent.config import AUTH_TOKEN, AgentConfig
 from agent.coordinator import Coordinator, CoordinatorSession
-from agent.errors import ApiError, WsagentError
+from agent.errors import ApiError, ConfigError, WsagentError
 from agent.logs import REDACTOR, FailureThrottle, error_key
 from agent.paths import expand_directory
 from agent.sdk.extensions import Extension
@@ -113,6 +113,8 @@ class Agent:
                 break
             stopper.cancel()
             exc = attempt.exception()
+            if isinstance(exc, ConfigError):
+                raise exc  # e.g. CODER_AGENT_AUTH=auto found no cloud: retrying cannot help
             if exc is not None:
                 self._log_failure(exc)
             if time.monotonic() - started >= HEALTHY_CONNECTION_SECONDS:

@@ -1,0 +1,175 @@
+"""Which cloud is this? DMI first (no network), then a short probe of the metadata address.
+
+DMI rules (reference §5.3): Azure by its fixed chassis asset tag (on-prem Hyper-V shares
+the vendor strings, not the tag); Google by product name or vendor; AWS by the vendor
+strings on Nitro, and on older Xen instances by ``bios_version`` or the world-readable
+``/sys/hypervisor/uuid`` starting with "ec2". The probe runs only when DMI says nothing,
+as in a container on a VM, and it checks the *shape* of each reply: a TCP connect to
+169.254.169.254 succeeds in many sandboxes where nothing useful answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import httpx
+import structlog
+
+from agent.config import AUTH_AWS, AUTH_AZURE, AUTH_GOOGLE
+from agent.errors import NoCloudDetected
+from agent.identity.gcp import FLAVOR, FLAVOR_HEADER, metadata_base
+from agent.identity.transport import metadata_client
+
+log = structlog.get_logger()
+
+AZURE_ASSET_TAG: Final = "7783-7084-3265-9085-8269-3286-77"  # ASCII codes of "MSFT AZURE VM"
+GOOGLE_PRODUCTS: Final = frozenset({"Google Compute Engine", "Google"})
+AMAZON_VENDOR: Final = "Amazon EC2"
+DMI_FILES: Final = (
+    "sys_vendor",
+    "product_name",
+    "bios_vendor",
+    "bios_version",
+    "chassis_asset_tag",
+    "product_uuid",  # root-only (0400); read when we can, ignored when we cannot
+)
+_MAX_DMI_BYTES: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class DmiFacts:
+    sys_vendor: str = ""
+    product_name: str = ""
+    bios_vendor: str = ""
+    bios_version: str = ""
+    chassis_asset_tag: str = ""
+    product_uuid: str = ""
+    hypervisor_uuid: str = ""
+
+
+def _read_small(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            return f.read(_MAX_DMI_BYTES).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def read_dmi(dmi_dir: Path, hypervisor_uuid_path: Path) -> DmiFacts:
+    values = {name: _read_small(dmi_dir / name) for name in DMI_FILES}
+    return DmiFacts(**values, hypervisor_uuid=_read_small(hypervisor_uuid_path))
+
+
+def classify(facts: DmiFacts) -> str | None:
+    """The auth method DMI points to, or None when DMI is missing or inconclusive."""
+    if facts.chassis_asset_tag == AZURE_ASSET_TAG:
+        return AUTH_AZURE
+    if facts.product_name in GOOGLE_PRODUCTS or facts.sys_vendor == "Google":
+        return AUTH_GOOGLE
+    if AMAZON_VENDOR in (facts.sys_vendor, facts.bios_vendor):
+        return AUTH_AWS
+    if "amazon" in facts.bios_version.lower():
+        return AUTH_AWS
+    if facts.hypervisor_uuid.lower().startswith("ec2"):
+        return AUTH_AWS
+    if facts.product_uuid.lower().startswith("ec2"):
+        return AUTH_AWS
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTargets:
+    aws_endpoint: str
+    gce_host: str
+    azure_endpoint: str
+    timeout: float = 2.0
+
+
+async def _probe_google(http: httpx.AsyncClient, targets: ProbeTargets) -> bool:
+    response = await http.get(
+        metadata_base(targets.gce_host) + "/", headers={FLAVOR_HEADER: FLAVOR}
+    )
+    return response.status_code == 200 and response.headers.get(FLAVOR_HEADER) == FLAVOR
+
+
+async def _probe_aws(http: httpx.AsyncClient, targets: ProbeTargets) -> bool:
+    response = await http.put(
+        targets.aws_endpoint.rstrip("/") + "/latest/api/token",
+        headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
+    )
+    if response.status_code != 200 or len(response.content) > 4096:
+        return False
+    ctype = response.headers.get("content-type", "text/plain")
+    token = response.content.strip()
+    return ctype.startswith("text/") and bool(token) and not any(b in token for b in b" \n<{")
+
+
+async def _probe_azure(http: httpx.AsyncClient, targets: ProbeTargets) -> bool:
+    response = await http.get(
+        targets.azure_endpoint.rstrip("/") + "/metadata/versions", headers={"Metadata": "true"}
+    )
+    if response.status_code != 200:
+        return False
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("apiVersions"), list)
+
+
+Probe = Callable[[httpx.AsyncClient, ProbeTargets], Awaitable[bool]]
+_PROBES: Final[tuple[tuple[str, Probe], ...]] = (
+    (AUTH_GOOGLE, _probe_google),
+    (AUTH_AWS, _probe_aws),
+    (AUTH_AZURE, _probe_azure),
+)
+
+
+async def probe(targets: ProbeTargets) -> str | None:
+    """Ask all three metadata services at once; the first whose reply has the right shape."""
+
+    async def one(name: str, check: Probe) -> bool:
+        try:
+            return await check(http, targets)
+        except Exception as exc:  # a probe answers yes or no; whatever went wrong is a no
+            log.debug("identity.probe_failed", method=name, error=str(exc) or type(exc).__name__)
+            return False
+
+    timeout = targets.timeout
+    async with metadata_client(timeout) as http:
+        tasks = [asyncio.create_task(one(name, check)) for name, check in _PROBES]
+        try:
+            async with asyncio.timeout(timeout):
+                results = await asyncio.gather(*tasks)
+        except TimeoutError:
+            results = [t.done() and not t.cancelled() and t.result() for t in tasks]
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    for (name, _), ok in zip(_PROBES, results, strict=True):
+        if ok:
+            return name
+    return None
+
+
+async def detect(facts: DmiFacts, targets: ProbeTargets) -> str:
+    """The auth method for this machine; :class:`NoCloudDetected` when there is none."""
+    method = classify(facts)
+    if method is not None:
+        log.info("identity.detected", method=method, source="dmi")
+        return method
+    method = await probe(targets)
+    if method is not None:
+        log.info("identity.detected", method=method, source="probe")
+        return method
+    raise NoCloudDetected(
+        "no cloud detected: DMI names no known cloud and no metadata service answered; "
+        "set CODER_AGENT_AUTH to token (with CODER_AGENT_TOKEN), aws-instance-identity, "
+        "google-instance-identity or azure-instance-identity"
+    )
