@@ -1,0 +1,71 @@
+"""Control-plane settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from agent.sdk.tailnet import DERPMap, DERPNode, DERPRegion
+from controlplane.identity.config import IdentityConfig
+
+DEFAULT_TROUBLESHOOTING_URL: Final = (
+    "https://coder.com/docs/coder-oss/latest/templates#troubleshooting-templates"
+)
+EMBEDDED_REGION_ID: Final = 999
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 3000
+    access_url: str = ""  # how agents and users reach us; derived from host:port if empty
+    wildcard_access_url: str = ""  # e.g. "*.apps.example.com" for vscode_port_proxy_uri
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    stats_report_interval: float = 600.0  # seconds; Coder's deployment default (10 min)
+    agent_heartbeat_interval: float = 3.0  # refresh last_connected_at this often
+    max_body_bytes: int = 1 << 20
+    troubleshooting_url: str = DEFAULT_TROUBLESHOOTING_URL
+    identity_token_ttl: float = 24 * 3600.0
+    pty_dial_timeout: float = 10.0
+    durability: str = "normal"
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    def resolved_access_url(self, bound_port: int | None = None) -> str:
+        if self.access_url:
+            return self.access_url.rstrip("/")
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        return f"{self.scheme}://{host}:{bound_port or self.port}"
+
+    @property
+    def inactive_timeout(self) -> float:
+        """An agent whose last heartbeat is older than this counts as disconnected."""
+        return 2 * self.agent_heartbeat_interval
+
+
+def derp_map_for(access_url: str) -> DERPMap:
+    """The embedded relay region, reached through the access URL (reference §3.2)."""
+    parts = urlsplit(access_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    node = DERPNode(
+        name=f"{EMBEDDED_REGION_ID}a",
+        region_id=EMBEDDED_REGION_ID,
+        host_name=parts.hostname or "localhost",
+        derp_port=port,
+        force_http=parts.scheme == "http",
+    )
+    region = DERPRegion(
+        region_id=EMBEDDED_REGION_ID,
+        region_code="coder",
+        region_name="Coder Embedded Relay",
+        embedded_relay=True,
+        nodes=(node,),
+    )
+    return DERPMap(regions={EMBEDDED_REGION_ID: region})

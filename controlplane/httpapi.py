@@ -1,0 +1,118 @@
+"""HTTP plumbing with Coder's conventions (reference §2).
+
+Every error is a JSON body ``{message, detail?, validations?}`` — never an HTML page or a
+traceback. Responses are Go-style JSON (compact, trailing newline); "no body" is ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, TypeVar
+
+import structlog
+from aiohttp import web
+
+from agent.sdk.errors import DecodeError, ValidationError
+from agent.sdk.models import ErrorResponse
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+JSON_CTYPE: Final = "application/json; charset=utf-8"
+BAD_JSON: Final = "Request body must be valid JSON."
+
+
+class HTTPError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        detail: str = "",
+        validations: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+        self.validations = tuple(ValidationError(f, d) for f, d in validations)
+
+    def body(self) -> dict[str, Any]:
+        return ErrorResponse(self.message, self.detail, self.validations).to_json()
+
+
+def encode(value: object) -> bytes:
+    return (json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def respond(value: object, status: int = 200) -> web.Response:
+    if status == 204:
+        return web.Response(status=204)
+    return web.Response(body=encode(value), status=status, content_type="application/json", charset="utf-8")
+
+
+def error_response(exc: HTTPError) -> web.Response:
+    return respond(exc.body(), exc.status)
+
+
+async def read_json(request: web.Request) -> object:
+    """Read and parse a JSON body under the size cap (413 past it, 400 if malformed)."""
+    from controlplane.appkeys import CONFIG
+
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise HTTPError(413, "Request body is too large.", f"The limit is {limit} bytes.")
+    chunks = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        chunks += chunk
+        if len(chunks) > limit:
+            raise HTTPError(413, "Request body is too large.", f"The limit is {limit} bytes.")
+    try:
+        return json.loads(chunks.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise HTTPError(400, BAD_JSON, str(exc)) from None
+
+
+def decode_body(from_json: Callable[..., T], value: object, endpoint: str) -> T:
+    """Decode a request body into its model; a wrong field is a 400 with validations."""
+    try:
+        return from_json(value, endpoint, fold_case=True)
+    except DecodeError as exc:
+        field = exc.path.removeprefix("$.").removeprefix("$") or "body"
+        raise HTTPError(400, "Validation failed.", str(exc), [(field, exc.reason)]) from None
+
+
+def require_fields(values: dict[str, str]) -> None:
+    """Coder's ``validate:"required"``: empty strings fail with its exact wording."""
+    missing = [
+        (k, f'Validation failed for tag "required" with value: "{v}"') for k, v in values.items() if not v
+    ]
+    if missing:
+        raise HTTPError(400, "Validation failed.", validations=missing)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HTTPError as exc:
+        log.info(
+            "http.request_failed",
+            method=request.method,
+            path=request.path,
+            status=exc.status,
+            message=exc.message,
+        )
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: "Route not found.", 405: "Method not allowed."}.get(exc.status, exc.reason)
+        return respond(ErrorResponse(message).to_json(), exc.status)
+    except Exception:
+        log.exception("http.internal_error", method=request.method, path=request.path)
+        return respond(ErrorResponse("An internal server error occurred.").to_json(), 500)

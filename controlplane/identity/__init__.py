@@ -1,0 +1,1 @@
+"""Server-side verification of cloud instance identities (AWS, Google Cloud, Azure)."""

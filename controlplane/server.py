@@ -1,0 +1,114 @@
+"""Build and run the control plane's aiohttp application.
+
+aiohttp serves HTTP and WebSocket from one well-kept package with flow control on both
+directions of a socket, which the terminal relay needs; see docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from controlplane import ptyrelay, routes_agent, routes_identity, routes_user
+from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
+from controlplane.config import ServerConfig
+from controlplane.coordinator import Coordinator
+from controlplane.gitauth import GitAuthNotifier
+from controlplane.httpapi import error_middleware, respond
+from controlplane.store.base import Store
+from controlplane.store.sqlite import SQLiteStore
+
+log = structlog.get_logger()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return respond({"status": "ok"})
+
+
+async def build_info(request: web.Request) -> web.Response:
+    from agent import __version__
+
+    return respond({"version": f"v{__version__}", "external_url": "https://github.com/wsagent/wsagent"})
+
+
+def create_app(config: ServerConfig, store: Store) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app[STORE] = store
+    app[COORDINATOR] = Coordinator()
+    app[GITAUTH] = GitAuthNotifier()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/v2/buildinfo", build_info)
+    for setup in (routes_agent.setup, routes_user.setup, routes_identity.setup, ptyrelay.setup):
+        setup(app)
+
+    async def close_sockets(app: web.Application) -> None:
+        await app[COORDINATOR].close()
+
+    app.on_shutdown.append(close_sockets)
+    return app
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(config.tls_cert), str(config.tls_key or config.tls_cert))
+    return context
+
+
+@dataclass
+class RunningServer:
+    app: web.Application
+    runner: web.AppRunner
+    store: Store
+    config: ServerConfig
+    port: int
+
+    @property
+    def url(self) -> str:
+        return self.config.resolved_access_url()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.store.close()
+
+
+async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
+    """Open the store, bind the socket, serve. ``port=0`` picks a free port."""
+    if store is None:
+        store = await SQLiteStore.open(config.data_dir, durability=config.durability)
+    app = create_app(config, store)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    port = sock.getsockname()[1]
+    site = web.SockSite(runner, sock, ssl_context=tls_context(config))
+    await site.start()
+    if not config.access_url:
+        config.access_url = config.resolved_access_url(port)
+    log.info("server.listening", url=config.access_url, address=f"{config.host}:{port}")
+    return RunningServer(app, runner, store, config, port)
+
+
+@contextlib.asynccontextmanager
+async def running(config: ServerConfig) -> AsyncIterator[RunningServer]:
+    server = await start_server(config)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def serve_forever(config: ServerConfig) -> None:
+    async with running(config):
+        await asyncio.Event().wait()

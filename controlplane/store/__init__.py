@@ -1,0 +1,1 @@
+"""Storage behind one narrow interface (store.base.Store)."""

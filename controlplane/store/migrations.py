@@ -1,0 +1,131 @@
+"""Versioned schema migrations, tracked in ``PRAGMA user_version``.
+
+Append new steps; never edit a released one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: users, workspaces, builds' agents, tokens, apps, stats, git auth.
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        email TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE user_tokens (
+        hash TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        expires_at TEXT
+    );
+    CREATE TABLE git_ssh_keys (
+        user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        public_key TEXT NOT NULL,
+        private_key TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE workspaces (
+        id TEXT PRIMARY KEY,
+        owner_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        latest_build INTEGER NOT NULL DEFAULT 0,
+        last_used_at TEXT,
+        UNIQUE (owner_id, name)
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+        build_number INTEGER NOT NULL,
+        resource_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        auth_instance_id TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        lifecycle_state TEXT NOT NULL DEFAULT 'created',
+        version TEXT NOT NULL DEFAULT '',
+        expanded_directory TEXT NOT NULL DEFAULT '',
+        first_connected_at TEXT,
+        last_connected_at TEXT,
+        disconnected_at TEXT
+    );
+    CREATE INDEX agents_instance ON agents (auth_instance_id);
+    CREATE INDEX agents_workspace ON agents (workspace_id, build_number);
+    CREATE TABLE agent_tokens (
+        hash TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT
+    );
+    CREATE INDEX agent_tokens_agent ON agent_tokens (agent_id, kind, created_at);
+    CREATE TABLE apps (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+        slug TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        health TEXT NOT NULL,
+        UNIQUE (agent_id, slug)
+    );
+    CREATE TABLE agent_stats (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+        workspace_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        conns_by_proto TEXT NOT NULL,
+        num_comms INTEGER NOT NULL,
+        rx_packets INTEGER NOT NULL,
+        rx_bytes INTEGER NOT NULL,
+        tx_packets INTEGER NOT NULL,
+        tx_bytes INTEGER NOT NULL
+    );
+    CREATE INDEX agent_stats_agent ON agent_stats (agent_id, created_at);
+    CREATE TABLE gitauth_providers (
+        id TEXT PRIMARY KEY,
+        regex TEXT NOT NULL,
+        type TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE gitauth_links (
+        provider_id TEXT NOT NULL REFERENCES gitauth_providers(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        username TEXT NOT NULL,
+        password TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        expires_at TEXT,
+        PRIMARY KEY (provider_id, user_id)
+    );
+    """,
+)
+
+
+class MigrationError(Exception):
+    pass
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns it. Refuses newer databases."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise MigrationError(
+            f"database schema version {current} is newer than this wsagent ({len(MIGRATIONS)})"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version - 1].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return len(MIGRATIONS)

@@ -1,0 +1,146 @@
+"""Plain records the store hands out. Handlers never see SQL rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    name: str
+    email: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceRecord:
+    id: str
+    owner_id: str
+    name: str
+    created_at: datetime
+    latest_build: int
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppSpec:
+    slug: str
+    display_name: str = ""
+    url: str = ""
+    command: str = ""
+    icon: str = ""
+    external: bool = False
+    subdomain: bool = False
+    sharing_level: str = "owner"
+    healthcheck_url: str = ""
+    healthcheck_interval: int = 0
+    healthcheck_threshold: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppRecord:
+    id: str
+    agent_id: str
+    spec: AppSpec
+    health: str
+
+
+AUTH_KINDS = frozenset(
+    {"token", "aws-instance-identity", "google-instance-identity", "azure-instance-identity"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """What an administrator declares for one agent of a workspace build."""
+
+    name: str
+    auth: str = "token"
+    instance_id: str = ""
+    startup_script: str = ""
+    startup_script_timeout_seconds: int = 0
+    directory: str = ""
+    environment_variables: dict[str, str] = field(default_factory=dict)
+    motd_file: str = ""
+    apps: tuple[AppSpec, ...] = ()
+    connection_timeout_seconds: int = 120
+    troubleshooting_url: str = ""
+    login_before_ready: bool = True
+    architecture: str = "amd64"
+    operating_system: str = "linux"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    id: str
+    workspace_id: str
+    build_number: int
+    resource_id: str
+    created_at: datetime
+    updated_at: datetime
+    spec: AgentSpec
+    lifecycle_state: str = "created"
+    version: str = ""
+    expanded_directory: str = ""
+    first_connected_at: datetime | None = None
+    last_connected_at: datetime | None = None
+    disconnected_at: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def auth_kind(self) -> str:
+        return self.spec.auth
+
+    @property
+    def auth_instance_id(self) -> str:
+        return self.spec.instance_id
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedAgent:
+    record: AgentRecord
+    token: str  # plaintext, shown once; "" for instance-identity agents
+
+
+@dataclass(frozen=True, slots=True)
+class GitAuthProvider:
+    id: str
+    regex: str
+    type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GitAuthLink:
+    provider_id: str
+    user_id: str
+    username: str
+    password: str
+    updated_at: datetime
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GitSSHKeyRecord:
+    user_id: str
+    public_key: str
+    private_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRecord:
+    id: int
+    agent_id: str
+    workspace_id: str
+    user_id: str
+    created_at: datetime
+    conns_by_proto: dict[str, int]
+    num_comms: int
+    rx_packets: int
+    rx_bytes: int
+    tx_packets: int
+    tx_bytes: int
