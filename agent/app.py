@@ -12,8 +12,8 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
 
 import structlog
 
@@ -36,8 +36,14 @@ log = structlog.get_logger()
 RUN_BACKOFF_FLOOR: Final = 0.1
 RUN_BACKOFF_CEILING: Final = 10.0
 # A connection that lived this long counts as healthy: the next failure starts the
-# backoff from the floor again.
+# backoff from the floor again, and its failures are news again in the log.
 HEALTHY_CONNECTION_SECONDS: Final = 30.0
+# Shutdown must finish within 5 s of the signal (issue 2); these split that budget.
+SHUTDOWN_BUDGET: Final = 4.5
+ATTEMPT_STOP_TIMEOUT: Final = 1.5
+TASK_STOP_TIMEOUT: Final = 0.5
+# A background task that crashes is restarted after this long (and logged, throttled).
+TASK_RESTART_DELAY: Final = 5.0
 
 TokenExchange = Callable[[], Awaitable[str]]
 MetadataHook = Callable[[Metadata, bool], Awaitable[None]]
@@ -58,7 +64,9 @@ class Agent:
             config.url,
             self.tokens,
             verify=tls_context(
-                insecure_skip_verify=config.insecure_skip_verify, ca_file=config.ca_file
+                insecure_skip_verify=config.insecure_skip_verify,
+                ca_file=config.ca_file,
+                url=config.url,
             ),
         )
         self.children = ChildRegistry()
@@ -71,7 +79,13 @@ class Agent:
         self._coordinator = Coordinator(self._on_extension)
         self._first_connection_done = False
         self._stats_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._throttle = FailureThrottle()
+        self._hook_throttle = FailureThrottle()
+        # Connection bookkeeping for the log: see _on_connected.
+        self._connected_at: float | None = None
+        self._failed_attempts = 0
+        self._last_attempt_flapped = False
 
     # -------------------------------------------------------------- wiring
 
@@ -84,6 +98,31 @@ class Agent:
 
     def handle_extension(self, kind: type, handler: ExtensionHook) -> None:
         self._extension_handlers[kind] = handler
+
+    def start_task(
+        self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None]:
+        """Run ``factory()`` in the background until shutdown, restarting it if it crashes.
+
+        Cancel the returned task to stop it early; shutdown cancels whatever is left.
+        """
+        task = asyncio.create_task(self._supervise(name, factory), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _supervise(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        throttle = FailureThrottle()
+        while True:
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a component's bug must not take the agent down
+                if throttle.failure(error_key(exc), time.monotonic()) is not None:
+                    log.error("agent.task_crashed", task=name, error=str(exc), exc_info=exc)
+            await asyncio.sleep(TASK_RESTART_DELAY)
 
     async def _static_token(self) -> str:
         return self.config.token
@@ -99,26 +138,32 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect and reconnect until ``stop`` is set."""
-        backoff = Backoff(RUN_BACKOFF_FLOOR, RUN_BACKOFF_CEILING, rng=self._rng)
-        loop_task = asyncio.current_task()
-        assert loop_task is not None
+        ceiling = self.config.reconnect_max_delay
+        backoff = Backoff(min(RUN_BACKOFF_FLOOR, ceiling), ceiling, rng=self._rng)
         while not stop.is_set():
-            started = time.monotonic()
-            attempt = asyncio.create_task(self._attempt())
+            self._connected_at = None
+            attempt = asyncio.create_task(self._attempt(), name="agent.attempt")
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({attempt, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if attempt not in done:
-                attempt.cancel()
-                await asyncio.gather(attempt, return_exceptions=True)
+                await _cancel(attempt, ATTEMPT_STOP_TIMEOUT)
                 break
             stopper.cancel()
-            exc = attempt.exception()
+            exc = None if attempt.cancelled() else attempt.exception()
             if isinstance(exc, ConfigError):
                 raise exc  # e.g. CODER_AGENT_AUTH=auto found no cloud: retrying cannot help
-            if exc is not None:
-                self._log_failure(exc)
-            if time.monotonic() - started >= HEALTHY_CONNECTION_SECONDS:
+            connected_for = (
+                None if self._connected_at is None else time.monotonic() - self._connected_at
+            )
+            healthy = connected_for is not None and connected_for >= HEALTHY_CONNECTION_SECONDS
+            if healthy:
                 backoff.reset()
+                self._throttle.success()
+            # Connected, then dropped at once: the next "connected" is not news.
+            self._last_attempt_flapped = connected_for is not None and not healthy
+            if connected_for is None:
+                self._failed_attempts += 1
+            self._log_failure(exc if exc is not None else RuntimeError("attempt ended"))
             delay = backoff.next_delay()
             if _is_outdated_build(exc) and self.config.auth == AUTH_TOKEN:
                 # Coder loops forever here (coder/coder#3485); a new token is needed, so
@@ -137,6 +182,8 @@ class Agent:
         fields: dict[str, object] = {"error": str(exc), "error_type": type(exc).__name__}
         if count > 1:
             fields["repeats"] = count
+        if not isinstance(exc, WsagentError):
+            fields["exc_info"] = exc  # not an expected failure: keep the traceback
         if _is_outdated_build(exc):
             fields["hint"] = (
                 "this agent's build is outdated; restart the agent with the new build's token"
@@ -144,6 +191,22 @@ class Agent:
             log.error(event, **fields)
         else:
             log.warning(event, **fields)
+
+    def _on_connected(self, expanded: str, first: bool) -> None:
+        """One info line per real (re)connection; a socket that flaps logs at debug."""
+        self._connected_at = time.monotonic()
+        fields: dict[str, object] = {
+            "version": agent_version(),
+            "expanded_directory": expanded,
+            "first": first,
+        }
+        if self._failed_attempts:
+            fields["recovered_after_failures"] = self._failed_attempts
+        self._failed_attempts = 0
+        if first or not self._last_attempt_flapped:
+            log.info("agent.connected", **fields)
+        else:
+            log.debug("agent.connected", **fields)
 
     async def _attempt(self) -> None:
         token = await self._exchange()
@@ -154,44 +217,75 @@ class Agent:
         expanded = expand_directory(metadata.directory)
         await self.client.post_startup(PostStartupRequest(agent_version(), expanded))
         self.metadata = metadata
-        recovered = self._throttle.success()
         first = not self._first_connection_done
         self._first_connection_done = True
-        log.info(
-            "agent.startup_posted",
-            version=agent_version(),
-            expanded_directory=expanded,
-            first=first,
-            **({"recovered_after_failures": recovered} if recovered else {}),
-        )
+        log.debug("agent.startup_posted", version=agent_version(), expanded_directory=expanded)
         for hook in self._metadata_hooks:
-            await hook(metadata, first)
+            await self._run_hook(hook, metadata, first)
         if self._stats_task is None:
             reporter = StatsReporter(self.client.report_stats, self.stats, rng=self._rng)
-            self._stats_task = asyncio.create_task(reporter.run())
+            self._stats_task = self.start_task("stats", reporter.run)
         node = Node.new_agent_node(metadata.derpmap.first_region_id())
         await self._coordinator.serve(
             self.client.websocket_url("/workspaceagents/me/coordinate"),
             self.client.websocket_headers(),
             self.client.verify,
             node,
+            on_connected=lambda: self._on_connected(expanded, first),
         )
+
+    async def _run_hook(self, hook: MetadataHook, metadata: Metadata, first: bool) -> None:
+        # A component that fails to take the new metadata must not keep the agent off the
+        # coordinate socket; it is logged (throttled) and the attempt goes on.
+        try:
+            await hook(metadata, first)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._hook_throttle.failure(error_key(exc), time.monotonic()) is not None:
+                log.error(
+                    "agent.metadata_hook_failed",
+                    hook=getattr(hook, "__qualname__", repr(hook)),
+                    error=str(exc),
+                    exc_info=exc,
+                )
 
     # -------------------------------------------------------------- shutdown
 
-    async def shutdown(self) -> None:
-        """Close politely, stop children (TERM, grace, KILL), release the client."""
+    async def shutdown(self, budget: float = SHUTDOWN_BUDGET) -> None:
+        """Close politely, stop children (TERM, grace, KILL), release the client.
+
+        Every step is bounded so the whole takes at most ``budget`` seconds.
+        """
+        deadline = time.monotonic() + budget
         log.info("agent.shutting_down")
         try:
             await asyncio.wait_for(self._coordinator.aclose(), timeout=1.0)
         except (TimeoutError, OSError, WsagentError):
             pass
-        if self._stats_task is not None:
-            self._stats_task.cancel()
-            await asyncio.gather(self._stats_task, return_exceptions=True)
-        await self.children.terminate_all(self.config.shutdown_grace)
-        await self.client.aclose()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=TASK_STOP_TIMEOUT)
+        # Leave a little time after the KILL for the client to close.
+        grace = max(0.0, min(self.config.shutdown_grace, deadline - time.monotonic() - 0.3))
+        await self.children.terminate_all(grace)
+        try:
+            await asyncio.wait_for(
+                self.client.aclose(), timeout=max(0.1, deadline - time.monotonic())
+            )
+        except (TimeoutError, OSError):
+            pass
         log.info("agent.stopped")
+
+
+async def _cancel(task: asyncio.Task[None], limit: float) -> None:
+    """Cancel ``task`` and wait for its cleanup, but not for longer than ``limit`` seconds."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if done and not task.cancelled():
+        task.exception()  # retrieved: a failure while stopping is not worth a warning
 
 
 def _is_outdated_build(exc: BaseException | None) -> bool:
@@ -204,10 +298,12 @@ async def run_until_signalled(agent: Agent) -> int:
     stop = asyncio.Event()
 
     def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
         if stop.is_set():
+            log.warning("agent.forced_exit", signal=name)
             agent.children.kill_all_now()
             os._exit(128 + signum)
-        log.info("agent.signal_received", signal=signal.Signals(signum).name)
+        log.info("agent.signal_received", signal=name)
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

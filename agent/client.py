@@ -51,9 +51,15 @@ class TokenHolder:
         self.token = token
 
 
-def tls_context(*, insecure_skip_verify: bool, ca_file: str = "") -> ssl.SSLContext | bool:
-    """What httpx should verify with. Verification is on unless the operator turns it off."""
-    if insecure_skip_verify:
+def tls_context(
+    *, insecure_skip_verify: bool, ca_file: str = "", url: str = ""
+) -> ssl.SSLContext | bool:
+    """What httpx should verify with. Verification is on unless the operator turns it off.
+
+    For a plain ``http://`` control plane there is nothing to verify, and loading the CA
+    bundle would cost start-up time and memory for nothing (httpx builds it eagerly).
+    """
+    if insecure_skip_verify or url.startswith("http://"):
         return False
     if ca_file:
         return ssl.create_default_context(cafile=ca_file)

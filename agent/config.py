@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
@@ -112,6 +112,8 @@ class AgentConfig:
     log_backups: int = 1
     startup_log_max_bytes: int = 5 * MIB
     shutdown_grace: float = 3.0
+    # Ceiling of the run loop's reconnect backoff (reference §5.2 uses 10 s).
+    reconnect_max_delay: float = 10.0
     pty_idle_timeout: float = 300.0
     pty_max_sessions: int = 64
     pty_scrollback_bytes: int = 256 * 1024
@@ -129,8 +131,19 @@ class AgentConfig:
         return self.auth == AUTH_TOKEN
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`ConfigError` (one line, exit 2) instead of printing
+    usage and exiting from inside the library."""
+
+    def error(self, message: str) -> NoReturn:
+        setting = "flags"
+        if message.startswith("argument ") and ": " in message:
+            setting, message = message[len("argument ") :].split(": ", 1)
+        raise ConfigError(setting, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wsagent agent",
         description="Run the workspace agent in the foreground.",
     )
@@ -195,6 +208,12 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
         raw = env.get(name)
         return default if not raw else parse_duration(raw, name)
 
+    def positive_duration(name: str, default: float) -> float:
+        value = duration(name, default)
+        if value <= 0:
+            raise ConfigError(name, "must be positive")
+        return value
+
     def positive_int(name: str, default: int) -> int:
         raw = env.get(name)
         if not raw:
@@ -226,6 +245,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
         log_max_bytes=size("CODER_AGENT_LOG_MAX_SIZE", 5 * MIB),
         startup_log_max_bytes=size("CODER_AGENT_STARTUP_LOG_MAX_SIZE", 5 * MIB),
         shutdown_grace=duration("CODER_AGENT_SHUTDOWN_GRACE", 3.0),
+        reconnect_max_delay=positive_duration("CODER_AGENT_RECONNECT_MAX_DELAY", 10.0),
         pty_idle_timeout=duration("CODER_AGENT_PTY_IDLE_TIMEOUT", 300.0),
         pty_max_sessions=positive_int("CODER_AGENT_PTY_MAX_SESSIONS", 64),
         pty_scrollback_bytes=size("CODER_AGENT_PTY_SCROLLBACK_SIZE", 256 * 1024),

@@ -11,11 +11,9 @@ import asyncio
 import json
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from agent.errors import ApiError, DecodeError, TransportError, UnauthorizedError
 from agent.sdk import codec
@@ -24,6 +22,12 @@ from agent.sdk.jsonstream import JSONStream
 from agent.sdk.models import ErrorResponse
 from agent.sdk.tailnet import Node, decode_nodes
 
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+
+# websockets is imported on first dial, not at start-up: the agent's first request (the
+# metadata GET) should not wait for a library it needs only a moment later.
+
 log = structlog.get_logger()
 
 PING_INTERVAL: Final = 30.0
@@ -31,6 +35,9 @@ PING_TIMEOUT: Final = 30.0
 OPEN_TIMEOUT: Final = 10.0
 MAX_MESSAGE_BYTES: Final = 1 << 20
 CLOSE_GOING_AWAY: Final = 1001
+# How long a polite close waits for the server's close frame before dropping the TCP
+# connection; bounded so that shutdown stays within its 5 s budget.
+CLOSE_TIMEOUT: Final = 1.0
 
 ExtensionHandler = Callable[[Extension, "CoordinatorSession"], Awaitable[None]]
 
@@ -47,8 +54,10 @@ def websocket_ssl(url: str, verify: ssl.SSLContext | bool) -> ssl.SSLContext | N
     return context
 
 
-def handshake_error(url: str, exc: InvalidHandshake | OSError | TimeoutError) -> Exception:
+def handshake_error(url: str, exc: Exception) -> Exception:
     """Map a failed WebSocket dial to the same typed errors the REST client raises."""
+    from websockets.exceptions import InvalidStatus
+
     if isinstance(exc, InvalidStatus):
         response = exc.response
         status = response.status_code
@@ -73,6 +82,9 @@ async def dial(
     max_size: int | None = MAX_MESSAGE_BYTES,
     write_limit: int = 64 * 1024,
 ) -> ClientConnection:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake
+
     try:
         return await connect(
             url,
@@ -82,7 +94,7 @@ async def dial(
             open_timeout=OPEN_TIMEOUT,
             ping_interval=ping_interval,
             ping_timeout=PING_TIMEOUT,
-            close_timeout=2,
+            close_timeout=CLOSE_TIMEOUT,
             max_size=max_size,
             write_limit=write_limit,
             user_agent_header="wsagent",
@@ -114,20 +126,31 @@ class Coordinator:
     def __init__(self, on_extension: ExtensionHandler) -> None:
         self._on_extension = on_extension
         self._unknown_types_logged: set[str] = set()
+        self._bad_messages_logged: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.current: CoordinatorSession | None = None
 
     async def serve(
-        self, url: str, headers: dict[str, str], verify: ssl.SSLContext | bool, node: Node
+        self,
+        url: str,
+        headers: dict[str, str],
+        verify: ssl.SSLContext | bool,
+        node: Node,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         """Dial, send ``node``, and process messages until the socket fails.
 
-        Always raises when it returns: the caller's run loop then reconnects.
+        Always raises when it returns: the caller's run loop then reconnects. Cancelled
+        (shutdown), it closes the socket with 1001 "going away" before re-raising.
         """
+        from websockets.exceptions import ConnectionClosed
+
         ws = await dial(url, headers, verify)
         session = CoordinatorSession(ws)
         self.current = session
-        log.info("coordinator.connected", url=url)
+        log.debug("coordinator.connected", url=url)
+        if on_connected is not None:
+            on_connected()
         stream = JSONStream(COORDINATE_ENDPOINT, MAX_MESSAGE_BYTES)
         try:
             await session.send_json(node.to_json())
@@ -137,12 +160,25 @@ class Coordinator:
                     self._dispatch(value, session)
         except ConnectionClosed as exc:
             raise TransportError("GET", url, f"coordinate socket closed: {exc}") from exc
+        except asyncio.CancelledError:
+            await session.close()
+            raise
         finally:
             self.current = None
             await ws.close()
         raise TransportError("GET", url, "coordinate socket closed by the server")
 
     def _dispatch(self, value: object, session: CoordinatorSession) -> None:
+        # One bad message is dropped, not allowed to kill the socket: the server would
+        # send the same thing again after every reconnect.
+        try:
+            self._dispatch_value(value, session)
+        except DecodeError as exc:
+            if exc.path not in self._bad_messages_logged and len(self._bad_messages_logged) < 64:
+                self._bad_messages_logged.add(exc.path)
+                log.warning("coordinator.bad_message", error=str(exc)[:200])
+
+    def _dispatch_value(self, value: object, session: CoordinatorSession) -> None:
         if isinstance(value, list):
             for peer in decode_nodes(value, COORDINATE_ENDPOINT):
                 session.peers[peer.id] = peer

@@ -52,7 +52,9 @@ class Redactor:
                 self._secrets.add(secret)
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
+        # The processor below handles top-level fields; the renderer calls this again on
+        # the finished line, which also covers nested values and reprs.
+        for secret in tuple(self._secrets):
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text
@@ -144,14 +146,15 @@ class TeeLogger:
 @dataclass
 class _Renderer:
     console: structlog.dev.ConsoleRenderer | None
+    redactor: Redactor = REDACTOR
 
     def __call__(
         self, logger: object, method: str, event_dict: MutableMapping[str, Any]
     ) -> tuple[tuple[str, str | None], dict[str, Any]]:
-        json_line = json.dumps(event_dict, default=repr, ensure_ascii=False)
+        json_line = self.redactor.scrub(json.dumps(event_dict, default=repr, ensure_ascii=False))
         console_line = None
         if self.console is not None:
-            console_line = str(self.console(logger, method, dict(event_dict)))
+            console_line = self.redactor.scrub(str(self.console(logger, method, dict(event_dict))))
         return (json_line, console_line), {}
 
 
@@ -210,46 +213,55 @@ def configure(
 
 
 @dataclass
+class _KeyState:
+    count: int
+    quiet: float
+    next_log_at: float
+
+
+@dataclass
 class FailureThrottle:
     """Decides which repeats of a failing operation are worth a log line.
 
-    The first failure is logged, so is any failure whose ``key`` differs from the last;
-    identical repeats are logged again only after ``first_quiet`` seconds, then at doubling
-    intervals up to ``max_quiet``. Pure: the caller passes ``now``.
+    A failure whose ``key`` has not been seen since the last success is logged at once, so
+    every new kind of failure shows up. A known key is logged again only after
+    ``first_quiet`` seconds, then at doubling intervals up to ``max_quiet``. Keys are
+    remembered separately (up to ``max_keys``), so two errors that alternate do not log
+    a line per retry either. Pure: the caller passes ``now``.
     """
 
     first_quiet: float = 60.0
     max_quiet: float = 3600.0
-    _key: str | None = None
-    _count: int = 0
-    _next_log_at: float = 0.0
-    _quiet: float = field(default=0.0)
+    max_keys: int = 32
+    _keys: dict[str, _KeyState] = field(default_factory=dict)
+    _total: int = 0
 
     def failure(self, key: str, now: float) -> int | None:
-        """Record a failure; return the repeat count if it should be logged, else None."""
-        if key != self._key:
-            self._key = key
-            self._count = 1
-            self._quiet = self.first_quiet
-            self._next_log_at = now + self._quiet
+        """Record a failure; return its repeat count if it should be logged, else None."""
+        self._total += 1
+        state = self._keys.get(key)
+        if state is None:
+            if len(self._keys) >= self.max_keys:
+                del self._keys[next(iter(self._keys))]  # forget the oldest kind
+            self._keys[key] = _KeyState(1, self.first_quiet, now + self.first_quiet)
             return 1
-        self._count += 1
-        if now >= self._next_log_at:
-            self._quiet = min(self._quiet * 2, self.max_quiet)
-            self._next_log_at = now + self._quiet
-            return self._count
+        state.count += 1
+        if now >= state.next_log_at:
+            state.quiet = min(state.quiet * 2, self.max_quiet)
+            state.next_log_at = now + state.quiet
+            return state.count
         return None
 
     def success(self) -> int:
         """Record a success; return how many failures preceded it (0 if none)."""
-        count = self._count
-        self._key = None
-        self._count = 0
-        return count
+        total = self._total
+        self._keys.clear()
+        self._total = 0
+        return total
 
     @property
     def failing(self) -> bool:
-        return self._key is not None
+        return bool(self._keys)
 
 
 def error_key(exc: BaseException) -> str:

@@ -1,0 +1,59 @@
+"""Acceptance: SIGTERM/SIGINT stop the daemon politely within 5 s; a second signal at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.daemon.conftest import SpawnDaemon
+from tests.fakes.fake_control_plane import FakeControlPlane
+
+POLITE_CLOSE_CODES = (1000, 1001)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_exits_0_within_5s_closing_the_socket_politely(
+    fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str, signum: int
+) -> None:
+    """A connected daemon closes the coordinate socket with a close frame and exits 0."""
+    daemon = await spawn_daemon(fake_cp.url, agent_token)
+    await fake_cp.wait_for(lambda: fake_cp.open_sockets == 1)
+    sent = time.monotonic()
+    daemon.signal(signum)
+    assert await daemon.wait_exit(5.0) == 0
+    assert time.monotonic() - sent < 5.0
+    await fake_cp.wait_for(lambda: bool(fake_cp.of("WS-CLOSE", "/me/coordinate")))
+    assert fake_cp.of("WS-CLOSE", "/me/coordinate")[0].body in POLITE_CLOSE_CODES
+    await daemon.wait_for_event("agent.stopped")
+    # The daemon ran in its own process group: nothing of it is left behind.
+    with pytest.raises(ProcessLookupError):
+        os.killpg(daemon.proc.pid, 0)
+
+
+async def test_sigterm_while_server_is_down_exits_0_quickly(
+    spawn_daemon: SpawnDaemon, agent_token: str, unused_port_url: str
+) -> None:
+    """Between retries (nothing to close) the daemon stops at once, still with code 0."""
+    daemon = await spawn_daemon(unused_port_url, agent_token)
+    await daemon.wait_for_event("agent.run_failed")
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait_exit(2.0) == 0
+
+
+async def test_second_signal_exits_at_once(
+    fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str
+) -> None:
+    """A server that never answers the close frame makes shutdown wait; a second signal
+    cuts it short with 128+signum instead of the graceful 0."""
+    fake_cp.coordinate_mode = "deaf"
+    daemon = await spawn_daemon(fake_cp.url, agent_token)
+    await fake_cp.wait_for(lambda: fake_cp.open_sockets == 1)
+    daemon.signal(signal.SIGTERM)
+    await daemon.wait_for_event("agent.shutting_down")
+    sent = time.monotonic()
+    daemon.signal(signal.SIGINT)
+    assert await daemon.wait_exit(2.0) == 128 + signal.SIGINT
+    assert time.monotonic() - sent < 0.5
