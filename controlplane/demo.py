@@ -29,6 +29,10 @@ MOTD = (
 
 
 def _wsagent_command() -> list[str]:
+    # Prefer the console script installed beside this interpreter (a virtualenv's bin/).
+    beside = Path(sys.executable).parent / "wsagent"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
     exe = shutil.which("wsagent")
     return [exe] if exe else [sys.executable, "-m", "wsagent"]
 
