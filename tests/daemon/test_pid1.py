@@ -1,0 +1,87 @@
+"""Acceptance: as PID 1 of a new PID namespace the daemon reaps orphans and forwards signals.
+
+The orphan is made from outside: ``nsenter`` starts ``sh`` inside the namespace, ``sh``
+backgrounds a ``sleep`` and exits, so the kernel re-parents the ``sleep`` to the namespace's
+PID 1, our reaper. Once it exits it must disappear from /proc; without a reaper it would
+stay there as a zombie for as long as the namespace lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.conftest import SpawnDaemon
+from tests.fakes.fake_control_plane import FakeControlPlane
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")),
+    reason="needs root and util-linux unshare/nsenter",
+)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if int(fields.get("PPid", "0").strip()) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def proc_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise KeyError(name)
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+async def until(predicate, within: float) -> None:  # type: ignore[no-untyped-def]
+    """Poll /proc (it has no change notification) until ``predicate()`` or fail."""
+    async with asyncio.timeout(within):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_pid1_reaps_orphans_and_forwards_sigterm(
+    fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str
+) -> None:
+    """No zombie is left behind, and SIGTERM to PID 1 stops the agent with code 0."""
+    daemon = await spawn_daemon(
+        fake_cp.url, agent_token, prefix=("unshare", "--pid", "--fork", "--mount-proc")
+    )
+    await fake_cp.wait_for(lambda: fake_cp.open_sockets == 1)
+    [init] = children_of(daemon.proc.pid)  # unshare's child: PID 1 inside
+    assert proc_field(init, "NSpid").split()[-1] == "1"
+    # PID 1 forked the real agent (with --no-reap) instead of running it in-process.
+    [agent] = children_of(init)
+    assert "--no-reap" in cmdline(agent)
+
+    nsenter = await asyncio.create_subprocess_exec(
+        "nsenter", "--target", str(init), "--pid", "--", "sh", "-c", "sleep 0.5 & exit 0"
+    )
+    assert await nsenter.wait() == 0
+    orphans = [p for p in children_of(init) if p != agent]
+    assert orphans, "the orphan was not re-parented to the namespace's PID 1"
+    await until(lambda: not any(Path(f"/proc/{p}").exists() for p in orphans), within=5.0)
+
+    os.kill(init, signal.SIGTERM)
+    assert await daemon.wait_exit(5.0) == 0
+    await daemon.wait_for_event("agent.signal_received")
+    assert daemon.named("agent.signal_received")[0]["signal"] == "SIGTERM"
+    assert daemon.named("agent.stopped")
