@@ -53,8 +53,12 @@ def app_spec(raw: dict[str, Any], where: str) -> AppSpec:
         subdomain=_expect(raw.get("subdomain", False), bool, f"{where}.subdomain"),
         sharing_level=sharing,
         healthcheck_url=_expect(health.get("url", ""), str, f"{where}.healthcheck.url"),
-        healthcheck_interval=_expect(health.get("interval", 0), int, f"{where}.healthcheck.interval"),
-        healthcheck_threshold=_expect(health.get("threshold", 0), int, f"{where}.healthcheck.threshold"),
+        healthcheck_interval=_expect(
+            health.get("interval", 0), int, f"{where}.healthcheck.interval"
+        ),
+        healthcheck_threshold=_expect(
+            health.get("threshold", 0), int, f"{where}.healthcheck.threshold"
+        ),
     )
 
 
@@ -88,8 +92,12 @@ def agent_spec(raw: dict[str, Any], where: str = "agent") -> AgentSpec:
             int,
             f"{where}.connection_timeout",
         ),
-        troubleshooting_url=_expect(raw.get("troubleshooting_url", ""), str, f"{where}.troubleshooting_url"),
-        login_before_ready=_expect(raw.get("login_before_ready", True), bool, f"{where}.login_before_ready"),
+        troubleshooting_url=_expect(
+            raw.get("troubleshooting_url", ""), str, f"{where}.troubleshooting_url"
+        ),
+        login_before_ready=_expect(
+            raw.get("login_before_ready", True), bool, f"{where}.login_before_ready"
+        ),
     )
 
 

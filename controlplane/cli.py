@@ -20,7 +20,9 @@ def default_data_dir() -> Path:
     env = os.environ.get("WSAGENT_DATA_DIR")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return Path(base) / "wsagent"
 
 
@@ -49,17 +51,25 @@ def parse_seconds(text: str) -> float:
 
 
 def server_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wsagent server", description="Run the reference control plane.")
+    p = argparse.ArgumentParser(
+        prog="wsagent server", description="Run the reference control plane."
+    )
     p.add_argument(
         "--address",
         type=parse_address,
         default=("127.0.0.1", 3000),
         help="HOST:PORT (default 127.0.0.1:3000)",
     )
-    p.add_argument("--data-dir", type=Path, default=None, help="state directory (env WSAGENT_DATA_DIR)")
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="state directory (env WSAGENT_DATA_DIR)"
+    )
     p.add_argument("--access-url", default="", help="URL agents and users reach this server at")
-    p.add_argument("--wildcard-access-url", default="", help="e.g. *.apps.example.com (VS Code port proxy)")
-    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate (chain) to serve TLS")
+    p.add_argument(
+        "--wildcard-access-url", default="", help="e.g. *.apps.example.com (VS Code port proxy)"
+    )
+    p.add_argument(
+        "--tls-cert", type=Path, default=None, help="PEM certificate (chain) to serve TLS"
+    )
     p.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
     p.add_argument(
         "--stats-interval",
@@ -140,7 +150,9 @@ def admin_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="wsagent admin", description="Administer the control plane's data directory."
     )
-    p.add_argument("--data-dir", type=Path, default=None, help="state directory (env WSAGENT_DATA_DIR)")
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="state directory (env WSAGENT_DATA_DIR)"
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     sub = p.add_subparsers(dest="area", required=True)
 
@@ -243,7 +255,9 @@ async def run_admin_command(args: argparse.Namespace) -> Any:
                     "session_token": await store.create_user_token(user.id, args.ttl),
                 }
             case ("user", "list"):
-                return [{"id": u.id, "name": u.name, "email": u.email} for u in await store.list_users()]
+                return [
+                    {"id": u.id, "name": u.name, "email": u.email} for u in await store.list_users()
+                ]
             case ("workspace", "create"):
                 env = dict(e.split("=", 1) for e in args.env if "=" in e)
                 spec = admin.agent_spec(
@@ -262,11 +276,14 @@ async def run_admin_command(args: argparse.Namespace) -> Any:
                         "login_before_ready": args.login_before_ready,
                     }
                 )
-                workspace, created = await admin.create_workspace(store, args.owner, args.name, [spec])
+                workspace, created = await admin.create_workspace(
+                    store, args.owner, args.name, [spec]
+                )
                 return {
                     "workspace_id": workspace.id,
                     "agents": [
-                        {"name": c.record.name, "agent_id": c.record.id, "token": c.token} for c in created
+                        {"name": c.record.name, "agent_id": c.record.id, "token": c.token}
+                        for c in created
                     ],
                 }
             case ("workspace", "list"):

@@ -51,7 +51,9 @@ async def _demo(args: argparse.Namespace) -> int:
     motd = data_dir / "motd"
     motd.write_text(MOTD)
     host, port = args.address
-    config = ServerConfig(data_dir=data_dir / "server", host=host, port=port, stats_report_interval=30.0)
+    config = ServerConfig(
+        data_dir=data_dir / "server", host=host, port=port, stats_report_interval=30.0
+    )
     server = await start_server(config)
     agent_proc: asyncio.subprocess.Process | None = None
     try:
@@ -112,7 +114,8 @@ Open a terminal in the workspace (in another shell):
 
 Look at the agent through the API:
 
-  curl -s -H 'Coder-Session-Token: {user_token}' {server.url}/api/v2/workspaceagents/{agent.record.id}
+  curl -s -H 'Coder-Session-Token: {user_token}' \\
+      {server.url}/api/v2/workspaceagents/{agent.record.id}
 
 Press Ctrl-C to stop.
 """,

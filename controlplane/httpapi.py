@@ -49,7 +49,9 @@ def encode(value: object) -> bytes:
 def respond(value: object, status: int = 200) -> web.Response:
     if status == 204:
         return web.Response(status=204)
-    return web.Response(body=encode(value), status=status, content_type="application/json", charset="utf-8")
+    return web.Response(
+        body=encode(value), status=status, content_type="application/json", charset="utf-8"
+    )
 
 
 def error_response(exc: HTTPError) -> web.Response:
@@ -86,7 +88,9 @@ def decode_body(from_json: Callable[..., T], value: object, endpoint: str) -> T:
 def require_fields(values: dict[str, str]) -> None:
     """Coder's ``validate:"required"``: empty strings fail with its exact wording."""
     missing = [
-        (k, f'Validation failed for tag "required" with value: "{v}"') for k, v in values.items() if not v
+        (k, f'Validation failed for tag "required" with value: "{v}"')
+        for k, v in values.items()
+        if not v
     ]
     if missing:
         raise HTTPError(400, "Validation failed.", validations=missing)

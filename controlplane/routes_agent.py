@@ -58,7 +58,9 @@ def app_model(app: AppRecord) -> WorkspaceApp:
         icon=spec.icon,
         subdomain=spec.subdomain,
         sharing_level=spec.sharing_level,
-        healthcheck=Healthcheck(spec.healthcheck_url, spec.healthcheck_interval, spec.healthcheck_threshold),
+        healthcheck=Healthcheck(
+            spec.healthcheck_url, spec.healthcheck_interval, spec.healthcheck_threshold
+        ),
         health=app.health,
     )
 
@@ -66,18 +68,24 @@ def app_model(app: AppRecord) -> WorkspaceApp:
 async def _workspace_of(request: web.Request, agent: AgentRecord) -> WorkspaceRecord:
     workspace = await request.app[STORE].get_workspace(agent.workspace_id)
     if workspace is None:
-        raise HTTPError(400, "Failed to get workspace.", f"workspace {agent.workspace_id} not found")
+        raise HTTPError(
+            400, "Failed to get workspace.", f"workspace {agent.workspace_id} not found"
+        )
     return workspace
 
 
-def vscode_proxy_uri(request: web.Request, agent: AgentRecord, workspace: WorkspaceRecord, owner: str) -> str:
+def vscode_proxy_uri(
+    request: web.Request, agent: AgentRecord, workspace: WorkspaceRecord, owner: str
+) -> str:
     wildcard = request.app[CONFIG].wildcard_access_url
     if not wildcard:
         return ""
     url = access_url(request)
     scheme, _, rest = url.partition("://")
     port = rest.rpartition(":")[2] if ":" in rest else ""
-    host = wildcard.replace("*", f"{scheme}://{{{{port}}}}--{agent.name}--{workspace.name}--{owner}", 1)
+    host = wildcard.replace(
+        "*", f"{scheme}://{{{{port}}}}--{agent.name}--{workspace.name}--{owner}", 1
+    )
     return host + (f":{port}" if port else "")
 
 
@@ -91,7 +99,9 @@ async def metadata(request: web.Request) -> web.Response:
     spec = agent.spec
     body = Metadata(
         git_auth_configs=len(providers),
-        vscode_port_proxy_uri=vscode_proxy_uri(request, agent, workspace, owner.name if owner else ""),
+        vscode_port_proxy_uri=vscode_proxy_uri(
+            request, agent, workspace, owner.name if owner else ""
+        ),
         apps=tuple(app_model(a) for a in apps),
         derpmap=derp_map_for(access_url(request)),
         environment_variables=dict(spec.environment_variables),
@@ -119,7 +129,9 @@ async def post_startup(request: web.Request) -> web.Response:
 
 async def report_lifecycle(request: web.Request) -> web.Response:
     agent = await authenticate_agent(request)
-    body = decode_body(PostLifecycleRequest.from_json, await read_json(request), "POST /me/report-lifecycle")
+    body = decode_body(
+        PostLifecycleRequest.from_json, await read_json(request), "POST /me/report-lifecycle"
+    )
     if body.state not in LIFECYCLE_STATES:
         allowed = " ".join(sorted(LIFECYCLE_STATES))
         raise HTTPError(
@@ -134,7 +146,9 @@ async def report_lifecycle(request: web.Request) -> web.Response:
 
 async def app_health(request: web.Request) -> web.Response:
     agent = await authenticate_agent(request)
-    body = decode_body(PostAppHealthsRequest.from_json, await read_json(request), "POST /me/app-health")
+    body = decode_body(
+        PostAppHealthsRequest.from_json, await read_json(request), "POST /me/app-health"
+    )
     if not body.healths:
         raise HTTPError(400, "Health field is empty")
     store = request.app[STORE]
@@ -182,7 +196,9 @@ async def git_ssh_key(request: web.Request) -> web.Response:
     workspace = await _workspace_of(request, agent)
     key = await request.app[STORE].git_ssh_key(workspace.owner_id)
     if key is None:
-        raise HTTPError(500, "Internal error fetching git SSH key.", "the workspace owner has no git SSH key")
+        raise HTTPError(
+            500, "Internal error fetching git SSH key.", "the workspace owner has no git SSH key"
+        )
     return respond(GitSSHKey(public_key=key.public_key, private_key=key.private_key).to_json())
 
 
@@ -206,11 +222,15 @@ async def git_auth(request: web.Request) -> web.Response:
             is_closing=lambda: transport is None or transport.is_closing(),
         )
         if link is None:
-            raise HTTPError(408, "Timed out waiting for git credentials.", "Poll again with listen.")
+            raise HTTPError(
+                408, "Timed out waiting for git credentials.", "Poll again with listen."
+            )
         return respond(response_for(link).to_json())
     link = await store.get_gitauth_link(provider.id, workspace.owner_id)
     if link is None or not link_usable(link, datetime.now(UTC)):
-        return respond(GitAuthResponse(url=f"{access_url(request)}/gitauth/{provider.id}").to_json())
+        return respond(
+            GitAuthResponse(url=f"{access_url(request)}/gitauth/{provider.id}").to_json()
+        )
     return respond(response_for(link).to_json())
 
 

@@ -7,7 +7,9 @@ from datetime import datetime, timedelta
 from controlplane.store.records import AgentRecord
 
 
-def agent_status(agent: AgentRecord, now: datetime, inactive_timeout: float) -> tuple[str, datetime | None]:
+def agent_status(
+    agent: AgentRecord, now: datetime, inactive_timeout: float
+) -> tuple[str, datetime | None]:
     """Return (status, disconnected_at to report)."""
     first, last, gone = agent.first_connected_at, agent.last_connected_at, agent.disconnected_at
     if first is None:

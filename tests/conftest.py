@@ -45,7 +45,9 @@ async def poll_until(
         if last:
             return last
         if loop.time() >= deadline:
-            raise AssertionError(message or f"condition not met within {timeout}s (last value {last!r})")
+            raise AssertionError(
+                message or f"condition not met within {timeout}s (last value {last!r})"
+            )
         await asyncio.sleep(interval)
 
 
@@ -116,7 +118,9 @@ class ControlPlane:
 
 
 @pytest.fixture
-async def make_control_plane(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[ControlPlane]]]:
+async def make_control_plane(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Awaitable[ControlPlane]]]:
     planes: list[ControlPlane] = []
 
     async def make(**overrides: Any) -> ControlPlane:
@@ -175,10 +179,14 @@ class AgentProcess:
 
     def find(self, name: str, **fields: Any) -> list[dict[str, Any]]:
         return [
-            e for e in self.events if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+            e
+            for e in self.events
+            if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
         ]
 
-    async def wait_for_event(self, name: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+    async def wait_for_event(
+        self, name: str, timeout: float = 10.0, **fields: Any
+    ) -> dict[str, Any]:
         """Wait for a log event (JSON line on stdout) with the given name and fields."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -186,7 +194,9 @@ class AgentProcess:
             found = self.find(name, **fields)
             if found:
                 return found[-1]
-            if self.proc.returncode is not None or (self._reader is not None and self._reader.done()):
+            if self.proc.returncode is not None or (
+                self._reader is not None and self._reader.done()
+            ):
                 raise AssertionError(f"agent exited ({self.proc.returncode}) before logging {name}")
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -200,7 +210,9 @@ class AgentProcess:
             except TimeoutError:
                 pass
 
-    async def wait_for_new_event(self, name: str, after: int, timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_for_new_event(
+        self, name: str, after: int, timeout: float = 10.0
+    ) -> dict[str, Any]:
         """Wait for the (after+1)-th occurrence of ``name``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

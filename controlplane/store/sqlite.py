@@ -142,7 +142,8 @@ class SQLiteStore:
             except sqlite3.IntegrityError:
                 raise Conflict(f"user {name!r} already exists") from None
             conn.execute(
-                "INSERT INTO git_ssh_keys (user_id, public_key, private_key, created_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO git_ssh_keys (user_id, public_key, private_key, created_at)"
+                " VALUES (?, ?, ?, ?)",
                 (user.id, public, private, _ts(user.created_at)),
             )
             return user
@@ -151,12 +152,16 @@ class SQLiteStore:
 
     async def get_user(self, user_id: str) -> UserRecord | None:
         return await self._run(
-            lambda: self._user(self.conn.execute("SELECT * FROM users WHERE id=?", (user_id,)).fetchone())
+            lambda: self._user(
+                self.conn.execute("SELECT * FROM users WHERE id=?", (user_id,)).fetchone()
+            )
         )
 
     async def get_user_by_name(self, name: str) -> UserRecord | None:
         return await self._run(
-            lambda: self._user(self.conn.execute("SELECT * FROM users WHERE name=?", (name,)).fetchone())
+            lambda: self._user(
+                self.conn.execute("SELECT * FROM users WHERE name=?", (name,)).fetchone()
+            )
         )
 
     async def list_users(self) -> list[UserRecord]:
@@ -175,7 +180,8 @@ class SQLiteStore:
             now = _now()
             expires = now + timedelta(seconds=ttl_seconds) if ttl_seconds else None
             conn.execute(
-                "INSERT INTO user_tokens (hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO user_tokens (hash, user_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
                 (hash_token(token), user_id, _ts(now), _ts(expires)),
             )
 
@@ -200,7 +206,9 @@ class SQLiteStore:
 
     async def git_ssh_key(self, user_id: str) -> GitSSHKeyRecord | None:
         def op() -> GitSSHKeyRecord | None:
-            row = self.conn.execute("SELECT * FROM git_ssh_keys WHERE user_id=?", (user_id,)).fetchone()
+            row = self.conn.execute(
+                "SELECT * FROM git_ssh_keys WHERE user_id=?", (user_id,)
+            ).fetchone()
             if row is None:
                 return None
             return GitSSHKeyRecord(row["user_id"], row["public_key"], row["private_key"])
@@ -286,7 +294,9 @@ class SQLiteStore:
         """A new build of the workspace: new agents (and tokens); older builds go stale."""
 
         def op(conn: sqlite3.Connection) -> list[CreatedAgent]:
-            row = conn.execute("SELECT latest_build FROM workspaces WHERE id=?", (workspace_id,)).fetchone()
+            row = conn.execute(
+                "SELECT latest_build FROM workspaces WHERE id=?", (workspace_id,)
+            ).fetchone()
             if row is None:
                 raise NotFound(f"workspace {workspace_id} not found")
             build = row["latest_build"] + 1
@@ -315,7 +325,8 @@ class SQLiteStore:
                 for app in spec.apps:
                     health = "initializing" if app.healthcheck_url else "disabled"
                     conn.execute(
-                        "INSERT INTO apps (id, agent_id, slug, spec, health) VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO apps (id, agent_id, slug, spec, health)"
+                        " VALUES (?, ?, ?, ?, ?)",
                         (
                             str(uuid.uuid4()),
                             agent_id,
@@ -332,7 +343,9 @@ class SQLiteStore:
                         " VALUES (?, ?, 'static', ?, NULL)",
                         (hash_token(token), agent_id, _ts(now)),
                     )
-                record = self._agent(conn.execute("SELECT * FROM agents WHERE id=?", (agent_id,)).fetchone())
+                record = self._agent(
+                    conn.execute("SELECT * FROM agents WHERE id=?", (agent_id,)).fetchone()
+                )
                 assert record is not None
                 created.append(CreatedAgent(record, token))
             return created
@@ -362,15 +375,24 @@ class SQLiteStore:
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
         return await self._run(
-            lambda: self._agent(self.conn.execute("SELECT * FROM agents WHERE id=?", (agent_id,)).fetchone())
+            lambda: self._agent(
+                self.conn.execute("SELECT * FROM agents WHERE id=?", (agent_id,)).fetchone()
+            )
         )
 
-    async def list_agents(self, workspace_id: str, *, latest_only: bool = True) -> list[AgentRecord]:
+    async def list_agents(
+        self, workspace_id: str, *, latest_only: bool = True
+    ) -> list[AgentRecord]:
         def op() -> list[AgentRecord]:
-            sql = "SELECT a.* FROM agents a JOIN workspaces w ON w.id = a.workspace_id WHERE a.workspace_id=?"
+            sql = (
+                "SELECT a.* FROM agents a JOIN workspaces w ON w.id = a.workspace_id"
+                " WHERE a.workspace_id=?"
+            )
             if latest_only:
                 sql += " AND a.build_number = w.latest_build"
-            rows = self.conn.execute(sql + " ORDER BY a.build_number, a.name", (workspace_id,)).fetchall()
+            rows = self.conn.execute(
+                sql + " ORDER BY a.build_number, a.name", (workspace_id,)
+            ).fetchall()
             return [a for a in (self._agent(r) for r in rows) if a is not None]
 
         return await self._run(op)
@@ -403,7 +425,9 @@ class SQLiteStore:
 
         return await self._run(op)
 
-    async def issue_agent_token(self, agent_id: str, *, kind: str, ttl_seconds: float | None) -> str:
+    async def issue_agent_token(
+        self, agent_id: str, *, kind: str, ttl_seconds: float | None
+    ) -> str:
         token = new_token()
 
         def op(conn: sqlite3.Connection) -> None:
@@ -450,7 +474,9 @@ class SQLiteStore:
         await self._run(self._tx, op)
 
     async def set_agent_startup(self, agent_id: str, version: str, expanded_directory: str) -> None:
-        await self._update_agent(agent_id, "version=?, expanded_directory=?", version, expanded_directory)
+        await self._update_agent(
+            agent_id, "version=?, expanded_directory=?", version, expanded_directory
+        )
 
     async def set_agent_lifecycle(self, agent_id: str, state: str) -> None:
         await self._update_agent(agent_id, "lifecycle_state=?", state)
@@ -475,7 +501,9 @@ class SQLiteStore:
                 "SELECT * FROM apps WHERE agent_id=? ORDER BY slug", (agent_id,)
             ).fetchall()
             return [
-                AppRecord(r["id"], r["agent_id"], _app_from_json(json.loads(r["spec"])), r["health"])
+                AppRecord(
+                    r["id"], r["agent_id"], _app_from_json(json.loads(r["spec"])), r["health"]
+                )
                 for r in rows
             ]
 
@@ -484,14 +512,19 @@ class SQLiteStore:
     async def set_app_healths(self, agent_id: str, healths: dict[str, str]) -> None:
         def op(conn: sqlite3.Connection) -> None:
             for app_id, health in healths.items():
-                conn.execute("UPDATE apps SET health=? WHERE id=? AND agent_id=?", (health, app_id, agent_id))
+                conn.execute(
+                    "UPDATE apps SET health=? WHERE id=? AND agent_id=?", (health, app_id, agent_id)
+                )
 
         await self._run(self._tx, op)
 
-    async def insert_stats(self, agent: AgentRecord, owner_id: str, stats: Stats, now: datetime) -> None:
+    async def insert_stats(
+        self, agent: AgentRecord, owner_id: str, stats: Stats, now: datetime
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO agent_stats (agent_id, workspace_id, user_id, created_at, conns_by_proto,"
+                "INSERT INTO agent_stats (agent_id, workspace_id, user_id, created_at,"
+                " conns_by_proto,"
                 " num_comms, rx_packets, rx_bytes, tx_packets, tx_bytes)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -507,7 +540,9 @@ class SQLiteStore:
                     stats.tx_bytes,
                 ),
             )
-            conn.execute("UPDATE workspaces SET last_used_at=? WHERE id=?", (_ts(now), agent.workspace_id))
+            conn.execute(
+                "UPDATE workspaces SET last_used_at=? WHERE id=?", (_ts(now), agent.workspace_id)
+            )
             # Like Coder's purge: stats older than 30 days are dropped.
             conn.execute(
                 "DELETE FROM agent_stats WHERE agent_id=? AND created_at < ?",
@@ -554,7 +589,9 @@ class SQLiteStore:
 
     async def list_gitauth_providers(self) -> list[GitAuthProvider]:
         def op() -> list[GitAuthProvider]:
-            rows = self.conn.execute("SELECT * FROM gitauth_providers ORDER BY created_at, id").fetchall()
+            rows = self.conn.execute(
+                "SELECT * FROM gitauth_providers ORDER BY created_at, id"
+            ).fetchall()
             return [GitAuthProvider(r["id"], r["regex"], r["type"]) for r in rows]
 
         return await self._run(op)
@@ -568,10 +605,16 @@ class SQLiteStore:
         expires_at: datetime | None = None,
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            if conn.execute("SELECT 1 FROM gitauth_providers WHERE id=?", (provider_id,)).fetchone() is None:
+            if (
+                conn.execute(
+                    "SELECT 1 FROM gitauth_providers WHERE id=?", (provider_id,)
+                ).fetchone()
+                is None
+            ):
                 raise NotFound(f"git auth provider {provider_id!r} not found")
             conn.execute(
-                "INSERT INTO gitauth_links (provider_id, user_id, username, password, updated_at, expires_at)"
+                "INSERT INTO gitauth_links"
+                " (provider_id, user_id, username, password, updated_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(provider_id, user_id) DO UPDATE SET"
                 " username=excluded.username, password=excluded.password,"
                 " updated_at=excluded.updated_at, expires_at=excluded.expires_at",

@@ -20,16 +20,22 @@ async def test_agent_status_goes_connecting_connected_disconnected(
 ) -> None:
     """connecting before the daemon runs, connected while it runs, disconnected after kill."""
     _, user_token = await control_plane.create_user("alice")
-    agents = await control_plane.create_workspace("alice", "dev", [{"name": "main", "directory": "~"}])
+    agents = await control_plane.create_workspace(
+        "alice", "dev", [{"name": "main", "directory": "~"}]
+    )
     agent_id, agent_token = agents["main"]
 
     before = await _status(control_plane, agent_id, user_token)
     assert before["status"] == "connecting"
     assert before["lifecycle_state"] == "created"
 
-    agent: AgentProcess = await start_agent(agent_env(control_plane.url, agent_token, tmp_path / "logs"))
+    agent: AgentProcess = await start_agent(
+        agent_env(control_plane.url, agent_token, tmp_path / "logs")
+    )
     body = await poll_until(
-        lambda: _connected(control_plane, agent_id, user_token), timeout=15, message="agent never connected"
+        lambda: _connected(control_plane, agent_id, user_token),
+        timeout=15,
+        message="agent never connected",
     )
     assert body["version"].startswith("v")
     assert body["expanded_directory"].startswith("/")
