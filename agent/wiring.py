@@ -10,6 +10,7 @@ from agent.config import AUTH_TOKEN
 def wire_components(agent: Agent) -> None:
     """Attach every component to ``agent``. Components never import each other."""
     wire_identity(agent)
+    wire_listening_ports(agent)
 
 
 def wire_identity(agent: Agent) -> None:
@@ -20,3 +21,28 @@ def wire_identity(agent: Agent) -> None:
     from agent.identity.exchange import IdentityExchange
 
     agent.set_token_exchange(IdentityExchange(agent.config, agent.client))
+
+
+def wire_listening_ports(agent: Agent) -> None:
+    """Answer the server's listening-ports requests on the coordinate socket."""
+    import asyncio
+
+    from agent.coordinator import CoordinatorSession
+    from agent.ports import PortScanner
+    from agent.sdk.extensions import Extension, ListeningPortsRequest, ListeningPortsResponse
+    from agent.sdk.models import ListeningPort
+
+    scanner = PortScanner()
+
+    async def answer(request: Extension, session: CoordinatorSession) -> None:
+        assert isinstance(request, ListeningPortsRequest)
+        try:
+            ports = await asyncio.to_thread(scanner.scan)
+        except OSError as exc:
+            reply = ListeningPortsResponse(request.request_id, error=f"scan failed: {exc}")
+        else:
+            found = tuple(ListeningPort(p.process_name, p.network, p.port) for p in ports)
+            reply = ListeningPortsResponse(request.request_id, found)
+        await session.send_json(reply.to_json())
+
+    agent.handle_extension(ListeningPortsRequest, answer)

@@ -95,17 +95,6 @@ async def require_connected(request: web.Request, agent: AgentRecord) -> None:
         raise HTTPError(400, f'Agent state is "{shown}", it must be in the "connected" state.')
 
 
-async def listening_ports(request: web.Request) -> web.Response:
-    user = await authenticate_user(request)
-    agent, _ = await owned_agent(request, user, parse_agent_id(request))
-    await require_connected(request, agent)
-    raise HTTPError(
-        501,
-        "Listening ports are not available yet.",
-        "This control plane does not query agents for listening ports yet.",
-    )
-
-
 async def whoami(request: web.Request) -> web.Response:
     user = await authenticate_user(request)
     return respond({"id": user.id, "username": user.name, "email": user.email})
@@ -134,6 +123,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get(f"{AGENTS}/{{agent_id}}", get_agent)
     app.router.add_get(f"{AGENTS}/{{agent_id}}/connection", connection_info)
     app.router.add_get(f"{AGENTS}/{{agent_id}}/coordinate", client_coordinate)
-    app.router.add_get(f"{AGENTS}/{{agent_id}}/listening-ports", listening_ports)
     app.router.add_get("/api/v2/users/me", whoami)
     app.router.add_get("/api/v2/workspaces", list_workspaces)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from controlplane import ptyrelay, routes_agent, routes_identity, routes_user
+from controlplane import ports, ptyrelay, routes_agent, routes_identity, routes_user
 from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
 from controlplane.config import ServerConfig
 from controlplane.coordinator import Coordinator
@@ -48,7 +48,13 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
     app[GITAUTH] = GitAuthNotifier()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v2/buildinfo", build_info)
-    for setup in (routes_agent.setup, routes_user.setup, routes_identity.setup, ptyrelay.setup):
+    for setup in (
+        routes_agent.setup,
+        routes_user.setup,
+        routes_identity.setup,
+        ptyrelay.setup,
+        ports.setup,
+    ):
         setup(app)
 
     async def close_sockets(app: web.Application) -> None:

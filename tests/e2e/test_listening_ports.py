@@ -1,0 +1,109 @@
+"""Listening ports: asked of the real agent through the real control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from agent.ports import Listener, parse_proc_net_tcp, unique_ports
+from tests.conftest import ControlPlane, agent_env, poll_until
+
+pytestmark = pytest.mark.e2e
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1
+   1: 0100007F:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 17 1
+   2: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 999 1
+   3: 00000000:0007 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5 1
+"""
+ZERO6 = "0" * 32
+PROC_NET_TCP6 = (
+    "  sl  local_address remote_address st ...\n"
+    f"   0: {ZERO6}:1F91 {ZERO6}:0000 0A 00000000:00000000 00:00000000 00000000  1000  0 777 1\n"
+)
+
+
+def test_parse_keeps_only_listeners_of_both_families() -> None:
+    """LISTEN rows of tcp and tcp6 are kept; established ones and ports < 9 are not."""
+    listeners = parse_proc_net_tcp(PROC_NET_TCP) + parse_proc_net_tcp(PROC_NET_TCP6)
+    assert Listener(8080, 4242) in listeners and Listener(8081, 777) in listeners
+    assert all(listener.inode != 999 for listener in listeners)
+    assert set(unique_ports(listeners)) == {8080, 22, 8081}
+
+
+def test_parse_ignores_garbage() -> None:
+    assert parse_proc_net_tcp("header\nnot a row\n 0: x:y z 0A a b c d e f\n") == []
+
+
+async def _ports(cp: ControlPlane, agent_id: str, token: str) -> tuple[int, Any]:
+    async with cp.http(token) as client:
+        response = await client.get(f"/api/v2/workspaceagents/{agent_id}/listening-ports")
+    return response.status_code, response.json()
+
+
+async def test_listening_ports_end_to_end(
+    control_plane: ControlPlane, start_agent: Any, tmp_path: Any
+) -> None:
+    """A new IPv4 and a new IPv6 listener are listed once; a closed one disappears."""
+    _, token = await control_plane.create_user("alice")
+    _, other_token = await control_plane.create_user("mallory")
+    agents = await control_plane.create_workspace("alice", "dev")
+    agent_id, agent_token = agents["main"]
+
+    status, body = await _ports(control_plane, agent_id, token)
+    assert status == 400 and "connected" in body["message"]
+
+    await start_agent(agent_env(control_plane.url, agent_token, tmp_path / "logs"))
+    await poll_until(
+        lambda: _connected(control_plane, agent_id, token), timeout=15, message="never connected"
+    )
+    v4 = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    v6_sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    v6_sock.bind(("::1", 0))
+    v6_sock.listen()
+    port4 = v4.sockets[0].getsockname()[1]
+    port6 = v6_sock.getsockname()[1]
+    try:
+        status, body = await _ports(control_plane, agent_id, token)
+        assert status == 200, body
+        listed = [p["port"] for p in body["ports"]]
+        assert listed.count(port4) == 1 and listed.count(port6) == 1
+        server_port = int(control_plane.url.rsplit(":", 1)[1])
+        assert server_port in listed
+        entry = next(p for p in body["ports"] if p["port"] == port4)
+        assert entry["network"] == "tcp" and entry["process_name"]
+        assert all(p["port"] >= 9 for p in body["ports"])
+
+        status, _ = await _ports(control_plane, agent_id, other_token)
+        assert status == 404
+    finally:
+        v4.close()
+        await v4.wait_closed()
+        v6_sock.close()
+
+    async def gone() -> bool:
+        code, data = await _ports(control_plane, agent_id, token)
+        return code == 200 and port4 not in [p["port"] for p in data["ports"]]
+
+    await poll_until(gone, timeout=5, message="closed listener still listed")
+
+
+async def _connected(cp: ControlPlane, agent_id: str, token: str) -> bool:
+    return (await cp.get_agent_json(agent_id, token))["status"] == "connected"
+
+
+def test_server_filters_ignored_app_and_low_ports() -> None:
+    from agent.sdk.extensions import ListeningPortsResponse
+    from agent.sdk.models import ListeningPort
+    from controlplane.ports import app_ports, filter_ports
+
+    reply = ListeningPortsResponse(
+        "r",
+        tuple(ListeningPort("p", "tcp", n) for n in (7, 22, 5432, 8080, 3000, 9000)),
+    )
+    used = app_ports(["http://localhost:8080/", "not a url", "http://[::1]:bad/"])
+    assert [p.port for p in filter_ports(reply, used).ports] == [3000, 9000]
