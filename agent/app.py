@@ -75,6 +75,7 @@ class Agent:
         self._rng = rng or random.Random()
         self._exchange: TokenExchange = self._static_token
         self._metadata_hooks: list[MetadataHook] = []
+        self._shutdown_hooks: list[Callable[[], None]] = []
         self._extension_handlers: dict[type, ExtensionHook] = {}
         self._coordinator = Coordinator(self._on_extension)
         self._first_connection_done = False
@@ -95,6 +96,10 @@ class Agent:
     def add_metadata_hook(self, hook: MetadataHook) -> None:
         """``hook(metadata, first)`` runs after every successful startup post."""
         self._metadata_hooks.append(hook)
+
+    def add_shutdown_hook(self, hook: Callable[[], None]) -> None:
+        """``hook()`` runs at the start of shutdown, before children are stopped."""
+        self._shutdown_hooks.append(hook)
 
     def handle_extension(self, kind: type, handler: ExtensionHook) -> None:
         self._extension_handlers[kind] = handler
@@ -259,6 +264,8 @@ class Agent:
         """
         deadline = time.monotonic() + budget
         log.info("agent.shutting_down")
+        for hook in self._shutdown_hooks:
+            hook()
         try:
             await asyncio.wait_for(self._coordinator.aclose(), timeout=1.0)
         except (TimeoutError, OSError, WsagentError):
