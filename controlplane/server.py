@@ -16,7 +16,14 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from controlplane import ports, ptyrelay, routes_agent, routes_identity, routes_user
+from controlplane import (
+    gitauth_web,
+    ports,
+    ptyrelay,
+    routes_agent,
+    routes_identity,
+    routes_user,
+)
 from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
 from controlplane.config import ServerConfig
 from controlplane.coordinator import Coordinator
@@ -54,6 +61,7 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         routes_identity.setup,
         ptyrelay.setup,
         ports.setup,
+        gitauth_web.setup,
     ):
         setup(app)
 
