@@ -53,6 +53,11 @@ class GitAuthNotifier:
     def __init__(self) -> None:
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
 
+    @property
+    def waiting(self) -> int:
+        """How many ``listen`` requests are waiting now (tests and metrics)."""
+        return sum(len(w) for w in self._waiters.values())
+
     def notify(self, provider_id: str, user_id: str) -> None:
         for event in self._waiters.get((provider_id, user_id), ()):
             event.set()
