@@ -10,6 +10,7 @@ from agent.config import AUTH_TOKEN
 def wire_components(agent: Agent) -> None:
     """Attach every component to ``agent``. Components never import each other."""
     wire_identity(agent)
+    wire_workspace_start(agent)
     wire_listening_ports(agent)
 
 
@@ -46,3 +47,28 @@ def wire_listening_ports(agent: Agent) -> None:
         await session.send_json(reply.to_json())
 
     agent.handle_extension(ListeningPortsRequest, answer)
+
+
+def wire_workspace_start(agent: Agent) -> None:
+    """Startup script, lifecycle reporting and VS Code settings, on the first connection."""
+    import os
+
+    from agent import paths, sessionenv, vscode
+    from agent.startup import LOG_FILE_NAME, WorkspaceStart
+
+    executable = sessionenv.wsagent_executable()
+    start = WorkspaceStart(
+        post_lifecycle=agent.client.post_lifecycle,
+        children=agent.children,
+        log_path=agent.config.log_dir / LOG_FILE_NAME,
+        max_log_bytes=agent.config.startup_log_max_bytes,
+        grace=agent.config.shutdown_grace,
+        shell=paths.login_shell,
+        environment=lambda md: sessionenv.session_environment(md, agent.tokens.token, executable),
+        working_directory=sessionenv.working_directory,
+        prepare=lambda md: vscode.apply_overrides(
+            md.git_auth_configs, os.environ, paths.home_directory()
+        ),
+    )
+    agent.add_metadata_hook(start.on_metadata)
+    agent.add_shutdown_hook(start.close)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,16 @@ SERVER_COMMANDS = frozenset({"server", "admin", "demo", "terminal"})
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # git runs us as GIT_ASKPASS with one prompt argument; checked before anything else
+    # (and without importing more than needed: it runs once per git prompt).
+    if (
+        len(args) == 1
+        and args[0].startswith(("Username ", "Password "))
+        and "GIT_PREFIX" in os.environ
+    ):
+        from agent.gitaskpass import main as askpass_main
+
+        return askpass_main(args[0])
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if args else 2
@@ -37,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.cli import run_agent
 
         return run_agent(rest)
+    if command == "gitssh":
+        from agent.gitssh import main as gitssh_main
+
+        return gitssh_main(rest)
     if command in SERVER_COMMANDS:
         try:
             from controlplane.cli import main as server_main

@@ -1,0 +1,354 @@
+"""Workspace start: the startup script, its capped log, and lifecycle reporting (§5.3).
+
+On the first successful connection of the daemon the script runs once as
+``<login shell> -c <script>`` in its own process group, with the session environment.
+Its output goes through a pipe into ``coder-startup-script.log`` (0600, truncated per run,
+capped with a line saying what was dropped). Coder opens that file without truncating and
+without a cap; both are fixed here.
+
+Process hygiene: the group is registered with the agent's ChildRegistry (TERM, grace, KILL
+at shutdown). A SIGKILLed agent runs no shutdown code, so a tiny ``/bin/sh`` watchdog in
+its own session holds the read end of a pipe whose write end only the agent has: when the
+agent dies for any reason the kernel closes it, ``read`` returns, and the watchdog kills
+the script's group. PR_SET_PDEATHSIG would only reach the shell, not its children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final, Protocol
+
+import structlog
+
+from agent.backoff import Backoff
+from agent.lifecycle import EXITED_ERROR, EXITED_OK, START, TIMEOUT, Lifecycle
+from agent.logs import FailureThrottle, error_key
+from agent.sdk.errors import WsagentError
+from agent.sdk.models import Metadata
+
+log = structlog.get_logger()
+
+LOG_FILE_NAME: Final = "coder-startup-script.log"
+POST_BACKOFF_FLOOR: Final = 1.0
+POST_BACKOFF_CEILING: Final = 15.0
+READ_CHUNK: Final = 64 * 1024
+# Per wake-up of the pipe reader, so a chatty script cannot starve the event loop.
+MAX_READ_PER_WAKEUP: Final = 1 << 20
+# Room kept below the cap for the two lines saying output was dropped.
+TRAILER_RESERVE: Final = 256
+MIN_LOG_BYTES: Final = 4096
+
+WATCHDOG_SCRIPT: Final = (
+    'read _ignored; kill -TERM -- "-$1" 2>/dev/null || exit 0; '
+    'sleep "$2"; kill -KILL -- "-$1" 2>/dev/null; exit 0'
+)
+
+
+class Children(Protocol):
+    def add(self, pgid: int, what: str) -> None: ...
+
+
+class CappedLog:
+    """Decides which script output bytes reach the log file. Pure.
+
+    Output up to ``max_bytes - TRAILER_RESERVE`` is kept verbatim; the rest is counted and
+    dropped, with one line when dropping starts and one at the end with the total.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(max_bytes, MIN_LOG_BYTES)
+        self.budget = self.max_bytes - TRAILER_RESERVE
+        self.kept = 0
+        self.dropped = 0
+        self._last = b"\n"
+
+    def feed(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        room = self.budget - self.kept
+        if self.dropped == 0 and len(data) <= room:
+            self.kept += len(data)
+            self._last = data[-1:]
+            return data
+        keep = data[: max(room, 0)] if self.dropped == 0 else b""
+        out = keep
+        if self.dropped == 0:
+            self.kept += len(keep)
+            if keep:
+                self._last = keep[-1:]
+            out += self._line(
+                f"[wsagent] startup script output reached the log limit of {self.max_bytes}"
+                " bytes; further output is dropped"
+            )
+        self.dropped += len(data) - len(keep)
+        return out
+
+    def finish(self) -> bytes:
+        if not self.dropped:
+            return b""
+        return self._line(f"[wsagent] {self.dropped} bytes of startup script output were dropped")
+
+    def _line(self, text: str) -> bytes:
+        prefix = b"" if self._last == b"\n" else b"\n"
+        self._last = b"\n"
+        return prefix + text.encode() + b"\n"
+
+
+class LogPump:
+    """Moves the script's output from a non-blocking pipe into the capped log file."""
+
+    def __init__(self, read_fd: int, log_fd: int, cap: CappedLog) -> None:
+        self._read_fd = read_fd
+        self._log_fd = log_fd
+        self._cap = cap
+        self.closed = asyncio.Event()
+        os.set_blocking(read_fd, False)
+        asyncio.get_running_loop().add_reader(read_fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        self.drain(MAX_READ_PER_WAKEUP)
+
+    def drain(self, limit: int | None = None) -> None:
+        """Read what is in the pipe now (never waits). After the shell exits this moves all
+        it wrote into the file, even if a background child keeps the pipe open."""
+        taken = 0
+        while self._read_fd >= 0 and (limit is None or taken < limit):
+            try:
+                data = os.read(self._read_fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close()
+                return
+            taken += len(data)
+            self._write(self._cap.feed(data))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._log_fd, view)
+            except OSError as exc:
+                log.warning("startup.log_write_failed", error=str(exc))
+                return
+            view = view[written:]
+
+    def _close(self) -> None:
+        if self._read_fd < 0:
+            return
+        asyncio.get_running_loop().remove_reader(self._read_fd)
+        os.close(self._read_fd)
+        self._read_fd = -1
+        self._write(self._cap.finish())
+        os.close(self._log_fd)
+        self.closed.set()
+
+
+def open_log(path: Path) -> int:
+    """Create or truncate the log file, mode 0600 even if it existed with looser bits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def start_watchdog(pgid: int, grace: float) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the watchdog for process group ``pgid``; returns it and the pipe's write end,
+    which must stay open for as long as the agent lives."""
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", WATCHDOG_SCRIPT, "wsagent-watchdog", str(pgid), f"{grace:g}"],
+            stdin=read_fd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    return proc, write_fd
+
+
+class LifecycleReporter:
+    """Posts every queued lifecycle state in order, retrying (1 s → 15 s) until it lands."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        post: Callable[[str], Awaitable[None]],
+        *,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self._post = post
+        self._sleep = sleep
+        self._now = now or (lambda: asyncio.get_running_loop().time())
+        self._backoff = Backoff(
+            POST_BACKOFF_FLOOR, POST_BACKOFF_CEILING, rng=rng or random.Random()
+        )
+        self._wake = asyncio.Event()
+        self._throttle = FailureThrottle()
+        self.stopped = False
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self.stopped:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Post until the outbox is empty (or the reporter is stopped)."""
+        while not self.stopped and (state := self.lifecycle.pending()) is not None:
+            try:
+                await self._post(state)
+            except WsagentError as exc:
+                count = self._throttle.failure(error_key(exc), self._now())
+                if count is not None:
+                    log.warning("lifecycle.post_failed", state=state, error=str(exc), repeats=count)
+                await self._sleep(self._backoff.next_delay())
+                continue
+            self._throttle.success()
+            self._backoff.reset()
+            self.lifecycle.posted(state)
+            log.info("lifecycle.reported", state=state)
+
+
+class WorkspaceStart:
+    """The metadata hook: on the first connection start the lifecycle, prepare the home
+    (VS Code settings) and run the startup script; on later ones re-report the state."""
+
+    def __init__(
+        self,
+        *,
+        post_lifecycle: Callable[[str], Awaitable[None]],
+        children: Children,
+        log_path: Path,
+        max_log_bytes: int,
+        grace: float,
+        shell: Callable[[], str],
+        environment: Callable[[Metadata], dict[str, str]],
+        working_directory: Callable[[Metadata], str],
+        prepare: Callable[[Metadata], None] | None = None,
+    ) -> None:
+        self.lifecycle = Lifecycle()
+        self.reporter = LifecycleReporter(self.lifecycle, post_lifecycle)
+        self._children = children
+        self._log_path = log_path
+        self._max_log_bytes = max_log_bytes
+        self._grace = grace
+        self._shell = shell
+        self._environment = environment
+        self._working_directory = working_directory
+        self._prepare = prepare
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog_fd = -1
+        self._closing = False
+        self.pump: LogPump | None = None
+
+    async def on_metadata(self, metadata: Metadata, first: bool) -> None:
+        if not first:
+            self.lifecycle.reconnected()
+            self.reporter.notify()
+            return
+        self._spawn(self.reporter.run())
+        self._event(START)
+        if self._prepare is not None:
+            try:
+                self._prepare(metadata)
+            except Exception as exc:  # supervisor boundary: a helper must not stop the start
+                log.warning("startup.prepare_failed", error=str(exc))
+        self._spawn(self._run_script(metadata))
+
+    def close(self) -> None:
+        """The agent is shutting down: report nothing more (as Coder: cancellation means
+        no further state); the ChildRegistry stops the script's group."""
+        self._closing = True
+        self.reporter.stopped = True
+        self.reporter.notify()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _event(self, event: str) -> None:
+        if self._closing:
+            return
+        state = self.lifecycle.apply(event)
+        log.info("lifecycle.changed", state=state)
+        self.reporter.notify()
+
+    async def _run_script(self, metadata: Metadata) -> None:
+        script = metadata.startup_script
+        if not script.strip():
+            self._event(EXITED_OK)
+            return
+        try:
+            code = await self._execute(metadata)
+        except (OSError, WsagentError) as exc:
+            log.error("startup.script_failed_to_start", error=str(exc))
+            self._event(EXITED_ERROR)
+            return
+        if code is not None:
+            self._event(EXITED_OK if code == 0 else EXITED_ERROR)
+
+    async def _execute(self, metadata: Metadata) -> int | None:
+        env = self._environment(metadata)
+        cwd = self._working_directory(metadata)
+        shell = self._shell()
+        log_fd = open_log(self._log_path)
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                shell,
+                "-c",
+                metadata.startup_script,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            os.write(log_fd, f"[wsagent] could not start {shell}: {exc}\n".encode())
+            os.close(log_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self._children.add(proc.pid, "startup script")
+        self.pump = LogPump(read_fd, log_fd, CappedLog(self._max_log_bytes))
+        try:
+            self._watchdog, self._watchdog_fd = start_watchdog(proc.pid, self._grace)
+        except OSError as exc:
+            log.warning("startup.watchdog_failed", error=str(exc))
+        log.info("startup.script_started", pid=proc.pid, shell=shell, cwd=cwd)
+        timeout = metadata.startup_script_timeout
+        try:
+            if timeout > 0:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), timeout)
+        except TimeoutError:
+            log.warning("startup.script_timed_out", timeout_seconds=timeout)
+            self._event(TIMEOUT)
+        code = await proc.wait()
+        self.pump.drain()
+        log.info("startup.script_exited", pid=proc.pid, exit_code=code)
+        return None if self._closing else code
