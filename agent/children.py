@@ -17,13 +17,40 @@ log = structlog.get_logger()
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether any member of the group still runs.
+
+    ``killpg(pgid, 0)`` also succeeds while the only members left are zombies: orphans
+    whose new parent (init, or a reaper) has not collected them yet. Those are dead, and
+    waiting the whole grace period for them would only delay shutdown, so /proc decides.
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return _has_live_member(pgid)
+
+
+def _has_live_member(pgid: int, proc: str = "/proc") -> bool:
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return True  # no /proc: trust killpg
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parens, so split
+        # after the last ")".
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def signal_group(pgid: int, signum: int) -> bool:

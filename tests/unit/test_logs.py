@@ -1,0 +1,192 @@
+"""agent.logs: Redactor, RotatingFile, FailureThrottle (fake clock), and the configured
+pipeline writing JSON to a stream and a file."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import structlog
+
+from agent.logs import REDACTED, FailureThrottle, Redactor, RotatingFile, configure, error_key
+
+TOKEN = "5f0d2a4e-9c1b-4a8e-b7f3-2d6c8e1a9b40"
+
+
+# ---------------------------------------------------------------- Redactor
+
+
+def test_redactor_scrubs_known_secret_from_any_string_field() -> None:
+    redactor = Redactor()
+    redactor.add(TOKEN)
+    event = redactor(None, "info", {"event": "x", "error": f"GET /?t={TOKEN} failed", "n": 3})
+    assert event == {"event": "x", "error": f"GET /?t={REDACTED} failed", "n": 3}
+
+
+def test_redactor_drops_sensitive_keys_whatever_their_value() -> None:
+    redactor = Redactor()
+    event = redactor(None, "info", {"Token": "abc", "password": "pw", "cookie": "c=1", "url": "u"})
+    assert event == {"Token": REDACTED, "password": REDACTED, "cookie": REDACTED, "url": "u"}
+
+
+def test_redactor_scrubs_exception_values_and_ignores_short_values() -> None:
+    redactor = Redactor()
+    redactor.add(TOKEN)
+    redactor.add("abc")  # too short to be a token: would scrub ordinary words
+    event = redactor(None, "info", {"exc": ValueError(f"bad {TOKEN}"), "word": "abc"})
+    assert TOKEN not in event["exc"] and REDACTED in event["exc"]
+    assert event["word"] == "abc"
+
+
+def test_redactor_scrub_replaces_every_occurrence_of_every_secret() -> None:
+    redactor = Redactor()
+    other = "0123456789abcdef"
+    redactor.add(TOKEN)
+    redactor.add(other)
+    assert redactor.scrub(f"{TOKEN}:{other}:{TOKEN}") == f"{REDACTED}:{REDACTED}:{REDACTED}"
+
+
+# ---------------------------------------------------------------- RotatingFile
+
+
+def test_rotating_file_is_created_0600_and_fixes_a_wider_mode(tmp_path: Path) -> None:
+    path = tmp_path / "coder-agent.log"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    log = RotatingFile(path, max_bytes=1 << 20)
+    log.write("new\n")
+    log.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == "old\nnew\n"  # appends: the previous run's lines are kept
+
+
+def test_rotating_file_rotates_past_the_cap_and_keeps_n_backups(tmp_path: Path) -> None:
+    path = tmp_path / "coder-agent.log"
+    log = RotatingFile(path, max_bytes=4096, backups=2)
+    line = "x" * 99 + "\n"
+    for _ in range(200):  # 20,000 bytes: several rotations
+        log.write(line)
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["coder-agent.log", "coder-agent.log.1", "coder-agent.log.2"]
+    for p in tmp_path.iterdir():
+        assert p.stat().st_size <= 4096
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 3 * 4096
+
+
+def test_rotating_file_never_goes_below_the_minimum_cap(tmp_path: Path) -> None:
+    log = RotatingFile(tmp_path / "a.log", max_bytes=10)
+    assert log.max_bytes == 4096
+    log.close()
+    log.write("after close is ignored\n")
+    assert (tmp_path / "a.log").read_text() == ""
+
+
+# ---------------------------------------------------------------- FailureThrottle
+
+
+def test_throttle_logs_first_then_rarely_with_doubling_quiet_periods() -> None:
+    throttle = FailureThrottle(first_quiet=60, max_quiet=240)
+    logged = [t for t in range(0, 1000) if throttle.failure("refused", float(t)) is not None]
+    # First at 0; then after 60 s, 120 s, 240 s, 240 s... quiet periods.
+    assert logged == [0, 60, 180, 420, 660, 900]
+
+
+def test_throttle_reports_the_repeat_count() -> None:
+    throttle = FailureThrottle(first_quiet=10)
+    counts = [throttle.failure("k", float(t)) for t in range(12)]
+    assert counts[0] == 1
+    assert counts[10] == 11
+    assert [c for c in counts if c is not None] == [1, 11]
+
+
+def test_throttle_logs_a_new_kind_of_failure_at_once() -> None:
+    throttle = FailureThrottle()
+    assert throttle.failure("500", 0.0) == 1
+    assert throttle.failure("500", 1.0) is None
+    assert throttle.failure("malformed", 2.0) == 1
+    assert throttle.failure("malformed", 3.0) is None
+
+
+def test_throttle_alternating_failures_do_not_log_every_time() -> None:
+    throttle = FailureThrottle(first_quiet=60)
+    logged = [throttle.failure("ab"[t % 2], float(t)) for t in range(50)]
+    assert sum(1 for c in logged if c is not None) == 2
+
+
+def test_throttle_success_resets_and_returns_the_failure_count() -> None:
+    throttle = FailureThrottle()
+    for t in range(5):
+        throttle.failure("k", float(t))
+    assert throttle.failing
+    assert throttle.success() == 5
+    assert not throttle.failing
+    assert throttle.success() == 0
+    assert throttle.failure("k", 6.0) == 1  # news again after a success
+
+
+def test_throttle_memory_is_capped() -> None:
+    throttle = FailureThrottle(max_keys=4)
+    for i in range(100):
+        throttle.failure(f"k{i}", 0.0)
+    assert len(throttle._keys) == 4
+
+
+def test_error_key_is_type_and_message() -> None:
+    assert error_key(ValueError("boom")) == "ValueError: boom"
+
+
+# ---------------------------------------------------------------- configure
+
+
+@pytest.fixture(autouse=True)
+def _restore_stdlib_logging():  # type: ignore[no-untyped-def]
+    """configure() installs a bridge on the root logger; give other tests theirs back."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_configured_pipeline_writes_redacted_json_to_stream_and_file(tmp_path: Path) -> None:
+    from agent.logs import REDACTOR
+
+    REDACTOR.add(TOKEN)
+    stream = io.StringIO()
+    path = tmp_path / "coder-agent.log"
+    file = configure(log_file=path, stream=stream, level="info")
+    log = structlog.get_logger()
+    log.debug("test.hidden")
+    log.info("test.event", detail={"nested": f"token {TOKEN}"}, authorization="Bearer x")
+    assert file is not None
+    file.close()
+
+    [line] = stream.getvalue().splitlines()  # the debug line was filtered out
+    event = json.loads(line)
+    assert event["event"] == "test.event"
+    assert event["level"] == "info"
+    assert event["authorization"] == REDACTED
+    assert TOKEN not in line and REDACTED in event["detail"]["nested"]
+    assert path.read_text().splitlines() == [line]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_configured_pipeline_bridges_stdlib_warnings(tmp_path: Path) -> None:
+    import logging
+
+    stream = io.StringIO()
+    configure(log_file=None, stream=stream)
+    logging.getLogger("websockets.client").warning("keepalive ping timeout")
+    logging.getLogger("httpx").info("chatty request line")  # below WARNING: dropped
+    [line] = stream.getvalue().splitlines()
+    event = json.loads(line)
+    assert event["event"] == "lib.websockets.client"
+    assert event["message"] == "keepalive ping timeout"
