@@ -64,6 +64,7 @@ class FakeMetadata:
         self.delay = 0.0
         self.requests: list[SeenRequest] = []
         self.imds_tokens: set[str] = set()
+        self.google_key_fetches = 0
         self._released = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -114,6 +115,10 @@ class FakeMetadata:
 
     def hang(self, limit: float = HANG_LIMIT) -> None:
         self._released.wait(limit)
+
+    @property
+    def google_keys_url(self) -> str:
+        return self.url + "/oauth2/v3/certs"
 
     def revoke_imds_tokens(self) -> None:
         with self._lock:
@@ -171,7 +176,12 @@ def _handler_for(fake: FakeMetadata) -> type[BaseHTTPRequestHandler]:
             if fake.delay:
                 fake.hang(fake.delay)
             path = parts.path
-            if path.startswith("/latest/") and "aws" in fake.clouds:
+            if path in ("/oauth2/v3/certs", "/oauth2/v1/certs"):
+                # Stands in for www.googleapis.com, for the control plane under test.
+                fake.google_key_fetches += 1
+                keys = fake.google.jwks() if "v3" in path else fake.google.v1_certs()
+                self._json(200, keys, headers={"Cache-Control": "public, max-age=300"})
+            elif path.startswith("/latest/") and "aws" in fake.clouds:
                 self._aws(method, path)
             elif (path == "/" or path.startswith("/computeMetadata/")) and "google" in fake.clouds:
                 self._google(method, path, query)

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from controlplane.identity.config import IdentityConfig
+from tests.fakes.cloudkeys import pem
 from tests.fakes.metadata import FakeMetadata, WrongShapeServer
 
 
@@ -36,3 +38,16 @@ def closed_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def identity_config(fake: FakeMetadata, **overrides: object) -> IdentityConfig:
+    """Server settings that trust exactly the fake's test keys (none of the real clouds')."""
+    values: dict[str, object] = {
+        "aws_default_certs": False,
+        "aws_extra_certs": (fake.aws.cert_pem,),
+        "google_keys_url": fake.google_keys_url,
+        "azure_roots": (pem(fake.azure.root),),
+        "azure_intermediates": (pem(fake.azure.intermediate),),
+    }
+    values.update(overrides)
+    return IdentityConfig(**values)  # type: ignore[arg-type]
