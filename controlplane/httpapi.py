@@ -116,7 +116,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         message = {404: "Route not found.", 405: "Method not allowed."}.get(exc.status, exc.reason)
-        return respond(ErrorResponse(message).to_json(), exc.status)
+        response = respond(ErrorResponse(message).to_json(), exc.status)
+        # Keep what the exception says beyond its body, e.g. the ``Allow`` header of a 405.
+        for name, value in exc.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response
     except Exception:
         log.exception("http.internal_error", method=request.method, path=request.path)
         return respond(ErrorResponse("An internal server error occurred.").to_json(), 500)

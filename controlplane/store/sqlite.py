@@ -72,6 +72,7 @@ class SQLiteStore:
         self._durability = durability
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
 
     @classmethod
     async def open(cls, data_dir: Path, *, durability: str = "normal") -> SQLiteStore:
@@ -114,6 +115,10 @@ class SQLiteStore:
         return result
 
     async def close(self) -> None:
+        if self._closed:  # idempotent: a test or a shutdown path may close twice
+            return
+        self._closed = True
+
         def _close() -> None:
             if self._conn is not None:
                 self._conn.close()

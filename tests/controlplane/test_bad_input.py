@@ -1,0 +1,154 @@
+"""Bad input gets Coder-shaped JSON errors, never HTML or a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.controlplane.conftest import AGENTS, ME, World, assert_error
+
+POSTS = [f"{ME}/startup", f"{ME}/report-lifecycle", f"{ME}/app-health", f"{ME}/report-stats"]
+
+
+@pytest.mark.parametrize("path", POSTS)
+async def test_body_over_the_cap_is_413(world_factory: Any, path: str) -> None:
+    w: World = await world_factory(max_body_bytes=4096)
+    big = b'{"version": "' + b"x" * 5000 + b'"}'
+    async with w.agent() as client:
+        response = await client.post(
+            path, content=big, headers={"Content-Type": "application/json"}
+        )
+    assert_error(response, 413)
+
+
+async def test_body_over_the_cap_without_content_length_is_413(world_factory: Any) -> None:
+    w: World = await world_factory(max_body_bytes=4096)
+
+    async def chunks() -> Any:
+        yield b'{"rx_bytes": 1, "pad": "'
+        for _ in range(10):
+            yield b"y" * 1024
+        yield b'"}'
+
+    async with w.agent() as client:
+        response = await client.post(f"{ME}/report-stats", content=chunks())
+    assert_error(response, 413)
+    assert await w.cp.store.list_stats(w.agent_id) == []
+
+
+@pytest.mark.parametrize("path", POSTS)
+@pytest.mark.parametrize("body", [b"{", b"", b"not json", b'{"a": 1} trailing', b"\xff\xfe"])
+async def test_malformed_json_is_400(world: World, path: str, body: bytes) -> None:
+    async with world.agent() as client:
+        response = await client.post(
+            path, content=body, headers={"Content-Type": "application/json"}
+        )
+    error = assert_error(response, 400, "Request body must be valid JSON.")
+    assert error["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (f"{ME}/report-stats", {"rx_bytes": "many"}, "rx_bytes"),
+        (f"{ME}/report-stats", {"conns_by_proto": {"ssh": "one"}}, "conns_by_proto.ssh"),
+        (f"{ME}/report-lifecycle", {"state": 7}, "state"),
+        (f"{ME}/startup", {"version": None}, "version"),
+        (f"{ME}/app-health", {"Healths": {"x": 1}}, "Healths.x"),
+        (f"{ME}/report-stats", [1, 2], "body"),
+    ],
+)
+async def test_wrongly_typed_fields_are_400_with_validations(
+    world: World, path: str, body: Any, field: str
+) -> None:
+    async with world.agent() as client:
+        response = await client.post(path, json=body)
+    error = assert_error(response, 400, "Validation failed.")
+    assert [v["field"] for v in error["validations"]] == [field]
+
+
+async def test_unknown_fields_are_ignored(world: World) -> None:
+    async with world.agent() as client:
+        startup = {"version": "v1.0.0", "expanded_directory": "/w", "subsystem": "envbox", "x": [1]}
+        assert (await client.post(f"{ME}/startup", json=startup)).status_code == 200
+        lifecycle = {"state": "ready", "changed_at": "2023-01-01T00:00:00Z"}
+        assert (await client.post(f"{ME}/report-lifecycle", json=lifecycle)).status_code == 204
+        stats = {"rx_bytes": 1, "session_count_vscode": 3, "connection_median_latency_ms": 1.5}
+        assert (await client.post(f"{ME}/report-stats", json=stats)).status_code == 200
+    body = await world.agent_json()
+    assert (body["version"], body["lifecycle_state"]) == ("v1.0.0", "ready")
+
+
+async def test_field_names_match_case_insensitively(world: World) -> None:
+    async with world.agent() as client:
+        response = await client.post(f"{ME}/report-lifecycle", json={"State": "starting"})
+    assert response.status_code == 204
+    assert (await world.agent_json())["lifecycle_state"] == "starting"
+
+
+@pytest.mark.parametrize("suffix", ["", "/connection", "/coordinate", "/listening-ports", "/pty"])
+@pytest.mark.parametrize("bad", ["not-a-uuid", "1234", "6a1c2bdb-8a3b-4d4e-9b8f-6f1a4c1f2f3"])
+async def test_invalid_uuid_is_400(world: World, suffix: str, bad: str) -> None:
+    async with world.user() as client:
+        response = await client.get(f"{AGENTS}/{bad}{suffix}")
+    error = assert_error(response, 400)
+    assert bad in error["message"]
+    assert error["validations"][0]["field"] == "workspaceagent"
+
+
+async def test_unknown_agent_is_404(world: World) -> None:
+    async with world.user() as client:
+        response = await client.get(f"{AGENTS}/6a1c2bdb-8a3b-4d4e-9b8f-6f1a4c1f2f3e")
+    assert_error(response, 404, "Resource not found or you do not have access to this resource")
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/api/v2/nope", f"{ME}/nope", f"{AGENTS}/x/y/z", "/favicon.ico"]
+)
+async def test_unknown_routes_are_json_404(world: World, path: str) -> None:
+    async with world.user() as client:
+        response = await client.get(path)
+    assert_error(response, 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", f"{ME}/metadata"),
+        ("GET", f"{ME}/report-stats"),
+        ("PUT", f"{ME}/startup"),
+        ("DELETE", f"{AGENTS}/6a1c2bdb-8a3b-4d4e-9b8f-6f1a4c1f2f3e"),
+        ("POST", "/healthz"),
+    ],
+)
+async def test_wrong_method_is_json_405(world: World, method: str, path: str) -> None:
+    async with world.agent() as client:
+        response = await client.request(method, path)
+    assert_error(response, 405)
+    assert "allow" in {k.lower() for k in response.headers}
+
+
+async def test_errors_never_leak_a_traceback(world: World) -> None:
+    """An unexpected failure inside a handler is a 500 JSON body with no internals."""
+    await world.cp.store.close()  # every store call now fails
+    async with world.agent() as client:
+        response = await client.get(f"{ME}/metadata")
+    body = assert_error(response, 500)
+    assert "Traceback" not in response.text and "sqlite" not in response.text.lower()
+    assert body["message"]
+
+
+async def test_raw_garbage_request_line_is_not_answered_with_html(world: World) -> None:
+    host, port = "127.0.0.1", world.cp.config.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\nContent-Length: nope\r\n\r\n"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    # aiohttp answers framing errors itself, before any handler: plain text, never HTML.
+    assert head.startswith(b"HTTP/1.0 400") or head.startswith(b"HTTP/1.1 400"), head[:200]
+    assert b"<html" not in head.lower() and b"Traceback" not in head
