@@ -12,6 +12,7 @@ def wire_components(agent: Agent) -> None:
     wire_identity(agent)
     wire_workspace_start(agent)
     wire_listening_ports(agent)
+    wire_app_health(agent)
 
 
 def wire_identity(agent: Agent) -> None:
@@ -72,3 +73,25 @@ def wire_workspace_start(agent: Agent) -> None:
     )
     agent.add_metadata_hook(start.on_metadata)
     agent.add_shutdown_hook(start.close)
+
+
+def wire_app_health(agent: Agent) -> None:
+    """Probe the apps' health checks; restarted with the new apps on every attempt."""
+    import asyncio
+
+    from agent.sdk.models import Metadata
+
+    current: list[asyncio.Task[None]] = []
+
+    async def on_metadata(metadata: Metadata, first: bool) -> None:
+        del first
+        for task in current:
+            task.cancel()
+        current.clear()
+        from agent.apphealth import AppHealthReporter, probed_apps
+
+        if probed_apps(metadata.apps):
+            reporter = AppHealthReporter(metadata.apps, agent.client.post_app_health)
+            current.append(agent.start_task("apphealth", reporter.run))
+
+    agent.add_metadata_hook(on_metadata)

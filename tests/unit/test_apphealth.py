@@ -1,0 +1,200 @@
+"""agent.apphealth under a virtual clock: the threshold counter, probe cadence, reporting."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from agent.apphealth import AppHealthReporter, HealthCounter, probed_apps
+from agent.errors import TransportError
+from agent.sdk.models import Healthcheck, WorkspaceApp
+
+A, B, C, D = (f"00000000-0000-4000-8000-00000000000{i}" for i in range(1, 5))
+
+
+class FakeClock:
+    """Virtual time: ``sleep`` parks until ``advance_to`` moves the clock past its wake-up."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._seq), future))
+        await future
+
+    async def _settle(self) -> None:
+        for _ in range(20):  # let every task run until it parks again (no real time passes)
+            await asyncio.sleep(0)
+
+    async def advance_to(self, t: float) -> None:
+        await self._settle()
+        while self._sleepers and self._sleepers[0][0] <= t:
+            wake, _, future = heapq.heappop(self._sleepers)
+            self.now = wake
+            if not future.done():
+                future.set_result(None)
+            await self._settle()
+        self.now = t
+
+
+def app(
+    app_id: str,
+    url: str = "http://app",
+    interval: int = 1,
+    threshold: int = 1,
+    health: str = "initializing",
+) -> WorkspaceApp:
+    return WorkspaceApp(
+        id=app_id, slug=app_id[-1], healthcheck=Healthcheck(url, interval, threshold), health=health
+    )
+
+
+class Probes:
+    """A fake prober: each URL answers from a function of the probe count."""
+
+    def __init__(self, clock: FakeClock, answers: dict[str, Callable[[int], bool]]) -> None:
+        self.clock = clock
+        self.answers = answers
+        self.calls: list[tuple[str, float, float]] = []
+
+    async def __call__(self, url: str, limit: float) -> bool:
+        n = sum(1 for c in self.calls if c[0] == url)
+        self.calls.append((url, self.clock.now, limit))
+        return self.answers[url](n)
+
+
+class Posts:
+    def __init__(self, clock: FakeClock, failures: int = 0) -> None:
+        self.clock = clock
+        self.failures = failures
+        self.landed: list[tuple[float, dict[str, str]]] = []
+        self.tried = 0
+
+    async def __call__(self, healths: dict[str, str]) -> None:
+        self.tried += 1
+        if self.failures:
+            self.failures -= 1
+            raise TransportError(
+                "POST", "http://cp/api/v2/workspaceagents/me/app-health", "refused"
+            )
+        self.landed.append((self.clock.now, healths))
+
+
+# ---------------------------------------------------------------- the counter
+
+
+def test_unhealthy_only_on_the_threshold_plus_first_consecutive_failure() -> None:
+    counter = HealthCounter(threshold=2)
+    assert counter.observe(False, 1.0) is None
+    assert counter.observe(False, 2.0) is None
+    assert counter.observe(False, 3.0) == "unhealthy"
+    assert counter.changed_at == 3.0
+    assert counter.observe(False, 4.0) is None  # no change, nothing to report
+
+
+def test_one_success_makes_it_healthy_and_resets_the_count() -> None:
+    counter = HealthCounter(threshold=1, health="unhealthy")
+    assert counter.observe(True, 1.0) == "healthy"
+    assert counter.failures == 0
+    assert counter.observe(False, 2.0) is None  # one failure is tolerated again
+    assert counter.observe(True, 3.0) is None
+    assert counter.observe(False, 4.0) is None
+    assert counter.observe(False, 5.0) == "unhealthy"
+
+
+def test_which_apps_are_probed() -> None:
+    apps = [
+        app(A),
+        app(B, health="disabled"),
+        app(C, url=""),
+        app(D, interval=0),
+        app("00000000-0000-4000-8000-000000000005", threshold=0),
+    ]
+    assert [a.id for a in probed_apps(apps)] == [A]
+
+
+# ---------------------------------------------------------------- the reporter
+
+
+async def run_reporter(reporter: AppHealthReporter, clock: FakeClock, until: float) -> None:
+    task = asyncio.create_task(reporter.run())
+    await clock.advance_to(until)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_healthy_and_500_apps_are_reported_whole_on_each_change() -> None:
+    clock = FakeClock()
+    probes = Probes(clock, {"http://ok": lambda n: True, "http://500": lambda n: False})
+    posts = Posts(clock)
+    apps = [app(A, "http://ok"), app(B, "http://500", threshold=1), app(C, health="disabled")]
+    reporter = AppHealthReporter(apps, posts, probe=probes, sleep=clock.sleep, clock=clock)
+    await run_reporter(reporter, clock, 5.0)
+
+    assert posts.landed == [
+        (1.0, {A: "healthy", B: "initializing"}),
+        (2.0, {A: "healthy", B: "unhealthy"}),
+    ]
+
+
+async def test_first_probe_one_interval_after_start_then_one_per_interval() -> None:
+    clock = FakeClock()
+    probes = Probes(clock, {"http://app": lambda n: True})
+    reporter = AppHealthReporter(
+        [app(A, interval=5)], Posts(clock), probe=probes, sleep=clock.sleep, clock=clock
+    )
+    await run_reporter(reporter, clock, 21.0)
+    assert [t for _, t, _ in probes.calls] == [5.0, 10.0, 15.0, 20.0]
+    assert {limit for _, _, limit in probes.calls} == {
+        5.0
+    }  # each probe times out after the interval
+
+
+async def test_recovery_is_reported() -> None:
+    clock = FakeClock()
+    probes = Probes(clock, {"http://app": lambda n: n >= 3})  # fails 3 times, then answers
+    posts = Posts(clock)
+    reporter = AppHealthReporter(
+        [app(A, threshold=1)], posts, probe=probes, sleep=clock.sleep, clock=clock
+    )
+    await run_reporter(reporter, clock, 6.0)
+    assert [h[A] for _, h in posts.landed] == ["unhealthy", "healthy"]
+
+
+async def test_a_failed_post_is_retried_until_it_lands() -> None:
+    clock = FakeClock()
+    probes = Probes(clock, {"http://app": lambda n: True})
+    posts = Posts(clock, failures=3)
+    reporter = AppHealthReporter([app(A)], posts, probe=probes, sleep=clock.sleep, clock=clock)
+    await run_reporter(reporter, clock, 10.0)
+    assert posts.tried == 4
+    assert posts.landed == [(4.0, {A: "healthy"})]
+
+
+async def test_unchanged_server_values_are_not_posted() -> None:
+    clock = FakeClock()
+    probes = Probes(clock, {"http://app": lambda n: True})
+    posts = Posts(clock)
+    reporter = AppHealthReporter(
+        [app(A, health="healthy")], posts, probe=probes, sleep=clock.sleep, clock=clock
+    )
+    await run_reporter(reporter, clock, 10.0)
+    assert posts.tried == 0
+
+
+@pytest.mark.parametrize("apps", [[], [app(A, health="disabled")], [app(A, url="")]])
+async def test_nothing_to_probe_returns_at_once(apps: list[WorkspaceApp]) -> None:
+    clock = FakeClock()
+    reporter = AppHealthReporter(apps, Posts(clock), sleep=clock.sleep, clock=clock)
+    async with asyncio.timeout(1):
+        await reporter.run()
