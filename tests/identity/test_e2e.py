@@ -1,0 +1,140 @@
+"""The real daemon with CODER_AGENT_AUTH=auto and a fake DMI folder, against the fake
+metadata service and the real control plane: detect, exchange, connect, and recover."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.identity.detect import AZURE_ASSET_TAG
+from tests.conftest import AgentProcess, ControlPlane, poll_until
+from tests.fakes.metadata import FakeMetadata
+from tests.identity.conftest import identity_config
+
+pytestmark = pytest.mark.e2e
+
+DMI = {
+    "aws": {"sys_vendor": "Amazon EC2", "product_name": "m5.large", "bios_vendor": "Amazon EC2"},
+    "google": {"sys_vendor": "Google", "product_name": "Google Compute Engine"},
+    "azure": {
+        "sys_vendor": "Microsoft Corporation",
+        "product_name": "Virtual Machine",
+        "chassis_asset_tag": AZURE_ASSET_TAG,
+    },
+}
+AUTH = {
+    "aws": "aws-instance-identity",
+    "google": "google-instance-identity",
+    "azure": "azure-instance-identity",
+}
+
+
+def _instance_id(fake: FakeMetadata, cloud: str) -> str:
+    return {
+        "aws": fake.aws.instance_id,
+        "google": fake.google.instance_id,
+        "azure": fake.azure.vm_id,
+    }[cloud]
+
+
+async def _start(
+    cloud: str,
+    make_control_plane: Callable[..., Awaitable[ControlPlane]],
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    fake: FakeMetadata,
+    tmp_path: Path,
+) -> tuple[ControlPlane, AgentProcess, str, str]:
+    plane = await make_control_plane(identity=identity_config(fake))
+    _, user_token = await plane.create_user("owner")
+    agents = await plane.create_workspace(
+        "owner",
+        "ws",
+        [{"name": "main", "auth": AUTH[cloud], "instance_id": _instance_id(fake, cloud)}],
+    )
+    agent_id, _ = agents["main"]
+    dmi = tmp_path / "dmi"
+    dmi.mkdir()
+    for name, value in DMI[cloud].items():
+        (dmi / name).write_text(value + "\n")
+    env = {
+        "CODER_AGENT_URL": plane.url,
+        "CODER_AGENT_AUTH": "auto",
+        "CODER_AGENT_DMI_DIR": str(dmi),
+        "CODER_AGENT_HYPERVISOR_UUID_PATH": str(dmi / "no-hypervisor-uuid"),
+        **fake.env(),
+    }
+    agent = await start_agent(env)
+    return plane, agent, agent_id, user_token
+
+
+async def _connected(plane: ControlPlane, agent_id: str, token: str) -> dict[str, Any] | None:
+    body = await plane.get_agent_json(agent_id, token)
+    return body if body["status"] == "connected" else None
+
+
+@pytest.mark.parametrize("cloud", ["aws", "google", "azure"])
+async def test_daemon_detects_the_cloud_exchanges_and_connects(
+    cloud: str,
+    make_control_plane: Callable[..., Awaitable[ControlPlane]],
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    fake_metadata: FakeMetadata,
+    tmp_path: Path,
+) -> None:
+    """auto + DMI -> the cloud's flow -> a session token -> status connected."""
+    plane, agent, agent_id, user_token = await _start(
+        cloud, make_control_plane, start_agent, fake_metadata, tmp_path
+    )
+    detected = await agent.wait_for_event("identity.detected", timeout=15)
+    assert detected["method"] == AUTH[cloud] and detected["source"] == "dmi"
+    await agent.wait_for_event("identity.exchanged", timeout=15, method=AUTH[cloud])
+    await poll_until(lambda: _connected(plane, agent_id, user_token), timeout=15)
+    # DMI was conclusive: no probe requests reached the metadata service.
+    assert not [r for r in fake_metadata.requests if r.path in ("/", "/metadata/versions")]
+
+
+async def test_revoked_tokens_are_replaced_by_a_new_exchange(
+    make_control_plane: Callable[..., Awaitable[ControlPlane]],
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    fake_metadata: FakeMetadata,
+    tmp_path: Path,
+) -> None:
+    """The server revokes every token of a running agent and drops its connection: the
+    agent proves its identity again by itself and returns to connected."""
+    plane, agent, agent_id, user_token = await _start(
+        "aws", make_control_plane, start_agent, fake_metadata, tmp_path
+    )
+    await poll_until(lambda: _connected(plane, agent_id, user_token), timeout=15)
+    exchanges = len(agent.find("identity.exchanged"))
+    assert await plane.store.revoke_agent_tokens(agent_id) >= 1
+    await plane.restart()  # drops the coordinate socket; the old token is gone for good
+    await agent.wait_for_new_event("identity.exchanged", after=exchanges, timeout=20)
+    await poll_until(lambda: _connected(plane, agent_id, user_token), timeout=20)
+    # The agent holds a token again, and it is a new one (the old ones were deleted).
+    assert await plane.store.revoke_agent_tokens(agent_id) >= 1
+    # The IMDSv2 token was reused across exchanges.
+    assert len(fake_metadata.seen("/latest/api/token")) == 1
+
+
+async def test_daemon_without_a_cloud_exits_2_naming_the_setting(
+    control_plane: ControlPlane,
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    fake_metadata: FakeMetadata,
+    tmp_path: Path,
+) -> None:
+    """auto, no DMI, and no metadata service answering with the right shape: exit code 2."""
+    fake_metadata.clouds = frozenset()
+    env = {
+        "CODER_AGENT_URL": control_plane.url,
+        "CODER_AGENT_AUTH": "auto",
+        "CODER_AGENT_DMI_DIR": str(tmp_path / "no-dmi"),
+        "CODER_AGENT_HYPERVISOR_UUID_PATH": str(tmp_path / "no-dmi" / "uuid"),
+        **fake_metadata.env(),
+    }
+    agent = await start_agent(env)
+    assert await agent.proc.wait() == 2
+    await agent.terminate()
+    errors = [line for line in agent.raw_lines if line.startswith("wsagent agent: error:")]
+    assert len(errors) == 1 and "CODER_AGENT_AUTH" in errors[0]
