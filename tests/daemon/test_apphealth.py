@@ -1,0 +1,134 @@
+"""App health end to end: the real daemon probes a real HTTP app on loopback and the real
+control plane stores what it reports (GET /api/v2/workspaceagents/{id} apps[].health)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import ControlPlane, poll_until
+from tests.daemon.conftest import SpawnDaemon
+
+pytestmark = pytest.mark.e2e
+
+
+class App:
+    """A workspace app with a health endpoint whose status the test switches."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.hits: list[float] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        self.hits.append(time.monotonic())
+        return web.Response(status=self.status, text="ok" if self.status < 500 else "down")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._health)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self.port = server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def web_app() -> AsyncIterator[App]:
+    app = App()
+    await app.start()
+    yield app
+    await app.stop()
+
+
+async def healths(cp: ControlPlane, agent_id: str, token: str) -> dict[str, str]:
+    body: dict[str, Any] = await cp.get_agent_json(agent_id, token)
+    return {a["slug"]: a["health"] for a in body["apps"]}
+
+
+async def test_health_is_probed_reported_and_stored(
+    control_plane: ControlPlane, spawn_daemon: SpawnDaemon, web_app: App
+) -> None:
+    """healthy and unhealthy land in the store; the disabled app stays disabled; an app that
+    starts failing turns unhealthy; at interval 1 there are at most 2 probes a second."""
+    broken = App()
+    broken.status = 500
+    await broken.start()
+    try:
+        _, user_token = await control_plane.create_user("alice")
+        check = {"interval": 1, "threshold": 1}
+        agents = await control_plane.create_workspace(
+            "alice",
+            "dev",
+            [
+                {
+                    "name": "main",
+                    "apps": [
+                        {
+                            "slug": "web",
+                            "url": "http://127.0.0.1:1",
+                            "healthcheck": {"url": web_app.url, **check},
+                        },
+                        {
+                            "slug": "api",
+                            "url": "http://127.0.0.1:2",
+                            "healthcheck": {"url": broken.url, **check},
+                        },
+                        {"slug": "docs", "url": "http://127.0.0.1:3"},
+                    ],
+                }
+            ],
+        )
+        agent_id, agent_token = agents["main"]
+        assert await healths(control_plane, agent_id, user_token) == {
+            "web": "initializing",
+            "api": "initializing",
+            "docs": "disabled",
+        }
+        daemon = await spawn_daemon(control_plane.url, agent_token)
+
+        async def stored() -> dict[str, str]:
+            return await healths(control_plane, agent_id, user_token)
+
+        await poll_until(
+            lambda: _is(stored, {"web": "healthy", "api": "unhealthy", "docs": "disabled"}),
+            timeout=10,
+            message="healthy/unhealthy never stored",
+        )
+
+        # Rate: count the probes of one app over a 3 s window.
+        start = time.monotonic()
+        before = len(web_app.hits)
+        await asyncio.sleep(3.0)  # the rate itself is what is measured, so this is on the clock
+        probes = len(web_app.hits) - before
+        assert 2 <= probes <= 2 * (time.monotonic() - start), probes
+
+        web_app.status = 503
+        await poll_until(lambda: _is(stored, {"web": "unhealthy"}), timeout=10)
+        web_app.status = 404  # any answer below 500 is healthy
+        await poll_until(lambda: _is(stored, {"web": "healthy"}), timeout=10)
+        assert daemon.proc.returncode is None
+    finally:
+        await broken.stop()
+
+
+async def _is(stored: Any, expected: dict[str, str]) -> bool:
+    now = await stored()
+    return all(now.get(k) == v for k, v in expected.items())
