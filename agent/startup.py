@@ -44,8 +44,9 @@ TRAILER_RESERVE: Final = 256
 MIN_LOG_BYTES: Final = 4096
 
 WATCHDOG_SCRIPT: Final = (
-    'read _ignored; kill -TERM -- "-$1" 2>/dev/null || exit 0; '
-    'sleep "$2"; kill -KILL -- "-$1" 2>/dev/null; exit 0'
+    # dash's kill takes no "--"; "-TERM -PGID" works in dash and bash alike.
+    'read _ignored; kill -TERM "-$1" 2>/dev/null || exit 0; '
+    'sleep "$2"; kill -KILL "-$1" 2>/dev/null; exit 0'
 )
 
 
