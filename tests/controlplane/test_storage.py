@@ -1,0 +1,178 @@
+"""Storage: restarts, concurrent writers, migrations, file modes, hashed tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from controlplane.store.migrations import MIGRATIONS, MigrationError
+from controlplane.store.records import GitAuthProvider
+from controlplane.store.sqlite import DB_NAME, SQLiteStore
+from tests.conftest import ControlPlane, poll_until
+from tests.controlplane.conftest import MAIN_AGENT, ME, World
+
+
+async def test_state_survives_a_restart(world: World) -> None:
+    cp = world.cp
+    await cp.store.upsert_gitauth_provider(GitAuthProvider("github", r"github\.com", "github"))
+    alice = await cp.store.get_user_by_name("alice")
+    await cp.store.set_gitauth_link("github", alice.id, "gh-token", "")
+    async with world.agent() as client:
+        await client.post(
+            f"{ME}/startup", json={"version": "v1.2.3", "expanded_directory": "/home/a"}
+        )
+        await client.post(f"{ME}/report-lifecycle", json={"state": "ready"})
+        await client.post(f"{ME}/app-health", json={"Healths": {world.apps["web"]: "healthy"}})
+        await client.post(f"{ME}/report-stats", json={"rx_bytes": 7, "tx_bytes": 9})
+        key_before = (await client.get(f"{ME}/gitsshkey")).json()
+    before = await world.agent_json()
+
+    await cp.restart()
+
+    after = await world.agent_json()  # the user token still works
+    for field in (
+        "version",
+        "expanded_directory",
+        "lifecycle_state",
+        "apps",
+        "created_at",
+        "resource_id",
+    ):
+        assert after[field] == before[field], field
+    async with world.agent() as client:  # so does the agent token
+        assert (await client.get(f"{ME}/gitsshkey")).json() == key_before
+        auth = (await client.get(f"{ME}/gitauth", params={"url": "https://github.com/x"})).json()
+    assert auth["username"] == "gh-token"
+    stats = await cp.store.list_stats(world.agent_id)
+    assert [(s.rx_bytes, s.tx_bytes) for s in stats] == [(7, 9)]
+    workspace = (await cp.store.list_workspaces())[0]
+    assert workspace.last_used_at is not None
+
+
+async def test_connection_times_survive_a_restart(world: World) -> None:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"{world.cp.url}{ME}/coordinate", headers={"Coder-Session-Token": world.agent_token}
+        ),
+    ):
+        await poll_until(lambda: _status(world, "connected"), timeout=5)
+        await world.cp.restart()  # the server closes the socket on its way down
+    body = await world.agent_json()
+    assert body["status"] == "disconnected"
+    assert {"first_connected_at", "last_connected_at", "disconnected_at"} <= set(body)
+
+
+async def _status(world: World, status: str) -> bool:
+    return (await world.agent_json())["status"] == status
+
+
+async def test_concurrent_writes_from_many_agents_are_all_kept(control_plane: ControlPlane) -> None:
+    count = 50
+    await control_plane.create_user("alice")
+    agents = await control_plane.create_workspace(
+        "alice", "fleet", [{"name": f"a{i}", "apps": MAIN_AGENT["apps"]} for i in range(count)]
+    )
+
+    async def one_agent(name: str, agent_id: str, token: str) -> None:
+        web = next(
+            a.id for a in await control_plane.store.list_apps(agent_id) if a.spec.slug == "web"
+        )
+        async with control_plane.http(token) as client:
+            posts = [
+                client.post(f"{ME}/report-stats", json={"rx_bytes": n + 1, "tx_bytes": 1})
+                for n in range(5)
+            ]
+            posts.append(
+                client.post(
+                    f"{ME}/startup", json={"version": f"v1.0.{name[1:]}", "expanded_directory": ""}
+                )
+            )
+            posts.append(client.post(f"{ME}/app-health", json={"Healths": {web: "healthy"}}))
+            responses = await asyncio.gather(*posts)
+            assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+            for state in ("starting", "ready"):
+                assert (
+                    await client.post(f"{ME}/report-lifecycle", json={"state": state})
+                ).status_code == 204
+
+    await asyncio.gather(*(one_agent(name, aid, tok) for name, (aid, tok) in agents.items()))
+
+    for name, (agent_id, _) in agents.items():
+        record = await control_plane.store.get_agent(agent_id)
+        assert (record.version, record.lifecycle_state) == (f"v1.0.{name[1:]}", "ready")
+        assert sorted(s.rx_bytes for s in await control_plane.store.list_stats(agent_id)) == [
+            1,
+            2,
+            3,
+            4,
+            5,
+        ]
+        healths = {a.spec.slug: a.health for a in await control_plane.store.list_apps(agent_id)}
+        assert healths == {"web": "healthy", "term": "disabled"}
+    db = sqlite3.connect(control_plane.config.data_dir / DB_NAME)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("SELECT COUNT(*) FROM agent_stats").fetchone() == (count * 5,)
+    finally:
+        db.close()
+
+
+async def test_migrations_are_versioned(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path)
+    await store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        db.close()
+    # Opening again is a no-op migration and keeps the data.
+    store = await SQLiteStore.open(tmp_path)
+    await store.create_user("carol")
+    await store.close()
+    store = await SQLiteStore.open(tmp_path)
+    try:
+        assert [u.name for u in await store.list_users()] == ["carol"]
+    finally:
+        await store.close()
+
+
+async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path)
+    await store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(MigrationError, match="newer"):
+        await SQLiteStore.open(tmp_path)
+
+
+async def test_database_files_are_private(world: World) -> None:
+    data_dir = world.cp.config.data_dir
+    async with world.agent() as client:  # make sure the WAL exists
+        await client.post(f"{ME}/report-stats", json={"rx_bytes": 1})
+    files = [p for p in data_dir.iterdir() if p.name.startswith(DB_NAME)]
+    assert {p.name for p in files} >= {DB_NAME, f"{DB_NAME}-wal"}
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+
+
+async def test_tokens_are_stored_only_as_hashes(world: World) -> None:
+    import hashlib
+
+    async with world.agent() as client:
+        await client.post(f"{ME}/report-stats", json={"rx_bytes": 1})
+    await world.cp.stop()  # checkpoint and close: the whole database is in the main file
+    data = b"".join(p.read_bytes() for p in world.cp.config.data_dir.iterdir() if p.is_file())
+    for token in (world.owner_token, world.agent_token, world.other_token):
+        assert token.encode() not in data
+        assert hashlib.sha256(token.encode()).hexdigest().encode() in data
