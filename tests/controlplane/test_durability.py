@@ -1,0 +1,124 @@
+"""A ``kill -9`` of a real server process loses no acknowledged write."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import httpx
+
+from controlplane.store.sqlite import DB_NAME, SQLiteStore
+from tests.conftest import REPO, poll_until
+from tests.controlplane.cli import admin, cli_env
+from tests.controlplane.conftest import ME
+
+
+async def start_server_process(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """Run ``wsagent server`` on a free port; its URL comes from the ``server.listening``
+    log line (JSON on stdout when stdout is not a terminal)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsagent",
+        "server",
+        "--data-dir",
+        str(data_dir),
+        "--address",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=cli_env(),
+        cwd=str(REPO),
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                raw = await proc.stdout.readline()
+                if not raw:
+                    raise AssertionError(f"server exited early: {lines}")
+                lines.append(raw.decode())
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                if event.get("event") == "server.listening":
+                    return proc, str(event["url"])
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+
+
+async def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    await admin(data_dir, "user", "create", "alice")
+    created = await admin(data_dir, "workspace", "create", "--owner", "alice", "--name", "dev")
+    agent_id, token = created["agents"][0]["agent_id"], created["agents"][0]["token"]
+    proc, url = await start_server_process(data_dir)
+    acked: list[int] = []
+    versions: list[int] = []
+    try:
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Coder-Session-Token": token}, timeout=5
+        ) as client:
+
+            async def writer(start: int) -> None:
+                n = start
+                while True:
+                    try:
+                        response = await client.post(
+                            f"{ME}/report-stats", json={"rx_bytes": n, "tx_bytes": 1}
+                        )
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    if response.status_code == 200:
+                        acked.append(n)  # acknowledged: it must survive
+                    n += 8
+
+            async def startup() -> None:
+                # Sequential overwrites of one row: the newest acknowledged one must win.
+                for n in range(1, 100_000):
+                    body = {"version": f"v0.0.{n}", "expanded_directory": ""}
+                    try:
+                        response = await client.post(f"{ME}/startup", json=body)
+                    except httpx.HTTPError:
+                        return
+                    if response.status_code == 200:
+                        versions.append(n)
+
+            tasks = [asyncio.create_task(writer(i + 1)) for i in range(8)]
+            tasks.append(asyncio.create_task(startup()))
+            # Kill in the middle of the stream of writes.
+            await poll_until(lambda: len(acked) >= 200 and len(versions) >= 20, timeout=20)
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    store = await SQLiteStore.open(data_dir)  # recovers the WAL
+    try:
+        stored = {s.rx_bytes for s in await store.list_stats(agent_id)}
+        agent = await store.get_agent(agent_id)
+    finally:
+        await store.close()
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} acknowledged writes lost"
+    assert agent is not None
+    # The newest acknowledged version is there, or the one in flight when the server died.
+    assert agent.version in (f"v0.0.{versions[-1]}", f"v0.0.{versions[-1] + 1}"), agent.version
+    db = sqlite3.connect(data_dir / DB_NAME)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        db.close()
