@@ -226,13 +226,24 @@ def admin_parser() -> argparse.ArgumentParser:
 
 
 def _app_flag(text: str) -> dict[str, Any]:
+    from controlplane.admin import SpecError
+
     fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
     health = {}
     if "healthcheck-url" in fields:
+
+        def seconds(key: str, default: str) -> int:
+            value = fields.pop(key, default)
+            try:
+                return int(value)
+            except ValueError:
+                # A typo in a flag is a usage error, not a traceback.
+                raise SpecError(f"--app {key}: expected an integer, got {value!r}") from None
+
         health = {
             "url": fields.pop("healthcheck-url"),
-            "interval": int(fields.pop("interval", "5")),
-            "threshold": int(fields.pop("threshold", "3")),
+            "interval": seconds("interval", "5"),
+            "threshold": seconds("threshold", "3"),
         }
     return {**fields, "healthcheck": health}
 

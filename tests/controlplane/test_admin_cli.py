@@ -1,0 +1,203 @@
+"""``wsagent admin``: every write goes to the data directory a running server reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ControlPlane
+from tests.controlplane.cli import admin, wsagent
+from tests.controlplane.conftest import AGENTS, ME, assert_error
+
+WORKSPACE_FILE = """
+[[users]]
+name = "alice"
+email = "alice@example.com"
+
+[[users]]
+name = "bob"
+
+[[gitauth]]
+id = "gitlab"
+regex = '^https://gitlab\\.example\\.com/'
+type = "gitlab"
+
+  [[gitauth.credentials]]
+  user = "alice"
+  token = "glpat-example"
+
+[[workspaces]]
+owner = "alice"
+name = "dev"
+
+  [[workspaces.agents]]
+  name = "main"
+  startup_script = "echo ready"
+  startup_script_timeout = 300
+  directory = "~/src"
+  motd_file = "/etc/motd"
+  connection_timeout = 60
+  troubleshooting_url = "https://wiki.example.com/agents"
+  login_before_ready = false
+  env = { EDITOR = "vim" }
+
+    [[workspaces.agents.apps]]
+    slug = "code"
+    display_name = "VS Code"
+    url = "http://localhost:13337"
+    healthcheck = { url = "http://localhost:13337/healthz", interval = 5, threshold = 6 }
+
+  [[workspaces.agents]]
+  name = "gpu"
+  auth = "google-instance-identity"
+  instance_id = "1234567890"
+"""
+
+
+async def _plane_on(make_control_plane: Any, data_dir: Path) -> ControlPlane:
+    plane: ControlPlane = await make_control_plane(data_dir=data_dir)
+    return plane
+
+
+async def test_user_and_workspace_created_by_the_cli_work_against_the_server(
+    make_control_plane: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    user = await admin(data, "user", "create", "alice", "--email", "a@example.com")
+    assert set(user) == {"id", "name", "session_token"}
+    cp = await _plane_on(make_control_plane, data)
+    # The server is running while the CLI writes to the same database.
+    created = await admin(
+        data,
+        "workspace",
+        "create",
+        "--owner",
+        "alice",
+        "--name",
+        "dev",
+        "--env",
+        "A=1",
+        "--startup-script",
+        "true",
+        "--startup-script-timeout",
+        "9",
+        "--app",
+        "slug=web,url=http://localhost:8080,healthcheck-url=http://localhost:8080/h,interval=2",
+    )
+    agent = created["agents"][0]
+    async with cp.http(user["session_token"]) as client:
+        assert (await client.get("/api/v2/users/me")).json()["username"] == "alice"
+        body = (await client.get(f"{AGENTS}/{agent['agent_id']}")).json()
+    assert body["environment_variables"] == {"A": "1"}
+    assert body["startup_script_timeout_seconds"] == 9
+    async with cp.http(agent["token"]) as client:
+        metadata = (await client.get(f"{ME}/metadata")).json()
+    assert metadata["apps"][0]["healthcheck"] == {
+        "url": "http://localhost:8080/h",
+        "interval": 2,
+        "threshold": 3,
+    }
+    assert metadata["startup_script_timeout"] == 9 * 1_000_000_000
+
+    token = await admin(data, "user", "token", "alice")
+    async with cp.http(token["session_token"]) as client:
+        assert (await client.get("/api/v2/users/me")).status_code == 200
+    listed = await admin(data, "workspace", "list")
+    assert listed[0]["agents"] == [{"name": "main", "agent_id": agent["agent_id"]}]
+
+
+async def test_gitauth_and_token_rotation(make_control_plane: Any, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    await admin(data, "user", "create", "alice")
+    created = await admin(data, "workspace", "create", "--owner", "alice", "--name", "dev")
+    agent = created["agents"][0]
+    await admin(
+        data, "gitauth", "add-provider", "--id", "bb", "--regex", "bitbucket", "--type", "bitbucket"
+    )
+    cp = await _plane_on(make_control_plane, data)
+    async with cp.http(agent["token"]) as client:
+        url = "https://bitbucket.org/x/y"
+        assert (
+            (await client.get(f"{ME}/gitauth", params={"url": url}))
+            .json()["url"]
+            .endswith("/gitauth/bb")
+        )
+        await admin(
+            data, "gitauth", "set-credential", "--provider", "bb", "--user", "alice", "--token", "T"
+        )
+        answer = (await client.get(f"{ME}/gitauth", params={"url": url})).json()
+    assert answer == {"username": "x-token-auth", "password": "T", "url": ""}
+
+    rotated = await admin(data, "agent", "rotate-token", agent["agent_id"])
+    assert rotated["token"] != agent["token"]
+    async with cp.http(agent["token"]) as client:
+        assert_error(await client.get(f"{ME}/metadata"), 401)
+    async with cp.http(rotated["token"]) as client:
+        assert (await client.get(f"{ME}/metadata")).status_code == 200
+    key = await admin(data, "gitsshkey", "show", "--user", "alice")
+    assert key["public_key"].startswith("ssh-ed25519 ")
+
+
+async def test_apply_a_workspace_file_twice_is_idempotent(
+    make_control_plane: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    spec = tmp_path / "workspaces.toml"
+    spec.write_text(WORKSPACE_FILE)
+    first = await admin(data, "apply", str(spec))
+    assert set(first["users"]) == {"alice", "bob"}
+    agents = {a["agent"]: a for a in first["agents"]}
+    assert set(agents) == {"main", "gpu"}
+    assert agents["main"]["token"] and agents["gpu"]["token"] == ""  # identity agents get none
+    assert agents["gpu"]["auth"] == "google-instance-identity"
+
+    second = await admin(data, "apply", str(spec))
+    assert second == {"users": {}, "agents": []}
+
+    cp = await _plane_on(make_control_plane, data)
+    assert len(await cp.store.list_users()) == 2
+    workspaces = await cp.store.list_workspaces()
+    assert len(workspaces) == 1 and workspaces[0].latest_build == 1
+    async with cp.http(agents["main"]["token"]) as client:
+        metadata = (await client.get(f"{ME}/metadata")).json()
+        auth = await client.get(f"{ME}/gitauth", params={"url": "https://gitlab.example.com/a"})
+    assert metadata["environment_variables"] == {"EDITOR": "vim"}
+    assert metadata["apps"][0]["display_name"] == "VS Code"
+    assert metadata["apps"][0]["health"] == "initializing"
+    assert auth.json() == {"username": "oauth2", "password": "glpat-example", "url": ""}
+    async with cp.http(first["users"]["alice"]) as client:
+        body = (await client.get(f"{AGENTS}/{agents['main']['agent_id']}")).json()
+    assert body["troubleshooting_url"] == "https://wiki.example.com/agents"
+    assert body["connection_timeout_seconds"] == 60
+    assert body["login_before_ready"] is False
+    gpu = await cp.store.get_agent(agents["gpu"]["agent_id"])
+    assert gpu.auth_instance_id == "1234567890"
+
+
+async def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    await admin(data, "user", "create", "alice")
+    again = await wsagent("admin", "--data-dir", str(data), "user", "create", "alice")
+    assert again.code == 1
+    assert again.stderr.strip() == "wsagent admin: error: user 'alice' already exists"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[workspaces]]\nowner = "alice"\nname = "x"\n[[workspaces.agents]]\nauth = "magic"\n'
+    )
+    result = await wsagent("admin", "--data-dir", str(data), "apply", str(bad))
+    assert result.code == 1
+    assert "workspaces[0].agents[0].auth" in result.stderr and "Traceback" not in result.stderr
+    app = await wsagent(
+        "admin",
+        "--data-dir",
+        str(data),
+        "workspace",
+        "create",
+        "--owner",
+        "alice",
+        "--name",
+        "y",
+        "--app",
+        "slug=web,healthcheck-url=http://x/,interval=soon",
+    )
+    assert app.code == 1 and "Traceback" not in app.stderr, app.stderr
