@@ -97,7 +97,10 @@ def verify_aws(
     allowed_accounts: frozenset[str] = frozenset(),
     allowed_regions: frozenset[str] = frozenset(),
 ) -> AwsIdentity:
-    raw = document.encode("utf-8")
+    try:
+        raw = document.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON "\ud800" escape
+        raise InvalidIdentity("document is not valid UTF-8 text") from exc
     if len(raw) > MAX_DOCUMENT_BYTES:
         raise InvalidIdentity("document too large")
     sig = decode_signature(signature)
