@@ -111,6 +111,9 @@ class GitAuthClient:
             context.verify_mode = ssl.CERT_NONE
         return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
 
+    def _origin(self) -> str:
+        return f"{self._parts.scheme}://{self._parts.netloc}"
+
     def git_auth(self, url: str, *, listen: bool, timeout: float) -> tuple[int, dict[str, Any]]:
         path = self._parts.path.rstrip("/") + "/api/v2/workspaceagents/me/gitauth"
         # ``listen`` is a presence flag on the server, so it has no value.
@@ -126,9 +129,9 @@ class GitAuthClient:
             data = response.read(MAX_BODY)
             status = response.status
         except OSError as exc:  # includes socket timeouts and TLS errors
-            raise AskpassError(f"GET {target}: {type(exc).__name__}: {exc}") from exc
+            raise AskpassError(f"GET {self._origin()}{target}: {_describe(exc)}") from exc
         except Exception as exc:  # http.client.HTTPException and friends
-            raise AskpassError(f"GET {target}: {type(exc).__name__}: {exc}") from exc
+            raise AskpassError(f"GET {self._origin()}{target}: {_describe(exc)}") from exc
         finally:
             conn.close()
         try:
@@ -136,6 +139,10 @@ class GitAuthClient:
         except ValueError:
             body = {"message": data[:200].decode("utf-8", "replace")}
         return status, body if isinstance(body, dict) else {}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _credential(body: Mapping[str, Any]) -> Credential:
