@@ -1,0 +1,216 @@
+"""Agent footprint: idle RSS, exec-to-first-request time, idle CPU — each beside a bare
+``python -c pass`` measured in the same run.
+
+    .venv/bin/python bench/agent_footprint.py [--idle-seconds 60] [--runs 7]
+
+* Start-up: a raw TCP listener on loopback timestamps the moment the agent's first HTTP
+  request has fully arrived; the clock starts just before the exec. Median of ``--runs``.
+  Baseline: wall time of ``python -c pass`` from exec to exit.
+* Idle RSS: the agent connected to the real control plane (in this process, SQLite in a
+  temp dir), coordinate socket open, then left alone; VmRSS from /proc at the end of the
+  idle window. Baseline: VmRSS of a bare interpreter (``-c`` printing /proc/self/status).
+* Idle CPU: CPU time of the agent process, all threads (``/proc/<pid>/stat`` utime +
+  stime) over ``--idle-seconds``, as a percentage of one core. Baseline: the total CPU time that
+  ``python -c pass`` needs to start and exit.
+
+Targets (issue 2): RSS <= 40 MiB, first request <= 300 ms, idle CPU < 0.2 % of one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MIB = 1 << 20
+TARGET_RSS_MIB = 40.0
+TARGET_FIRST_REQUEST_MS = 300.0
+TARGET_IDLE_CPU_PCT = 0.2
+
+
+def agent_env(url: str, token: str, log_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
+    env.update(CODER_AGENT_URL=url, CODER_AGENT_TOKEN=token, CODER_AGENT_LOG_DIR=str(log_dir))
+    return env
+
+
+def baseline_python() -> tuple[float, float, float]:
+    """(wall seconds, RSS MiB, CPU seconds) of a bare ``python -c pass``.
+
+    The RSS comes from the same interpreter printing its own VmRSS instead of doing
+    nothing: a child's peak RSS (``ru_maxrss``, VmHWM) starts from its parent's at fork
+    and survives exec, so it would report this benchmark's own size.
+    """
+    started = time.monotonic()
+    pid = os.posix_spawn(sys.executable, [sys.executable, "-c", "pass"], os.environ)
+    _, _, usage = os.wait4(pid, 0)
+    wall = time.monotonic() - started
+    status = subprocess.run(
+        [sys.executable, "-c", "print(open('/proc/self/status').read())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return wall, rss / 1024, usage.ru_utime + usage.ru_stime
+
+
+async def first_request_seconds(log_dir: Path) -> float:
+    """Exec the agent against a raw listener; seconds until its first request arrived."""
+    arrived: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if not arrived.done():
+                arrived.set_result(time.monotonic())
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = agent_env(f"http://127.0.0.1:{port}", str(uuid.uuid4()), log_dir)
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsagent",
+        "agent",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(30):
+            at = await arrived
+    finally:
+        proc.terminate()
+        await proc.wait()
+        server.close()
+        await server.wait_closed()
+    return at - started
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ns(pid: int) -> int:
+    """utime + stime of the whole process (all threads), in ns (tick resolution: 10 ms;
+    /proc/<pid>/schedstat would be finer but is all zeros on kernels without schedstats)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks * 1_000_000_000 // CLOCK_TICKS
+
+
+async def idle_footprint(work: Path, idle_seconds: float) -> tuple[float, float]:
+    """(RSS MiB after the idle window, CPU % of one core during it) of a connected agent."""
+    from controlplane.admin import agent_spec, create_user, create_workspace
+    from controlplane.config import ServerConfig
+    from controlplane.server import start_server
+
+    config = ServerConfig(data_dir=work / "server", host="127.0.0.1", port=0)
+    server = await start_server(config)
+    try:
+        await create_user(server.store, "bench", "bench@example.com")
+        _, created = await create_workspace(
+            server.store, "bench", "ws", [agent_spec({"name": "main"})]
+        )
+        token = created[0].token
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "wsagent",
+            "agent",
+            env=agent_env(server.url, token, work / "agent-logs"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(30):
+                async for line in proc.stdout:
+                    if b'"agent.connected"' in line:
+                        break
+            drain = asyncio.create_task(proc.stdout.read())  # keep the pipe from filling
+            # Let start-up work (first stats post, lazy imports) finish before measuring.
+            await asyncio.sleep(2.0)
+            cpu_before, t_before = cpu_ns(proc.pid), time.monotonic()
+            await asyncio.sleep(idle_seconds)
+            cpu_after, t_after = cpu_ns(proc.pid), time.monotonic()
+            rss = rss_mib(proc.pid)
+        finally:
+            proc.terminate()
+            await proc.wait()
+        drain.cancel()
+    finally:
+        await server.stop()
+    pct = (cpu_after - cpu_before) / 1e9 / (t_after - t_before) * 100
+    return rss, pct
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="wsagent-bench-") as tmp:
+        work = Path(tmp)
+        baselines = [baseline_python() for _ in range(args.runs)]
+        base_wall = statistics.median(b[0] for b in baselines)
+        base_rss = statistics.median(b[1] for b in baselines)
+        base_cpu = statistics.median(b[2] for b in baselines)
+        firsts = [await first_request_seconds(work / f"logs{i}") for i in range(args.runs)]
+        first = statistics.median(firsts)
+        rss, cpu_pct = await idle_footprint(work, args.idle_seconds)
+
+    print(f"agent footprint ({os.cpu_count()} cores, Python {sys.version.split()[0]})")
+    print(f"  {'measure':<34} {'agent':>12} {'python -c pass':>16} {'target':>10}")
+    first_ms, base_ms = first * 1000, base_wall * 1000
+    print(
+        f"  {'exec -> first request (median)':<34} {first_ms:>9.0f} ms {base_ms:>13.0f} ms"
+        f" {'<= 300 ms':>10}  {verdict(first_ms <= TARGET_FIRST_REQUEST_MS)}"
+    )
+    print(
+        f"  {'RSS, connected and idle':<34} {rss:>8.1f} MiB {base_rss:>12.1f} MiB"
+        f" {'<= 40 MiB':>10}  {verdict(rss <= TARGET_RSS_MIB)}"
+    )
+    idle_label = f"CPU over {args.idle_seconds:.0f} s idle"
+    print(
+        f"  {idle_label:<34} {cpu_pct:>10.3f} % {base_cpu * 1000:>10.0f} ms CPU"
+        f" {'< 0.2 %':>10}  {verdict(cpu_pct < TARGET_IDLE_CPU_PCT)}"
+    )
+    print(f"  first-request runs (ms): {', '.join(f'{f * 1000:.0f}' for f in firsts)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
