@@ -314,7 +314,7 @@ async def run_admin_command(args: argparse.Namespace) -> Any:
                 return {
                     "agent_id": args.agent_id,
                     "token": await store.rotate_agent_token(args.agent_id),
-                }  # type: ignore[attr-defined]
+                }
             case ("agent", "revoke-tokens"):
                 return {
                     "agent_id": args.agent_id,

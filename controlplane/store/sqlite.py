@@ -1,131 +1,44 @@
 """SQLite (WAL) implementation of :class:`controlplane.store.base.Store`.
 
-One connection, owned by one worker thread: every call runs there in order, so writes are
-serialised without locks in the handlers. WAL with ``synchronous=NORMAL`` keeps every
-committed write across a process crash or ``kill -9`` (only power loss can drop the last
-transactions; use ``synchronous=FULL`` via ``durability="full"`` for that).
+Split by concern: the connection and helpers (``sqlite_base``), agent reports and stats
+(``sqlite_reports``), git SSH keys and git auth (``sqlite_git``); users, workspaces,
+builds, agents and tokens are here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sqlite3
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from agent.sdk.models import Stats
 from controlplane.sshkeys import generate_ed25519
 from controlplane.store.base import Conflict, NotFound
-from controlplane.store.migrations import migrate
 from controlplane.store.records import (
     AgentRecord,
     AgentSpec,
-    AppRecord,
-    AppSpec,
     CreatedAgent,
-    GitAuthLink,
-    GitAuthProvider,
-    GitSSHKeyRecord,
-    StatsRecord,
     UserRecord,
     WorkspaceRecord,
 )
+from controlplane.store.sqlite_base import DB_NAME, SQLiteBase, _dt, _now, _req_dt, _ts
+from controlplane.store.sqlite_git import GitStore
+from controlplane.store.sqlite_reports import ReportStore, _app_from_json, _app_to_json
 from controlplane.tokens import hash_token, new_token
 
-T = TypeVar("T")
+__all__ = ["DB_NAME", "SQLiteBase", "SQLiteStore"]
 
-DB_NAME: Final = "wsagent.db"
 MAX_IDENTITY_TOKENS_PER_AGENT: Final = 8
 
 
-def _ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _dt(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _req_dt(value: str) -> datetime:
-    parsed = _dt(value)
-    assert parsed is not None
-    return parsed
-
-
-class SQLiteStore:
-    def __init__(self, path: Path, *, durability: str = "normal") -> None:
-        self.path = path
-        self._durability = durability
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-
+class SQLiteStore(ReportStore, GitStore):
     @classmethod
     async def open(cls, data_dir: Path, *, durability: str = "normal") -> SQLiteStore:
         store = cls(data_dir / DB_NAME, durability=durability)
         await store._run(store._open)
         return store
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # The database holds git credentials and SSH keys: create it 0600.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=" + ("FULL" if self._durability == "full" else "NORMAL"))
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=5000")
-        migrate(conn)
-        self._conn = conn
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        assert self._conn is not None, "store is closed"
-        return self._conn
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
-
-    async def close(self) -> None:
-        if self._closed:  # idempotent: a test or a shutdown path may close twice
-            return
-        self._closed = True
-
-        def _close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        await self._run(_close)
-        self._executor.shutdown(wait=True)
 
     # ------------------------------------------------------------ users
 
@@ -208,35 +121,6 @@ class SQLiteStore:
             return self._user(row)
 
         return await self._run(op)
-
-    async def git_ssh_key(self, user_id: str) -> GitSSHKeyRecord | None:
-        def op() -> GitSSHKeyRecord | None:
-            row = self.conn.execute(
-                "SELECT * FROM git_ssh_keys WHERE user_id=?", (user_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            return GitSSHKeyRecord(row["user_id"], row["public_key"], row["private_key"])
-
-        return await self._run(op)
-
-    async def regenerate_git_ssh_key(self, user_id: str) -> GitSSHKeyRecord:
-        user = await self.get_user(user_id)
-        if user is None:
-            raise NotFound(f"user {user_id} not found")
-        public, private = generate_ed25519(f"wsagent:{user.name}")
-
-        def op(conn: sqlite3.Connection) -> GitSSHKeyRecord:
-            conn.execute(
-                "INSERT INTO git_ssh_keys (user_id, public_key, private_key, created_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET"
-                " public_key=excluded.public_key, private_key=excluded.private_key,"
-                " created_at=excluded.created_at",
-                (user_id, public, private, _ts(_now())),
-            )
-            return GitSSHKeyRecord(user_id, public, private)
-
-        return await self._run(self._tx, op)
 
     # ------------------------------------------------------------ workspaces
 
@@ -466,206 +350,6 @@ class SQLiteStore:
         """Revoke every token of the agent and issue a new static one."""
         await self.revoke_agent_tokens(agent_id)
         return await self.issue_agent_token(agent_id, kind="static", ttl_seconds=None)
-
-    # ------------------------------------------------------------ agent reports
-
-    async def _update_agent(self, agent_id: str, sql: str, *params: Any) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"UPDATE agents SET {sql}, updated_at=? WHERE id=?",
-                (*params, _ts(_now()), agent_id),
-            )
-
-        await self._run(self._tx, op)
-
-    async def set_agent_startup(self, agent_id: str, version: str, expanded_directory: str) -> None:
-        await self._update_agent(
-            agent_id, "version=?, expanded_directory=?", version, expanded_directory
-        )
-
-    async def set_agent_lifecycle(self, agent_id: str, state: str) -> None:
-        await self._update_agent(agent_id, "lifecycle_state=?", state)
-
-    async def agent_connected(self, agent_id: str, now: datetime) -> None:
-        await self._update_agent(
-            agent_id,
-            "first_connected_at=COALESCE(first_connected_at, ?), last_connected_at=?",
-            _ts(now),
-            _ts(now),
-        )
-
-    async def agent_heartbeat(self, agent_id: str, now: datetime) -> None:
-        await self._update_agent(agent_id, "last_connected_at=?", _ts(now))
-
-    async def agent_disconnected(self, agent_id: str, now: datetime) -> None:
-        await self._update_agent(agent_id, "disconnected_at=?", _ts(now))
-
-    async def list_apps(self, agent_id: str) -> list[AppRecord]:
-        def op() -> list[AppRecord]:
-            rows = self.conn.execute(
-                "SELECT * FROM apps WHERE agent_id=? ORDER BY slug", (agent_id,)
-            ).fetchall()
-            return [
-                AppRecord(
-                    r["id"], r["agent_id"], _app_from_json(json.loads(r["spec"])), r["health"]
-                )
-                for r in rows
-            ]
-
-        return await self._run(op)
-
-    async def set_app_healths(self, agent_id: str, healths: dict[str, str]) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            for app_id, health in healths.items():
-                conn.execute(
-                    "UPDATE apps SET health=? WHERE id=? AND agent_id=?", (health, app_id, agent_id)
-                )
-
-        await self._run(self._tx, op)
-
-    async def insert_stats(
-        self, agent: AgentRecord, owner_id: str, stats: Stats, now: datetime
-    ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO agent_stats (agent_id, workspace_id, user_id, created_at,"
-                " conns_by_proto,"
-                " num_comms, rx_packets, rx_bytes, tx_packets, tx_bytes)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    agent.id,
-                    agent.workspace_id,
-                    owner_id,
-                    _ts(now),
-                    json.dumps(stats.conns_by_proto),
-                    stats.num_comms,
-                    stats.rx_packets,
-                    stats.rx_bytes,
-                    stats.tx_packets,
-                    stats.tx_bytes,
-                ),
-            )
-            conn.execute(
-                "UPDATE workspaces SET last_used_at=? WHERE id=?", (_ts(now), agent.workspace_id)
-            )
-            # Like Coder's purge: stats older than 30 days are dropped.
-            conn.execute(
-                "DELETE FROM agent_stats WHERE agent_id=? AND created_at < ?",
-                (agent.id, _ts(now - timedelta(days=30))),
-            )
-
-        await self._run(self._tx, op)
-
-    async def list_stats(self, agent_id: str) -> list[StatsRecord]:
-        def op() -> list[StatsRecord]:
-            rows = self.conn.execute(
-                "SELECT * FROM agent_stats WHERE agent_id=? ORDER BY id", (agent_id,)
-            ).fetchall()
-            return [
-                StatsRecord(
-                    id=r["id"],
-                    agent_id=r["agent_id"],
-                    workspace_id=r["workspace_id"],
-                    user_id=r["user_id"],
-                    created_at=_req_dt(r["created_at"]),
-                    conns_by_proto=json.loads(r["conns_by_proto"]),
-                    num_comms=r["num_comms"],
-                    rx_packets=r["rx_packets"],
-                    rx_bytes=r["rx_bytes"],
-                    tx_packets=r["tx_packets"],
-                    tx_bytes=r["tx_bytes"],
-                )
-                for r in rows
-            ]
-
-        return await self._run(op)
-
-    # ------------------------------------------------------------ git auth
-
-    async def upsert_gitauth_provider(self, provider: GitAuthProvider) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO gitauth_providers (id, regex, type, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET regex=excluded.regex, type=excluded.type",
-                (provider.id, provider.regex, provider.type, _ts(_now())),
-            )
-
-        await self._run(self._tx, op)
-
-    async def list_gitauth_providers(self) -> list[GitAuthProvider]:
-        def op() -> list[GitAuthProvider]:
-            rows = self.conn.execute(
-                "SELECT * FROM gitauth_providers ORDER BY created_at, id"
-            ).fetchall()
-            return [GitAuthProvider(r["id"], r["regex"], r["type"]) for r in rows]
-
-        return await self._run(op)
-
-    async def set_gitauth_link(
-        self,
-        provider_id: str,
-        user_id: str,
-        username: str,
-        password: str,
-        expires_at: datetime | None = None,
-    ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            if (
-                conn.execute(
-                    "SELECT 1 FROM gitauth_providers WHERE id=?", (provider_id,)
-                ).fetchone()
-                is None
-            ):
-                raise NotFound(f"git auth provider {provider_id!r} not found")
-            conn.execute(
-                "INSERT INTO gitauth_links"
-                " (provider_id, user_id, username, password, updated_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(provider_id, user_id) DO UPDATE SET"
-                " username=excluded.username, password=excluded.password,"
-                " updated_at=excluded.updated_at, expires_at=excluded.expires_at",
-                (provider_id, user_id, username, password, _ts(_now()), _ts(expires_at)),
-            )
-
-        await self._run(self._tx, op)
-
-    async def get_gitauth_link(self, provider_id: str, user_id: str) -> GitAuthLink | None:
-        def op() -> GitAuthLink | None:
-            r = self.conn.execute(
-                "SELECT * FROM gitauth_links WHERE provider_id=? AND user_id=?",
-                (provider_id, user_id),
-            ).fetchone()
-            if r is None:
-                return None
-            return GitAuthLink(
-                r["provider_id"],
-                r["user_id"],
-                r["username"],
-                r["password"],
-                _req_dt(r["updated_at"]),
-                _dt(r["expires_at"]),
-            )
-
-        return await self._run(op)
-
-
-def _app_to_json(app: AppSpec) -> dict[str, Any]:
-    return {
-        "slug": app.slug,
-        "display_name": app.display_name,
-        "url": app.url,
-        "command": app.command,
-        "icon": app.icon,
-        "external": app.external,
-        "subdomain": app.subdomain,
-        "sharing_level": app.sharing_level,
-        "healthcheck_url": app.healthcheck_url,
-        "healthcheck_interval": app.healthcheck_interval,
-        "healthcheck_threshold": app.healthcheck_threshold,
-    }
-
-
-def _app_from_json(value: dict[str, Any]) -> AppSpec:
-    return AppSpec(**value)
 
 
 def _spec_to_json(spec: AgentSpec) -> dict[str, Any]:
