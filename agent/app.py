@@ -265,7 +265,10 @@ class Agent:
         deadline = time.monotonic() + budget
         log.info("agent.shutting_down")
         for hook in self._shutdown_hooks:
-            hook()
+            try:
+                hook()
+            except Exception as exc:  # one component's bug must not stop the rest
+                log.error("agent.shutdown_hook_failed", error=str(exc), exc_info=exc)
         try:
             await asyncio.wait_for(self._coordinator.aclose(), timeout=1.0)
         except (TimeoutError, OSError, WsagentError):
@@ -303,6 +306,7 @@ async def run_until_signalled(agent: Agent) -> int:
     """Run the agent until SIGTERM/SIGINT/SIGHUP; a second signal exits at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    signalled_at: list[float] = []
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
@@ -311,6 +315,7 @@ async def run_until_signalled(agent: Agent) -> int:
             agent.children.kill_all_now()
             os._exit(128 + signum)
         log.info("agent.signal_received", signal=name)
+        signalled_at.append(time.monotonic())
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -318,5 +323,7 @@ async def run_until_signalled(agent: Agent) -> int:
     try:
         await agent.run(stop)
     finally:
-        await agent.shutdown()
+        # The 5 s promise runs from the signal: stopping the attempt already used some.
+        spent = time.monotonic() - signalled_at[0] if signalled_at else 0.0
+        await agent.shutdown(max(1.0, SHUTDOWN_BUDGET - spent))
     return 0

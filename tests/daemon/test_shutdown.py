@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 
 import pytest
 
+from agent.children import _has_live_member
+from tests.conftest import ControlPlane
 from tests.daemon.conftest import SpawnDaemon
 from tests.fakes.fake_control_plane import FakeControlPlane
 
@@ -52,8 +55,51 @@ async def test_second_signal_exits_at_once(
     daemon = await spawn_daemon(fake_cp.url, agent_token)
     await fake_cp.wait_for(lambda: fake_cp.open_sockets == 1)
     daemon.signal(signal.SIGTERM)
-    await daemon.wait_for_event("agent.shutting_down")
+    await daemon.wait_for_event("agent.signal_received")  # now waiting on the deaf close
     sent = time.monotonic()
     daemon.signal(signal.SIGINT)
     assert await daemon.wait_exit(2.0) == 128 + signal.SIGINT
     assert time.monotonic() - sent < 0.5
+
+
+async def test_sigterm_stops_a_stubborn_startup_script_group_within_5s(
+    control_plane: ControlPlane, spawn_daemon: SpawnDaemon
+) -> None:
+    """A startup script whose whole group ignores TERM and HUP: TERM, grace (3 s), KILL;
+    the daemon still exits 0 within 5 s and nothing of the group is left running."""
+    _, _ = await control_plane.create_user("alice")
+    script = "trap '' TERM HUP; echo $$ > \"$HOME/script.pid\"; sleep 300 & sleep 300 & wait"
+    agents = await control_plane.create_workspace(
+        "alice", "dev", [{"name": "main", "directory": "~", "startup_script": script}]
+    )
+    _, agent_token = agents["main"]
+    daemon = await spawn_daemon(control_plane.url, agent_token)
+    pid_file = daemon.home / "script.pid"
+    async with asyncio.timeout(10):
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            await asyncio.sleep(0.02)  # the script's own side effect; nothing to wait on
+    script_pid = int(pid_file.read_text())
+    pgid = os.getpgid(script_pid)
+    assert pgid != os.getpgid(daemon.proc.pid)  # the script runs in its own group
+    async with asyncio.timeout(5):
+        while sum(1 for _ in group_members(pgid)) < 3:  # sh and both sleeps are up
+            await asyncio.sleep(0.02)
+
+    sent = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait_exit(5.0) == 0
+    assert time.monotonic() - sent < 5.0
+    assert not _has_live_member(pgid)
+    assert daemon.named("children.kill_after_grace")
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    members.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return members
