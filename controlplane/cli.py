@@ -126,20 +126,36 @@ def run_server(argv: Sequence[str]) -> int:
     configure_logging()
 
     async def main() -> None:
+        import signal
+
         from controlplane.admin import apply_spec, load_spec_file
         from controlplane.server import running
 
+        # SIGTERM (systemd, docker stop) stops as cleanly as Ctrl-C: agents' sockets are
+        # closed politely and their disconnected_at is written before the store closes.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         async with running(config) as server:
             for path in args.apply:
                 result = await apply_spec(server.store, load_spec_file(path))
                 if result.users or result.agents:
                     print(json.dumps(result.to_json(), indent=2), flush=True)
-            await asyncio.Event().wait()
+            await stop.wait()
+
+    from controlplane.admin import SpecError
+    from controlplane.store.base import StoreError
+    from controlplane.store.migrations import MigrationError
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except (OSError, MigrationError, SpecError, StoreError) as exc:
+        # A busy port, an unreadable data directory or a newer schema: one line, exit 1.
+        print(f"wsagent server: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

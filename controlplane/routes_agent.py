@@ -6,6 +6,7 @@ import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Final
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -80,13 +81,14 @@ def vscode_proxy_uri(
     wildcard = request.app[CONFIG].wildcard_access_url
     if not wildcard:
         return ""
-    url = access_url(request)
-    scheme, _, rest = url.partition("://")
-    port = rest.rpartition(":")[2] if ":" in rest else ""
+    # Parse, don't split on ":": an IPv6 host or a path in the access URL has colons or
+    # slashes after the port.
+    parts = urlsplit(access_url(request))
+    scheme, port = parts.scheme, parts.port
     host = wildcard.replace(
         "*", f"{scheme}://{{{{port}}}}--{agent.name}--{workspace.name}--{owner}", 1
     )
-    return host + (f":{port}" if port else "")
+    return host + (f":{port}" if port is not None else "")
 
 
 async def metadata(request: web.Request) -> web.Response:

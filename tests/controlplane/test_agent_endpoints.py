@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -308,3 +309,29 @@ async def test_gitsshkey_is_the_owners_ed25519_openssh_pair(world: World) -> Non
     # Bob's key is a different one.
     bob = await world.cp.store.get_user_by_name("bob")
     assert (await world.cp.store.git_ssh_key(bob.id)).public_key != body["public_key"]
+
+
+@pytest.mark.parametrize(
+    ("access_url", "expected"),
+    [
+        ("https://coder.example.com", "https://{{port}}--main--dev--alice.apps.example.com"),
+        ("https://coder.example.com/", "https://{{port}}--main--dev--alice.apps.example.com"),
+        ("http://[::1]:3000", "http://{{port}}--main--dev--alice.apps.example.com:3000"),
+        ("http://[fd00::2]", "http://{{port}}--main--dev--alice.apps.example.com"),
+        (
+            "https://coder.example.com:8443",
+            "https://{{port}}--main--dev--alice.apps.example.com:8443",
+        ),
+    ],
+)
+async def test_vscode_proxy_uri_follows_the_access_url(
+    world_factory: Any, access_url: str, expected: str
+) -> None:
+    w: World = await world_factory(wildcard_access_url="*.apps.example.com", access_url=access_url)
+    # The advertised access URL is not where the test server listens: call it directly.
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{w.cp.server.port}",
+        headers={"Coder-Session-Token": w.agent_token},
+    ) as client:
+        body = (await client.get(f"{ME}/metadata")).json()
+    assert body["vscode_port_proxy_uri"] == expected

@@ -122,3 +122,72 @@ async def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         db.close()
+
+
+async def test_sigterm_stops_cleanly_and_records_the_disconnect(tmp_path: Path) -> None:
+    import aiohttp
+
+    data_dir = tmp_path / "data"
+    await admin(data_dir, "user", "create", "alice")
+    created = await admin(data_dir, "workspace", "create", "--owner", "alice", "--name", "dev")
+    agent_id, token = created["agents"][0]["agent_id"], created["agents"][0]["token"]
+    proc, url = await start_server_process(data_dir)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(
+                f"{url}{ME}/coordinate", headers={"Coder-Session-Token": token}
+            ) as ws,
+        ):
+            store = await SQLiteStore.open(data_dir)  # a second reader, as the CLI would be
+            try:
+
+                async def connected() -> bool:
+                    agent = await store.get_agent(agent_id)
+                    return agent is not None and agent.last_connected_at is not None
+
+                await poll_until(connected, timeout=10)
+            finally:
+                await store.close()
+            proc.send_signal(signal.SIGTERM)
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert ws.close_code == 1001  # going away, politely
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    store = await SQLiteStore.open(data_dir)
+    try:
+        agent = await store.get_agent(agent_id)
+    finally:
+        await store.close()
+    assert agent is not None and agent.disconnected_at is not None
+    assert agent.last_connected_at is not None
+    assert agent.disconnected_at >= agent.last_connected_at
+
+
+async def test_startup_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
+    from tests.controlplane.cli import wsagent
+
+    data_dir = tmp_path / "data"
+    proc, url = await start_server_process(data_dir)
+    try:
+        port = url.rsplit(":", 1)[1]
+        busy = await wsagent(
+            "server", "--data-dir", str(tmp_path / "other"), "--address", f"127.0.0.1:{port}"
+        )
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert busy.code == 1
+    assert "wsagent server: error:" in busy.stderr and "Traceback" not in busy.stderr
+
+    db = sqlite3.connect(data_dir / DB_NAME)
+    db.execute("PRAGMA user_version = 999")
+    db.commit()
+    db.close()
+    newer = await wsagent("server", "--data-dir", str(data_dir), "--address", "127.0.0.1:0")
+    assert newer.code == 1
+    assert "newer" in newer.stderr and "Traceback" not in newer.stderr
