@@ -4,8 +4,10 @@ with the credential the control plane holds for the user (§5.8)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,7 @@ from agent.sessionenv import wsagent_executable
 from controlplane.admin import set_git_credential
 from controlplane.appkeys import GITAUTH
 from controlplane.store.records import GitAuthProvider
-from tests.conftest import ControlPlane
+from tests.conftest import ControlPlane, agent_env
 from tests.workspace_start.githttp import git_backend, make_repo, serve_git
 
 pytestmark = [
@@ -143,3 +145,36 @@ async def test_askpass_deadline(control_plane: ControlPlane, tmp_path: Path) -> 
     assert code != 0
     assert "timed out waiting for git authentication" in err
     assert asyncio.get_running_loop().time() - started < 10
+
+
+async def test_startup_script_clones_with_session_askpass(
+    control_plane: ControlPlane, start_agent: Any, tmp_path: Path
+) -> None:
+    """The daemon's session environment is enough for git: a startup script clones with
+    GIT_ASKPASS=<wsagent> and the agent's token. With a git-auth provider configured the
+    agent also writes the VS Code settings that keep VS Code's own askpass out of the way."""
+    make_repo(tmp_path / "srv")
+    expected = ("oauth2", "script-token")
+    async with serve_git(tmp_path / "srv", lambda u, p: (u, p) == expected) as git:
+        await control_plane.create_user("max")
+        await control_plane.store.upsert_gitauth_provider(
+            GitAuthProvider(PROVIDER, r"^http://127\.0\.0\.1:", "gitlab")
+        )
+        await set_git_credential(control_plane.store, PROVIDER, "max", token="script-token")
+        script = f'git clone -q {git.url}/repo.git "$HOME/checkout" </dev/null'
+        agents = await control_plane.create_workspace(
+            "max", "dev", [{"name": "main", "startup_script": script}]
+        )
+        token = agents["main"][1]
+        home = tmp_path / "home"
+        home.mkdir()
+        env = agent_env(control_plane.url, token, tmp_path / "logs", HOME=str(home))
+        env["GIT_CONFIG_NOSYSTEM"] = "1"
+        agent = await start_agent(env)
+        exited = await agent.wait_for_event("startup.script_exited", timeout=30)
+        log_text = (tmp_path / "logs" / "coder-startup-script.log").read_text()
+        assert exited["exit_code"] == 0, log_text
+    assert (home / "checkout" / "README").exists()
+    settings = home / ".vscode-server" / "data" / "Machine" / "settings.json"
+    assert json.loads(settings.read_text())["git.useIntegratedAskPass"] is False
+    assert (settings.stat().st_mode & 0o777) == 0o600

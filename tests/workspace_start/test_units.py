@@ -477,3 +477,54 @@ def test_temp_key_is_private(tmp_path: Path) -> None:
         assert Path(path).read_text().endswith("-----\n")
     finally:
         os.unlink(path)
+
+
+# ---------------------------------------------------------------- WorkspaceStart, no script process
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.groups: dict[int, str] = {}
+
+    def add(self, pgid: int, what: str) -> None:
+        self.groups[pgid] = what
+
+
+async def _run_start(tmp_path: Path, script: str, shell: str) -> tuple[list[str], _Registry]:
+    posted: list[str] = []
+    done = asyncio.Event()
+
+    async def post(state: str) -> None:
+        posted.append(state)
+        if state in ("ready", "start_error"):
+            done.set()
+
+    registry = _Registry()
+    start = startup.WorkspaceStart(
+        post_lifecycle=post,
+        children=registry,
+        log_path=tmp_path / "logs" / startup.LOG_FILE_NAME,
+        max_log_bytes=1 << 20,
+        grace=0.1,
+        shell=lambda: shell,
+        environment=lambda md: {"PATH": "/usr/bin:/bin"},
+        working_directory=lambda md: str(tmp_path),
+    )
+    await start.on_metadata(_metadata(startup_script=script), True)
+    await asyncio.wait_for(done.wait(), 5)
+    start.close()
+    return posted, registry
+
+
+async def test_empty_script_is_ready_at_once(tmp_path: Path) -> None:
+    posted, registry = await _run_start(tmp_path, "  \n", "/bin/sh")
+    assert posted == ["starting", "ready"]
+    assert registry.groups == {}
+
+
+async def test_shell_that_cannot_start_is_start_error(tmp_path: Path) -> None:
+    posted, registry = await _run_start(tmp_path, "true", str(tmp_path / "no-such-shell"))
+    assert posted == ["starting", "start_error"]
+    assert registry.groups == {}
+    text = (tmp_path / "logs" / startup.LOG_FILE_NAME).read_text()
+    assert "could not start" in text
