@@ -190,12 +190,12 @@ class LifecycleReporter:
         post: Callable[[str], Awaitable[None]],
         *,
         rng: random.Random | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
         now: Callable[[], float] | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self._post = post
-        self._sleep = sleep
+        self._sleep = sleep or self._sleep_unless_woken
         self._now = now or (lambda: asyncio.get_running_loop().time())
         self._backoff = Backoff(
             POST_BACKOFF_FLOOR, POST_BACKOFF_CEILING, rng=rng or random.Random()
@@ -206,6 +206,19 @@ class LifecycleReporter:
 
     def notify(self) -> None:
         self._wake.set()
+
+    def kick(self) -> None:
+        """A new connection: whatever is pending is worth trying again now, not after
+        the rest of a backoff that grew while the server was away."""
+        self._backoff.reset()
+        self._wake.set()
+
+    async def _sleep_unless_woken(self, delay: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except TimeoutError:
+            return
+        self._wake.clear()
 
     async def run(self) -> None:
         while not self.stopped:
@@ -266,7 +279,7 @@ class WorkspaceStart:
     async def on_metadata(self, metadata: Metadata, first: bool) -> None:
         if not first:
             self.lifecycle.reconnected()
-            self.reporter.notify()
+            self.reporter.kick()
             return
         self._spawn(self.reporter.run())
         self._event(START)

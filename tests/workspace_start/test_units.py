@@ -528,3 +528,29 @@ async def test_shell_that_cannot_start_is_start_error(tmp_path: Path) -> None:
     assert registry.groups == {}
     text = (tmp_path / "logs" / startup.LOG_FILE_NAME).read_text()
     assert "could not start" in text
+
+
+async def test_reporter_backoff_is_cut_short_by_a_reconnect() -> None:
+    """While the server is away the retry delay grows; a reconnect retries at once."""
+    lc = lifecycle.Lifecycle()
+    lc.apply(lifecycle.START)
+    up = asyncio.Event()
+    attempts: list[str] = []
+
+    async def post(state: str) -> None:
+        attempts.append(state)
+        if not up.is_set():
+            raise WsagentError("down")
+
+    reporter = startup.LifecycleReporter(lc, post, now=lambda: 0.0)
+    # Pretend many failures already happened: the next delay is the 15 s ceiling.
+    for _ in range(10):
+        reporter._backoff.next_delay()
+    flushing = asyncio.create_task(reporter.flush())
+    while not attempts:
+        await asyncio.sleep(0)
+    up.set()
+    reporter.kick()
+    await asyncio.wait_for(flushing, 2)  # far less than the 7.5-15 s delay
+    assert attempts == ["starting", "starting"]
+    assert lc.pending() is None
