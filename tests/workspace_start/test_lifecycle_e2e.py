@@ -243,3 +243,21 @@ async def test_killed_agent_leaves_no_script_process(
         await poll_until(lambda: not _live_members(pgid), timeout=10, message="script survived")
     # Cancellation reports nothing more (as Coder): no start_error for the killed script.
     assert "start_error" not in _server_states(logs, agent_id)
+
+
+async def test_state_reached_while_server_down_lands_after_it_returns(
+    control_plane: ControlPlane, start_agent: Any, tmp_path: Path
+) -> None:
+    """The script finishes while the control plane is down: the post fails, is retried,
+    and `ready` lands once the server is back."""
+    gate = tmp_path / "gate"
+    script = f'while [ ! -e "{gate}" ]; do sleep 0.05; done'
+    agent_id, token, user_token = await _workspace(control_plane, "ida", startup_script=script)
+    agent = await _start(start_agent, control_plane, token, tmp_path)
+    await agent.wait_for_event("lifecycle.reported", state="starting")
+    await control_plane.stop()
+    gate.touch()
+    await agent.wait_for_event("lifecycle.post_failed", state="ready")
+    await control_plane.start()
+    await _wait_state(control_plane, agent_id, user_token, "ready", timeout=20)
+    await agent.wait_for_event("lifecycle.reported", state="ready")
