@@ -39,3 +39,10 @@ def motd_bytes(path: str, home: str) -> bytes:
     except OSError:
         return b""
     return format_motd(data)
+
+
+def read_motd(path: str, home: str) -> str:
+    """The MOTD as text (for callers that format it themselves); "" when nothing is to be
+    shown, with the same rules as :func:`motd_bytes`."""
+    data = motd_bytes(path, home)
+    return data.replace(b"\r\n", b"\n").decode("utf-8", "replace")

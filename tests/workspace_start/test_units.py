@@ -554,3 +554,11 @@ async def test_reporter_backoff_is_cut_short_by_a_reconnect() -> None:
     await asyncio.wait_for(flushing, 2)  # far less than the 7.5-15 s delay
     assert attempts == ["starting", "starting"]
     assert lc.pending() is None
+
+
+def test_read_motd_text(tmp_path: Path) -> None:
+    f = tmp_path / "motd"
+    f.write_bytes(b"one\r\ntwo")
+    assert motd.read_motd(str(f), str(tmp_path)) == "one\ntwo\n"
+    (tmp_path / ".hushlogin").touch()
+    assert motd.read_motd(str(f), str(tmp_path)) == ""
