@@ -21,8 +21,10 @@ def wire_identity(agent: Agent) -> None:
         return
     # Imported only when needed, so token-auth agents never load the identity code.
     from agent.identity.exchange import IdentityExchange
+    from agent.identity.nonce import ServerNonceSource
 
-    agent.set_token_exchange(IdentityExchange(agent.config, agent.client))
+    nonces = ServerNonceSource(agent.config.url, verify=agent.client.verify)
+    agent.set_token_exchange(IdentityExchange(agent.config, agent.client, nonce_source=nonces))
 
 
 def wire_listening_ports(agent: Agent) -> None:
