@@ -196,6 +196,9 @@ def _handler_for(fake: FakeMetadata) -> type[BaseHTTPRequestHandler]:
         def do_PUT(self) -> None:
             self._dispatch("PUT")
 
+        def do_POST(self) -> None:
+            self._dispatch("POST")
+
         # -------------------------------------------------------------- AWS
 
         def _aws(self, method: str, path: str) -> None:

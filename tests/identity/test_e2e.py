@@ -138,3 +138,33 @@ async def test_daemon_without_a_cloud_exits_2_naming_the_setting(
     await agent.terminate()
     errors = [line for line in agent.raw_lines if line.startswith("wsagent agent: error:")]
     assert len(errors) == 1 and "CODER_AGENT_AUTH" in errors[0]
+
+
+async def test_azure_daemon_echoes_a_server_issued_nonce(
+    make_control_plane: Callable[..., Awaitable[ControlPlane]],
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    fake_metadata: FakeMetadata,
+    tmp_path: Path,
+) -> None:
+    """With --azure-require-nonce the agent still connects: it asks the server for a nonce
+    and passes it to IMDS, which signs it into the document."""
+    plane = await make_control_plane(
+        identity=identity_config(fake_metadata, azure_require_nonce=True)
+    )
+    _, user_token = await plane.create_user("owner")
+    agents = await plane.create_workspace(
+        "owner",
+        "ws",
+        [{"name": "main", "auth": AUTH["azure"], "instance_id": fake_metadata.azure.vm_id}],
+    )
+    agent_id, _ = agents["main"]
+    env = {
+        "CODER_AGENT_URL": plane.url,
+        "CODER_AGENT_AUTH": "azure-instance-identity",
+        **fake_metadata.env(),
+    }
+    await start_agent(env)
+    await poll_until(lambda: _connected(plane, agent_id, user_token), timeout=15)
+    (request,) = fake_metadata.seen("/metadata/attested/document")
+    nonce = request.query["nonce"][0]
+    assert len(nonce) == 10 and nonce.isdigit()
