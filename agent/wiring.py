@@ -13,6 +13,7 @@ def wire_components(agent: Agent) -> None:
     wire_workspace_start(agent)
     wire_listening_ports(agent)
     wire_app_health(agent)
+    wire_terminals(agent)
 
 
 def wire_identity(agent: Agent) -> None:
@@ -97,3 +98,65 @@ def wire_app_health(agent: Agent) -> None:
             current.append(agent.start_task("apphealth", reporter.run))
 
     agent.add_metadata_hook(on_metadata)
+
+
+def wire_terminals(agent: Agent) -> None:
+    """Reconnecting terminals: dial back to the control plane for each PTYRequest."""
+    import os
+    from collections.abc import Mapping
+    from urllib.parse import urlencode
+
+    from websockets.asyncio.client import ClientConnection
+
+    from agent import motd, paths, sessionenv
+    from agent.client import API_PREFIX
+    from agent.coordinator import CoordinatorSession, dial
+    from agent.pty import CommandBuilder, DialBackHandler, SessionManager
+    from agent.sdk.extensions import PTY_DIAL_PATH, Extension, PTYRequest
+
+    executable = sessionenv.wsagent_executable()
+
+    def environment() -> Mapping[str, str]:
+        md = agent.metadata
+        if md is None:
+            return os.environ
+        return sessionenv.session_environment(md, agent.tokens.token, executable)
+
+    def motd_text() -> str:
+        md = agent.metadata
+        return motd.read_motd(md.motd_file, paths.home_directory()) if md else ""
+
+    def directory() -> str:
+        md = agent.metadata
+        return sessionenv.working_directory(md) if md else ""
+
+    builder = CommandBuilder(
+        environment=environment,
+        motd=motd_text,
+        directory=directory,
+        shell=paths.login_shell,
+        home=paths.home_directory,
+    )
+    manager = SessionManager(
+        launch=builder.build,
+        stats=agent.stats,
+        max_sessions=agent.config.pty_max_sessions,
+        idle_timeout=agent.config.pty_idle_timeout,
+        scrollback_bytes=agent.config.pty_scrollback_bytes,
+        register_group=agent.children.add,
+        unregister_group=agent.children.discard,
+    )
+
+    async def dial_back(session_id: str) -> ClientConnection:
+        path = PTY_DIAL_PATH.removeprefix(API_PREFIX)
+        url = agent.client.websocket_url(path, urlencode({"session": session_id}))
+        return await dial(url, agent.client.websocket_headers(), agent.client.verify)
+
+    handler = DialBackHandler(manager, dial_back, agent.stats)
+
+    async def serve(request: Extension, session: CoordinatorSession) -> None:
+        del session
+        assert isinstance(request, PTYRequest)
+        await handler.handle(request)
+
+    agent.handle_extension(PTYRequest, serve)
