@@ -271,6 +271,8 @@ class FakeControlPlane:
 
     async def send_to_agents(self, value: Any) -> None:
         """Send one JSON value (binary frame) on every open coordinate socket."""
-        data = json.dumps(value).encode()
+        await self.send_raw_to_agents(json.dumps(value).encode())
+
+    async def send_raw_to_agents(self, data: bytes) -> None:
         for ws in list(self._sockets):
             await ws.send_bytes(data)
