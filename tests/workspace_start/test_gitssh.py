@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,27 @@ async def test_git_clone_over_ssh_with_gitssh(
     assert any(
         re.search(r"Accepted publickey for \S+ from 127\.0\.0\.1", line) for line in sshd.log
     )
+
+
+async def test_gitssh_removes_key_when_terminated(
+    control_plane: ControlPlane, sshd: Sshd, tmp_path: Path
+) -> None:
+    """SIGTERM mid-session: ssh is stopped and the temp key still removed."""
+    token, public_key = await _owner_key(control_plane, "quin")
+    sshd.authorize(public_key)
+    env = _env(control_plane, token, tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        wsagent_executable(), "gitssh", "--", "-F", str(sshd.client_config()), *_target(sshd),
+        "sleep 30",
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    await poll_until(lambda: any("Accepted publickey" in line for line in sshd.log), timeout=15)
+    assert len(list((tmp_path / "keys").iterdir())) == 1
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 10)
+    assert proc.returncode != 0
+    assert list((tmp_path / "keys").iterdir()) == []
