@@ -6,8 +6,9 @@ store), and the server's memory per connected agent.
 
 * The server is a real ``wsagent server`` process (SQLite in a temp dir) on loopback; this
   process is the load generator (aiohttp client, keep-alive, ``--concurrency`` requests
-  in flight). On 2 cores each side gets about one core: the server's own CPU use during
-  each phase is printed beside its rate, so a generator-bound figure shows as < 100 %.
+  in flight). On 2 cores each side gets about one core: the server's and the generator's
+  CPU use during each phase are printed beside the rate, so a figure bound by the
+  generator (client near 100 %, server well below) shows as such.
 * Each phase runs ``--seconds`` (and at most ``--max-requests``) after a short warm-up.
   report-stats posts non-zero windows, so every request is a committed SQLite write.
 * Memory: VmRSS of the server before and after ``--agents`` agents each open their
@@ -46,6 +47,7 @@ class Phase:
     errors: int
     seconds: float
     server_cpu: float  # CPU seconds the server used during the phase
+    client_cpu: float  # CPU seconds this load generator used
     latencies: list[float]
 
     @property
@@ -57,9 +59,10 @@ class Phase:
         p50 = statistics.median(lat) * 1000
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
         cpu = 100 * self.server_cpu / self.seconds
+        client = 100 * self.client_cpu / self.seconds
         return (
-            f"{self.name:<24} {self.rps:>9.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms"
-            f"   server CPU {cpu:4.0f} %   errors {self.errors}"
+            f"{self.name:<24} {self.rps:>7.0f} req/s  p50 {p50:5.2f} ms  p99 {p99:6.2f} ms"
+            f"  CPU server {cpu:3.0f} % client {client:3.0f} %  errors {self.errors}"
         )
 
 
@@ -180,10 +183,11 @@ async def run_phase(
             latencies.append(time.perf_counter() - started)
             counts[0 if ok else 1] += 1
 
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, own0, t0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
-    return Phase(name, counts[0], counts[1], elapsed, cpu, latencies)
+    own = cpu_seconds(os.getpid()) - own0
+    return Phase(name, counts[0], counts[1], elapsed, cpu, own, latencies)
 
 
 async def memory_per_agent(url: str, pid: int, tokens: list[str]) -> tuple[int, int]:

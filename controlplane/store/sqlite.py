@@ -69,14 +69,14 @@ class SQLiteStore(ReportStore, GitStore):
         return await self._run(self._tx, op)
 
     async def get_user(self, user_id: str) -> UserRecord | None:
-        return await self._run(
+        return await self._read(
             lambda: self._user(
                 self.conn.execute("SELECT * FROM users WHERE id=?", (user_id,)).fetchone()
             )
         )
 
     async def get_user_by_name(self, name: str) -> UserRecord | None:
-        return await self._run(
+        return await self._read(
             lambda: self._user(
                 self.conn.execute("SELECT * FROM users WHERE name=?", (name,)).fetchone()
             )
@@ -87,7 +87,7 @@ class SQLiteStore(ReportStore, GitStore):
             rows = self.conn.execute("SELECT * FROM users ORDER BY created_at").fetchall()
             return [u for u in (self._user(r) for r in rows) if u is not None]
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def create_user_token(self, user_id: str, ttl_seconds: float | None = None) -> str:
         token = new_token()
@@ -120,7 +120,7 @@ class SQLiteStore(ReportStore, GitStore):
                 return None
             return self._user(row)
 
-        return await self._run(op)
+        return await self._read(op)
 
     # ------------------------------------------------------------ workspaces
 
@@ -152,14 +152,14 @@ class SQLiteStore(ReportStore, GitStore):
         return await self._run(self._tx, op)
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
-        return await self._run(
+        return await self._read(
             lambda: self._workspace(
                 self.conn.execute("SELECT * FROM workspaces WHERE id=?", (workspace_id,)).fetchone()
             )
         )
 
     async def get_workspace_by_name(self, owner_id: str, name: str) -> WorkspaceRecord | None:
-        return await self._run(
+        return await self._read(
             lambda: self._workspace(
                 self.conn.execute(
                     "SELECT * FROM workspaces WHERE owner_id=? AND name=?", (owner_id, name)
@@ -177,7 +177,7 @@ class SQLiteStore(ReportStore, GitStore):
                 ).fetchall()
             return [w for w in (self._workspace(r) for r in rows) if w is not None]
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def create_build(self, workspace_id: str, agents: list[AgentSpec]) -> list[CreatedAgent]:
         """A new build of the workspace: new agents (and tokens); older builds go stale."""
@@ -263,7 +263,7 @@ class SQLiteStore(ReportStore, GitStore):
         )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
-        return await self._run(
+        return await self._read(
             lambda: self._agent(
                 self.conn.execute("SELECT * FROM agents WHERE id=?", (agent_id,)).fetchone()
             )
@@ -284,7 +284,7 @@ class SQLiteStore(ReportStore, GitStore):
             ).fetchall()
             return [a for a in (self._agent(r) for r in rows) if a is not None]
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def agent_by_token(self, token: str) -> AgentRecord | None:
         def op() -> AgentRecord | None:
@@ -300,7 +300,7 @@ class SQLiteStore(ReportStore, GitStore):
                 return None
             return self._agent(row)
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def agent_by_instance_id(self, instance_id: str) -> AgentRecord | None:
         def op() -> AgentRecord | None:
@@ -312,7 +312,7 @@ class SQLiteStore(ReportStore, GitStore):
             ).fetchone()
             return self._agent(row)
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def issue_agent_token(
         self, agent_id: str, *, kind: str, ttl_seconds: float | None

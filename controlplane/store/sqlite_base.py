@@ -1,9 +1,16 @@
-"""The SQLite connection, its worker thread and shared helpers for the store's parts.
+"""The SQLite connections, the writer thread and shared helpers for the store's parts.
 
-One connection, owned by one worker thread: every call runs there in order, so writes are
-serialised without locks in the handlers. WAL with ``synchronous=NORMAL`` keeps every
-committed write across a process crash or ``kill -9`` (only power loss can drop the last
-transactions; use ``synchronous=FULL`` via ``durability="full"`` for that).
+Writes: one connection owned by one worker thread; every write transaction runs there in
+order, so writes are serialised without locks in the handlers, and a commit (or, with
+``durability="full"``, an fsync) never blocks the event loop. WAL with
+``synchronous=NORMAL`` keeps every committed write across a process crash or ``kill -9``
+(only power loss can drop the last transactions; ``synchronous=FULL`` covers that).
+
+Reads: a second, query-only connection used inline on the event loop. In WAL mode a reader
+never waits for the writer, and a point lookup costs tens of microseconds, far less than
+the two thread hand-offs (and GIL hand-backs) a round trip through the worker costs; the
+handlers' several lookups per request made those hand-offs the bottleneck (see
+docs/benchmarks.md, "Control plane"). A read sees every write committed before it.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -52,6 +60,8 @@ class SQLiteBase:
         self._durability = durability
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._writer_thread = -1
         self._closed = False
 
     def _open(self) -> None:
@@ -66,16 +76,34 @@ class SQLiteBase:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         migrate(conn)
-        self._conn = conn
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader.row_factory = sqlite3.Row
+        reader.execute("PRAGMA query_only=ON")
+        # Readers wait only in rare cases (WAL recovery); never stall the loop for long.
+        reader.execute("PRAGMA busy_timeout=1000")
+        self._writer_thread = threading.get_ident()
+        self._conn, self._reader = conn, reader
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the writer thread (write transactions)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read-only ``fn`` inline, on the reader connection."""
+        if self._reader is None:
+            raise sqlite3.ProgrammingError("store is closed")
+        return fn(*args)
+
     @property
     def conn(self) -> sqlite3.Connection:
-        assert self._conn is not None, "store is closed"
-        return self._conn
+        """The writer's connection on the writer thread, the reader's anywhere else."""
+        if threading.get_ident() == self._writer_thread:
+            assert self._conn is not None, "store is closed"
+            return self._conn
+        if self._reader is None:
+            raise sqlite3.ProgrammingError("store is closed")
+        return self._reader
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self.conn
@@ -92,6 +120,10 @@ class SQLiteBase:
         if self._closed:  # idempotent: a test or a shutdown path may close twice
             return
         self._closed = True
+
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
         def _close() -> None:
             if self._conn is not None:

@@ -21,10 +21,10 @@ class GitStore(SQLiteBase):
                 return None
             return GitSSHKeyRecord(row["user_id"], row["public_key"], row["private_key"])
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def regenerate_git_ssh_key(self, user_id: str) -> GitSSHKeyRecord:
-        row = await self._run(
+        row = await self._read(
             lambda: self.conn.execute("SELECT name FROM users WHERE id=?", (user_id,)).fetchone()
         )
         if row is None:
@@ -62,7 +62,7 @@ class GitStore(SQLiteBase):
             ).fetchall()
             return [GitAuthProvider(r["id"], r["regex"], r["type"]) for r in rows]
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def set_gitauth_link(
         self,
@@ -108,4 +108,4 @@ class GitStore(SQLiteBase):
                 _dt(r["expires_at"]),
             )
 
-        return await self._run(op)
+        return await self._read(op)

@@ -57,7 +57,7 @@ class ReportStore(SQLiteBase):
                 for r in rows
             ]
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def set_app_healths(self, agent_id: str, healths: dict[str, str]) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -123,7 +123,7 @@ class ReportStore(SQLiteBase):
                 for r in rows
             ]
 
-        return await self._run(op)
+        return await self._read(op)
 
 
 def _app_to_json(app: AppSpec) -> dict[str, Any]:
