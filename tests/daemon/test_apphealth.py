@@ -13,6 +13,7 @@ from aiohttp import web
 
 from tests.conftest import ControlPlane, poll_until
 from tests.daemon.conftest import SpawnDaemon
+from tests.fakes.fake_control_plane import FakeControlPlane
 
 pytestmark = pytest.mark.e2e
 
@@ -132,3 +133,54 @@ async def test_health_is_probed_reported_and_stored(
 async def _is(stored: Any, expected: dict[str, str]) -> bool:
     now = await stored()
     return all(now.get(k) == v for k, v in expected.items())
+
+
+def fake_app(app_id: str, slug: str, url: str) -> dict[str, Any]:
+    return {
+        "id": app_id,
+        "url": "http://127.0.0.1:1",
+        "external": False,
+        "slug": slug,
+        "display_name": slug,
+        "subdomain": False,
+        "sharing_level": "owner",
+        "healthcheck": {"url": url, "interval": 1, "threshold": 1},
+        "health": "initializing",
+    }
+
+
+async def test_reporter_restarts_with_the_apps_of_each_attempt(
+    fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str, web_app: App
+) -> None:
+    """Each attempt's metadata replaces the probers: an added app is probed and reported
+    (the whole map, under the ``Healths`` key); a removed one is no longer probed."""
+    broken = App()
+    broken.status = 500
+    await broken.start()
+    try:
+        a = fake_app("00000000-0000-4000-8000-00000000000a", "a", web_app.url)
+        b = fake_app("00000000-0000-4000-8000-00000000000b", "b", broken.url)
+        fake_cp.apps = [a]
+        await spawn_daemon(fake_cp.url, agent_token)
+
+        def posted() -> list[dict[str, str]]:
+            return [r.body["Healths"] for r in fake_cp.of("POST", "/me/app-health")]
+
+        await fake_cp.wait_for(lambda: {a["id"]: "healthy"} in posted())
+
+        fake_cp.apps = [a, b]
+        await fake_cp.drop_coordinate()
+        await fake_cp.wait_for(
+            lambda: {a["id"]: "healthy", b["id"]: "unhealthy"} in posted(), within=10
+        )
+
+        fake_cp.apps = [b]
+        await fake_cp.drop_coordinate()
+        await fake_cp.wait_for(
+            lambda: len(fake_cp.coordinate_opens) == 3 and fake_cp.open_sockets == 1
+        )
+        hits = len(web_app.hits)
+        await asyncio.sleep(2.0)  # an absence can only be seen over time
+        assert len(web_app.hits) - hits <= 1  # at most one probe was already in flight
+    finally:
+        await broken.stop()
