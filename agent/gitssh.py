@@ -103,7 +103,12 @@ async def _fetch_key(env: Mapping[str, str]) -> GitSSHKey:
     token = env.get("CODER_AGENT_TOKEN", "")
     if not url or not token:
         raise GitSSHError("CODER_AGENT_URL and CODER_AGENT_TOKEN must be set")
-    insecure = env.get("CODER_AGENT_INSECURE_SKIP_TLS_VERIFY", "").lower() in ("1", "true", "yes")
+    insecure = env.get("CODER_AGENT_INSECURE_SKIP_TLS_VERIFY", "").lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
     verify = tls_context(
         insecure_skip_verify=insecure, ca_file=env.get("CODER_AGENT_TLS_CA_FILE", "")
     )
