@@ -84,6 +84,12 @@ def server_parser() -> argparse.ArgumentParser:
         help="agent connection refresh (default 3s)",
     )
     p.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        default="normal",
+        help="SQLite synchronous mode: normal survives kill -9, full also power loss",
+    )
+    p.add_argument(
         "--apply",
         type=Path,
         action="append",
@@ -110,6 +116,7 @@ def server_config_from_args(args: argparse.Namespace) -> Any:
         tls_key=args.tls_key,
         stats_report_interval=args.stats_interval,
         agent_heartbeat_interval=args.heartbeat_interval,
+        durability=args.durability,
         identity=identity_config_from_args(args),
     )
 

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +177,17 @@ async def test_tokens_are_stored_only_as_hashes(world: World) -> None:
     for token in (world.owner_token, world.agent_token, world.other_token):
         assert token.encode() not in data
         assert hashlib.sha256(token.encode()).hexdigest().encode() in data
+
+
+@pytest.mark.parametrize(("flag", "pragma"), [("normal", 1), ("full", 2)])
+async def test_durability_flag_sets_sqlite_synchronous(
+    make_control_plane: Any, flag: str, pragma: int
+) -> None:
+    from controlplane.cli import server_config_from_args, server_parser
+
+    args = server_parser().parse_args(["--durability", flag, "--data-dir", "/nonexistent"])
+    assert server_config_from_args(args).durability == flag
+    cp: ControlPlane = await make_control_plane(durability=flag)
+    writer = cp.store._conn  # the connection every write transaction goes through
+    assert writer.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
