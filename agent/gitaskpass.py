@@ -27,6 +27,7 @@ REQUEST_TIMEOUT: Final = 10.0
 POLL_FLOOR: Final = 0.25
 POLL_CEILING: Final = 10.0
 MAX_BODY: Final = 1 << 20
+TRUTHY: Final = ("1", "true", "yes", "on")  # as agent.config.parse_bool
 EXIT_FAILED: Final = 1
 
 
@@ -102,11 +103,8 @@ class GitAuthClient:
         context = ssl.create_default_context(
             cafile=self._env.get("CODER_AGENT_TLS_CA_FILE") or None
         )
-        if self._env.get("CODER_AGENT_INSECURE_SKIP_TLS_VERIFY", "").lower() in (
-            "1",
-            "true",
-            "yes",
-        ):
+        skip = self._env.get("CODER_AGENT_INSECURE_SKIP_TLS_VERIFY", "").strip().lower()
+        if skip in TRUTHY:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
