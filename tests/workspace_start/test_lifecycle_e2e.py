@@ -85,7 +85,7 @@ async def test_timeout_then_ready(
 ) -> None:
     """A script outliving its timeout → start_timeout while it runs, then ready at exit 0."""
     agent_id, token, user_token = await _workspace(
-        control_plane, "carol", startup_script="sleep 2.5", startup_script_timeout_seconds=1
+        control_plane, "carol", startup_script="sleep 3", startup_script_timeout_seconds=1
     )
     with capture_logs() as logs:
         agent = await _start(start_agent, control_plane, token, tmp_path)
@@ -201,7 +201,7 @@ async def test_not_rerun_after_reconnect_and_state_reposted(
     with capture_logs() as logs:
         await control_plane.restart()
         await poll_until(lambda: _server_states(logs, agent_id) == ["ready"], timeout=15)
-    assert len(agent.find("lifecycle.reported", state="ready")) == 2
+    assert len(agent.find("lifecycle.reported", state="ready")) >= 2
     assert (tmp_path / "home" / "runs.txt").read_text() == "run\n"
     assert len(agent.find("startup.script_started")) == 1
 
