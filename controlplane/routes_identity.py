@@ -95,7 +95,7 @@ async def azure_identity(request: web.Request) -> web.Response:
     # Coder requires both fields but ignores ``encoding``; so do we.
     require_fields({"signature": body.signature, "encoding": body.encoding})
     try:
-        identity = request.app[IDENTITY].azure(body.signature)
+        identity = await request.app[IDENTITY].azure(body.signature)
     except InvalidIdentity as exc:
         raise _invalid("Azure", AZURE_KIND, exc) from None
     return await _issue(request, identity.vm_id, AZURE_KIND)

@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
 from controlplane.identity.errors import InvalidIdentity
 
@@ -55,6 +55,14 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 _RSA_SIGNATURES = frozenset(
     {"rsassa_pkcs1v15", "rsa", "sha1_rsa", "sha256_rsa", "sha384_rsa", "sha512_rsa"}
 )
+
+
+class ChainIncomplete(InvalidIdentity):
+    """No known issuer for ``cert``: the caller may fetch it (AIA) and try again."""
+
+    def __init__(self, detail: str, cert: x509.Certificate) -> None:
+        super().__init__(detail)
+        self.cert = cert
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +198,20 @@ def check_signer_name(cert: x509.Certificate) -> str:
     raise InvalidIdentity(f"signer {names or ['(no name)']} is not an Azure metadata service")
 
 
+def aia_issuer_urls(cert: x509.Certificate) -> list[str]:
+    """The "CA Issuers" URLs of the Authority Information Access extension."""
+    try:
+        aia = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_INFORMATION_ACCESS)
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        d.access_location.value
+        for d in aia.value
+        if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS
+        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+    ]
+
+
 def _valid_at(cert: x509.Certificate, now: dt.datetime) -> bool:
     return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
@@ -236,9 +258,10 @@ def verify_chain(
             None,
         )
         if issuer is None:
-            raise InvalidIdentity(
+            raise ChainIncomplete(
                 f"no trusted chain: issuer {current.issuer.rfc4514_string()!r} of "
-                f"{current.subject.rfc4514_string()!r} is not a trusted root or known intermediate"
+                f"{current.subject.rfc4514_string()!r} is not a trusted root or known intermediate",
+                current,
             )
         if not _is_ca(issuer):
             raise InvalidIdentity(f"{issuer.subject.rfc4514_string()!r} is not a CA")

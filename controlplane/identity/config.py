@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from controlplane.identity.aia import DEFAULT_AIA_HOSTS
 from controlplane.identity.google_keys import DEFAULT_KEYS_URL
 
 
@@ -36,6 +37,7 @@ class IdentityConfig:
     azure_max_age: float = 3600.0  # reject documents created longer ago than this, seconds
     azure_require_nonce: bool = False  # accept only documents carrying a nonce we issued
     azure_nonce_ttl: float = 300.0
+    azure_aia_hosts: frozenset[str] = DEFAULT_AIA_HOSTS  # where issuing CAs may be fetched
 
 
 def _csv(values: list[str]) -> frozenset[str]:
@@ -125,6 +127,13 @@ def add_identity_flags(parser: argparse.ArgumentParser) -> None:
         help="Azure issuing CA certificate(s) to build chains with; repeatable",
     )
     add(
+        "--azure-aia-hosts",
+        default=",".join(sorted(DEFAULT_AIA_HOSTS)),
+        metavar="HOSTS",
+        help="hosts the signer's issuing CA may be fetched from (AIA); empty disables "
+        "(default: %(default)s)",
+    )
+    add(
         "--azure-allowed-subscriptions",
         action="append",
         default=[],
@@ -160,4 +169,5 @@ def identity_config_from_args(args: argparse.Namespace) -> IdentityConfig:
         azure_allowed_subscriptions=_csv(args.azure_allowed_subscriptions),
         azure_max_age=args.azure_max_age,
         azure_require_nonce=args.azure_require_nonce,
+        azure_aia_hosts=_csv([args.azure_aia_hosts]),
     )

@@ -21,8 +21,14 @@ import structlog
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
+from controlplane.identity.aia import AiaFetcher
 from controlplane.identity.aws import AwsIdentity, load_keys, verify_aws
-from controlplane.identity.azure import AzureIdentity, verify_azure
+from controlplane.identity.azure import (
+    AzureIdentity,
+    ChainIncomplete,
+    aia_issuer_urls,
+    verify_azure,
+)
 from controlplane.identity.config import IdentityConfig
 from controlplane.identity.errors import InvalidIdentity
 from controlplane.identity.google import GoogleIdentity, parse_jwt, verify_google
@@ -31,6 +37,7 @@ from controlplane.identity.google_keys import GoogleKeySource
 log = structlog.get_logger()
 
 MAX_OUTSTANDING_NONCES = 10_000
+MAX_AIA_ROUNDS = 2  # signer -> issuing CA -> (rarely) one more intermediate
 
 
 class NonceStore:
@@ -117,6 +124,7 @@ class IdentityService:
         self._azure_roots: list[x509.Certificate] | None = _pems(config.azure_roots) or None
         self.azure_intermediates = _pems(config.azure_intermediates)
         self.nonces = NonceStore(config.azure_nonce_ttl)
+        self.aia = AiaFetcher(config.azure_aia_hosts)
 
     @property
     def azure_roots(self) -> list[x509.Certificate]:
@@ -149,16 +157,25 @@ class IdentityService:
             allowed_projects=c.google_allowed_projects,
         )
 
-    def azure(self, signature: str) -> AzureIdentity:
+    async def azure(self, signature: str) -> AzureIdentity:
         c = self.config
-        identity = verify_azure(
-            signature,
-            roots=self.azure_roots,
-            intermediates=self.azure_intermediates,
-            now=dt.datetime.fromtimestamp(self._clock(), dt.UTC),
-            max_age=c.azure_max_age,
-            allowed_subscriptions=c.azure_allowed_subscriptions,
-        )
+        fetched: list[x509.Certificate] = []
+        for round_ in range(MAX_AIA_ROUNDS + 1):
+            try:
+                identity = verify_azure(
+                    signature,
+                    roots=self.azure_roots,
+                    intermediates=[*self.azure_intermediates, *fetched],
+                    now=dt.datetime.fromtimestamp(self._clock(), dt.UTC),
+                    max_age=c.azure_max_age,
+                    allowed_subscriptions=c.azure_allowed_subscriptions,
+                )
+                break
+            except ChainIncomplete as exc:
+                new = [] if round_ == MAX_AIA_ROUNDS else await self._aia(exc.cert, fetched)
+                if not new:
+                    raise
+                fetched.extend(new)
         # A nonce we issued is single-use whether or not nonces are required.
         issued = bool(identity.nonce) and self.nonces.consume(identity.nonce)
         if c.azure_require_nonce and not issued:
@@ -167,3 +184,11 @@ class IdentityService:
                 "was already used, or has expired"
             )
         return identity
+
+    async def _aia(
+        self, cert: x509.Certificate, known: list[x509.Certificate]
+    ) -> list[x509.Certificate]:
+        found: list[x509.Certificate] = []
+        for url in aia_issuer_urls(cert):
+            found.extend(c for c in await self.aia.issuers(url) if c not in known)
+        return found

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 AZURE_TIME_FORMAT = "%m/%d/%y %H:%M:%S -0000"
 
@@ -53,6 +53,7 @@ def make_cert(
     san: list[str] | None = None,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    aia_url: str | None = None,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -83,6 +84,18 @@ def make_cert(
     else:
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    if aia_url:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.CA_ISSUERS,
+                        x509.UniformResourceIdentifier(aia_url),
+                    )
+                ]
+            ),
+            critical=False,
         )
     if san:
         builder = builder.add_extension(

@@ -65,6 +65,7 @@ class FakeMetadata:
         self.requests: list[SeenRequest] = []
         self.imds_tokens: set[str] = set()
         self.google_key_fetches = 0
+        self.files: dict[str, bytes] = {}  # extra static paths (e.g. AIA certificates)
         self._released = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -176,7 +177,9 @@ def _handler_for(fake: FakeMetadata) -> type[BaseHTTPRequestHandler]:
             if fake.delay:
                 fake.hang(fake.delay)
             path = parts.path
-            if path in ("/oauth2/v3/certs", "/oauth2/v1/certs"):
+            if path in fake.files:
+                self._send(200, fake.files[path], "application/pkix-cert")
+            elif path in ("/oauth2/v3/certs", "/oauth2/v1/certs"):
                 # Stands in for www.googleapis.com, for the control plane under test.
                 fake.google_key_fetches += 1
                 keys = fake.google.jwks() if "v3" in path else fake.google.v1_certs()
