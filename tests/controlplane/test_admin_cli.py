@@ -201,3 +201,30 @@ async def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
         "slug=web,healthcheck-url=http://x/,interval=soon",
     )
     assert app.code == 1 and "Traceback" not in app.stderr, app.stderr
+
+
+async def test_the_documented_workspace_file_applies(tmp_path: Path) -> None:
+    """docs/operations.md's example is a working file."""
+    import tomllib
+
+    from controlplane.admin import apply_spec
+    from controlplane.store.sqlite import SQLiteStore
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text.split("## Administration", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    store = await SQLiteStore.open(tmp_path)
+    try:
+        result = await apply_spec(store, tomllib.loads(example))
+        assert {a["agent"] for a in result.agents} == {"main", "gpu"}
+        apps = await store.list_apps(
+            next(a["agent_id"] for a in result.agents if a["agent"] == "main")
+        )
+        assert apps[0].spec.healthcheck_threshold == 6
+        assert (await apply_spec(store, tomllib.loads(example))).to_json() == {
+            "users": {},
+            "agents": [],
+        }
+    finally:
+        await store.close()
