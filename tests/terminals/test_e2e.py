@@ -1,0 +1,238 @@
+"""Terminals end to end: a websocket client on /pty, the real control plane in-process and
+the real daemon as a subprocess, all on 127.0.0.1 with real PTYs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from agent.sdk.pty import ReconnectingPTYRequest
+from tests.conftest import AgentProcess, ControlPlane, agent_env, poll_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+
+class Setup:
+    def __init__(self, cp: ControlPlane, agent: AgentProcess, agent_id: str, token: str) -> None:
+        self.cp = cp
+        self.agent = agent
+        self.agent_id = agent_id
+        self.token = token
+
+    def url(self, reconnect: str, **query: Any) -> str:
+        base = self.cp.url.replace("http://", "ws://")
+        q = urlencode({"reconnect": reconnect, **query})
+        return f"{base}/api/v2/workspaceagents/{self.agent_id}/pty?{q}"
+
+    async def open(self, reconnect: str | None = None, **query: Any) -> Pty:
+        ws = await connect(
+            self.url(reconnect or str(uuid.uuid4()), **query),
+            additional_headers={"Coder-Session-Token": self.token},
+            compression=None,
+            open_timeout=10,
+            close_timeout=2,
+        )
+        return Pty(ws)
+
+
+class Pty:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.output = bytearray()
+
+    async def type(self, data: str = "", height: int = 0, width: int = 0) -> None:
+        await self.ws.send(ReconnectingPTYRequest(data, height, width).encode())
+
+    async def expect(self, pattern: bytes, timeout: float = 10.0) -> re.Match[bytes]:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while (m := rx.search(self.output)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{pattern!r} not seen; got {bytes(self.output[-400:])!r}")
+            try:
+                message = await asyncio.wait_for(self.ws.recv(), remaining)
+            except TimeoutError:
+                continue
+            self.output += message if isinstance(message, bytes) else message.encode()
+        return m
+
+    async def closed(self, timeout: float = 10.0) -> tuple[int | None, str]:
+        async with asyncio.timeout(timeout):
+            try:
+                async for message in self.ws:
+                    self.output += message if isinstance(message, bytes) else message.encode()
+            except ConnectionClosed:
+                pass
+        rcvd = self.ws.protocol.close_rcvd
+        return (rcvd.code, rcvd.reason) if rcvd else (None, "")
+
+
+async def _connected(cp: ControlPlane, agent_id: str, token: str) -> bool:
+    body = await cp.get_agent_json(agent_id, token)
+    return bool(body["status"] == "connected")
+
+
+async def _setup(
+    cp: ControlPlane, start_agent: Any, tmp_path: Path, user: str = "alice", **env: str
+) -> Setup:
+    _, token = await cp.create_user(user)
+    agents = await cp.create_workspace(user, "dev", [{"name": "main"}])
+    agent_id, agent_token = agents["main"]
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".hushlogin").touch()
+    extra = {"HOME": str(home), "PS1": "$ ", **env}
+    agent = await start_agent(agent_env(cp.url, agent_token, tmp_path / "logs", **extra))
+    await poll_until(lambda: _connected(cp, agent_id, token), timeout=20)
+    return Setup(cp, agent, agent_id, token)
+
+
+@pytest.fixture
+async def term(control_plane: ControlPlane, start_agent: Any, tmp_path: Path) -> Setup:
+    return await _setup(control_plane, start_agent, tmp_path)
+
+
+async def test_echo_hello_round_trips(term: Setup) -> None:
+    pty = await term.open()
+    await pty.type("echo hel''lo\r")
+    await pty.expect(rb"hello\r\n")
+
+
+async def test_stty_size_reflects_resize(term: Setup) -> None:
+    pty = await term.open(height=20, width=70, command="sh")
+    await pty.type("stty size\r")
+    await pty.expect(rb"\b20 70\r\n")
+    await pty.type(height=41, width=132)
+    await pty.type("stty size\r")
+    await pty.expect(rb"\b41 132\r\n")
+
+
+async def test_exit_code_closes_the_session(term: Setup) -> None:
+    pty = await term.open(command="sh")
+    await pty.type("seq 1 5000; exit 3\r")
+    code, reason = await pty.closed()
+    assert (code, reason) == (1000, "process exited with code 3")
+    assert pty.output.endswith(b"4999\r\n5000\r\n")
+
+
+async def test_reattach_replays_scrollback_across_server_restart(term: Setup) -> None:
+    reconnect = str(uuid.uuid4())
+    first = await term.open(reconnect, command="sh")
+    await first.type("echo mark-$((40+2))\r")
+    await first.expect(rb"mark-42\r\n")
+    await first.ws.close()
+
+    second = await term.open(reconnect)
+    await second.expect(rb"mark-42\r\n")  # replayed scrollback
+    await second.ws.close()
+
+    await term.cp.restart()
+    await poll_until(lambda: _connected(term.cp, term.agent_id, term.token), timeout=30)
+    third = await term.open(reconnect)
+    await third.expect(rb"mark-42\r\n")
+    await third.type("echo after-$((1+1))\r")
+    await third.expect(rb"after-2\r\n")
+
+
+async def test_ten_sessions_concurrently(term: Setup) -> None:
+    ptys = await asyncio.gather(*(term.open(command="sh") for _ in range(10)))
+    await asyncio.gather(*(p.type(f"echo s{i}-$((i=7*{i}))\r") for i, p in enumerate(ptys)))
+    await asyncio.gather(*(p.expect(rf"s{i}-{7 * i}\r\n".encode()) for i, p in enumerate(ptys)))
+
+
+async def test_another_user_gets_404_and_bad_requests_are_400(term: Setup) -> None:
+    _, mallory = await term.cp.create_user("mallory")
+    base = term.cp.url
+    path = f"/api/v2/workspaceagents/{term.agent_id}/pty"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        other = await client.get(
+            path, params={"reconnect": str(uuid.uuid4())}, headers={"Coder-Session-Token": mallory}
+        )
+        assert other.status_code == 404
+        anonymous = await client.get(path, params={"reconnect": str(uuid.uuid4())})
+        assert anonymous.status_code == 401
+        bad = await client.get(
+            path, params={"reconnect": "nope"}, headers={"Coder-Session-Token": term.token}
+        )
+        assert bad.status_code == 400
+        assert bad.json() == {
+            "message": "Query param 'reconnect' must be a valid UUID.",
+            "validations": [{"field": "reconnect", "detail": "invalid UUID"}],
+        }
+        # The dial-back endpoint refuses an unknown session even with a valid agent token.
+        dial = await client.get("/api/v2/workspaceagents/me/pty-dial", params={"session": "x"})
+        assert dial.status_code == 401
+
+
+async def test_unparsable_dimensions_default_to_80(term: Setup) -> None:
+    pty = await term.open(height="tall", width="99999", command="stty size")
+    await pty.expect(rb"80 80\r\n")
+    code, reason = await pty.closed()
+    assert (code, reason) == (1000, "process exited with code 0")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_stalled_reader_holds_memory_flat_and_others_respond(term: Setup) -> None:
+    pid = term.agent.proc.pid
+    # A reader that never reads: small client-side queue so it stops reading quickly.
+    stalled_ws = await connect(
+        term.url(str(uuid.uuid4()), command="yes"),
+        additional_headers={"Coder-Session-Token": term.token},
+        compression=None,
+        max_queue=1,
+        close_timeout=1,
+    )
+    other = await term.open(command="sh")
+    await other.type("echo warm-$((1))\r")
+    await other.expect(rb"warm-1\r\n")
+    # Let every buffer on the path fill up, then measure.
+    await asyncio.sleep(1.0)
+    before = _rss_kib(pid)
+    latencies = []
+    for i in range(20):
+        started = time.monotonic()
+        await other.type(f"echo p-$(({i}+1000))\r")
+        await other.expect(rf"p-{i + 1000}\r\n".encode(), timeout=5)
+        latencies.append(time.monotonic() - started)
+        await asyncio.sleep(0.1)
+    after = _rss_kib(pid)
+    assert after - before < 4096, f"agent RSS grew from {before} to {after} KiB"
+    assert max(latencies) < 1.0, latencies
+    stalled_ws.transport.abort()
+
+
+async def test_stats_show_the_traffic(
+    make_control_plane: Any, start_agent: Any, tmp_path: Path
+) -> None:
+    cp = await make_control_plane(stats_interval=0.5)
+    setup = await _setup(cp, start_agent, tmp_path)
+    pty = await setup.open(command="sh")
+    await pty.type("echo traffic-$((2*21))\r")
+    await pty.expect(rb"traffic-42\r\n")
+
+    async def reported() -> Any:
+        rows = await cp.store.list_stats(setup.agent_id)
+        return [r for r in rows if r.conns_by_proto.get("reconnecting_pty")]
+
+    rows = await poll_until(reported, timeout=15)
+    assert sum(r.rx_bytes for r in rows) > 0
+    assert sum(r.tx_bytes for r in rows) > 0
+    assert sum(r.rx_packets for r in rows) > 0
+    assert max(r.num_comms for r in rows) >= 1
