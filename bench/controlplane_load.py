@@ -8,7 +8,9 @@ store), and the server's memory per connected agent.
   process is the load generator (aiohttp client, keep-alive, ``--concurrency`` requests
   in flight). On 2 cores each side gets about one core: the server's and the generator's
   CPU use during each phase are printed beside the rate, so a figure bound by the
-  generator (client near 100 %, server well below) shows as such.
+  generator (client near 100 %, server well below) shows as such. The server's CPU time
+  per request is printed too: unlike req/s it barely moves when other processes compete
+  for the two cores.
 * Each phase runs ``--seconds`` (and at most ``--max-requests``) after a short warm-up.
   report-stats posts non-zero windows, so every request is a committed SQLite write.
 * Memory: VmRSS of the server before and after ``--agents`` agents each open their
@@ -60,8 +62,10 @@ class Phase:
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
         cpu = 100 * self.server_cpu / self.seconds
         client = 100 * self.client_cpu / self.seconds
+        per_request = 1e6 * self.server_cpu / max(1, self.requests)
         return (
             f"{self.name:<24} {self.rps:>7.0f} req/s  p50 {p50:5.2f} ms  p99 {p99:6.2f} ms"
+            f"  server {per_request:4.0f} us CPU/req"
             f"  CPU server {cpu:3.0f} % client {client:3.0f} %  errors {self.errors}"
         )
 
