@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 JSON_CTYPE: Final = "application/json; charset=utf-8"
 BAD_JSON: Final = "Request body must be valid JSON."
+REQUIRED_DETAIL: Final = 'Validation failed for tag "required" with value: "{value}"'
 
 
 class HTTPError(Exception):
@@ -82,16 +83,15 @@ def decode_body(from_json: Callable[..., T], value: object, endpoint: str) -> T:
         return from_json(value, endpoint, fold_case=True)
     except DecodeError as exc:
         field = exc.path.removeprefix("$.").removeprefix("$") or "body"
-        raise HTTPError(400, "Validation failed.", str(exc), [(field, exc.reason)]) from None
+        reason = exc.reason
+        if reason == "required field is missing":
+            reason = REQUIRED_DETAIL.format(value="")  # Coder's validator wording
+        raise HTTPError(400, "Validation failed.", str(exc), [(field, reason)]) from None
 
 
 def require_fields(values: dict[str, str]) -> None:
     """Coder's ``validate:"required"``: empty strings fail with its exact wording."""
-    missing = [
-        (k, f'Validation failed for tag "required" with value: "{v}"')
-        for k, v in values.items()
-        if not v
-    ]
+    missing = [(k, REQUIRED_DETAIL.format(value=v)) for k, v in values.items() if not v]
     if missing:
         raise HTTPError(400, "Validation failed.", validations=missing)
 

@@ -152,3 +152,23 @@ async def test_raw_garbage_request_line_is_not_answered_with_html(world: World) 
     # aiohttp answers framing errors itself, before any handler: plain text, never HTML.
     assert head.startswith(b"HTTP/1.0 400") or head.startswith(b"HTTP/1.1 400"), head[:200]
     assert b"<html" not in head.lower() and b"Traceback" not in head
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "field"),
+    [
+        ("aws", {"document": "{}"}, "signature"),
+        ("aws", {"signature": "c2ln"}, "document"),
+        ("azure", {"signature": "c2ln"}, "encoding"),
+        ("google", {}, "json_web_token"),
+    ],
+)
+async def test_missing_required_field_is_400_with_validations(
+    world: World, kind: str, body: dict[str, str], field: str
+) -> None:
+    async with world.agent("") as client:
+        response = await client.post(f"{AGENTS}/{kind}-instance-identity", json=body)
+    error = assert_error(response, 400, "Validation failed.")
+    assert error["validations"] == [
+        {"field": field, "detail": 'Validation failed for tag "required" with value: ""'}
+    ]
