@@ -9,6 +9,8 @@ redirects are never followed.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from typing import Final
 
 import httpx
@@ -19,8 +21,17 @@ CONNECT_TIMEOUT: Final = 0.5
 MAX_BODY_BYTES: Final = 64 * 1024
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Metadata services are plain HTTP on a link-local address; a context is only needed
+    # if an operator points an endpoint at https. Building one per client would reload
+    # the CA bundle on every exchange (~10 ms), so it is built once, on first use.
+    return ssl.create_default_context()
+
+
 def metadata_client(timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(
+        verify=_tls(),
         trust_env=False,
         follow_redirects=False,
         timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
