@@ -236,3 +236,32 @@ async def test_stats_show_the_traffic(
     assert sum(r.tx_bytes for r in rows) > 0
     assert sum(r.rx_packets for r in rows) > 0
     assert max(r.num_comms for r in rows) >= 1
+
+
+async def test_wsagent_terminal_command(term: Setup) -> None:
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsagent",
+        "terminal",
+        "--url",
+        term.cp.url,
+        "--token",
+        term.token,
+        "--agent",
+        term.agent_id,
+        "--command",
+        "read line; echo got-$line-$((3*3)); exit 5",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=str(REPO),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(b"abc\n"), 30)
+    assert b"got-abc-9" in out, (out, err)
+    assert proc.returncode == 5
+    assert b"re-attach with --reconnect" in err
