@@ -176,3 +176,28 @@ def _b64url_decode(text: str) -> bytes:
     import base64
 
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+async def test_metadata_services_refuse_requests_without_their_headers(
+    fake_metadata: FakeMetadata,
+) -> None:
+    """The fake enforces what the real services do, so the fetchers' header tests mean
+    something: no header, no identity."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=fake_metadata.url, trust_env=False) as http:
+        azure = await http.get("/metadata/attested/document?api-version=2020-09-01")
+        google = await http.get(
+            "/computeMetadata/v1/instance/service-accounts/default/identity?audience=coder"
+        )
+        aws = await http.put("/latest/api/token")
+    assert azure.status_code == 400
+    assert google.status_code == 403
+    assert aws.status_code == 400
+
+
+async def test_a_refusing_service_is_a_typed_error(fake_metadata: FakeMetadata) -> None:
+    """Whatever the service refuses surfaces as MetadataServiceError with the status."""
+    fake_metadata.clouds = frozenset({"aws"})  # Azure paths now answer 404
+    with pytest.raises(MetadataServiceError, match="status 404"):
+        await AzureIdentityFetcher(fake_metadata.url).fetch()
