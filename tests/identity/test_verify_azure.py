@@ -177,3 +177,40 @@ def test_garbage_is_rejected(az: AzureMaterial, signature: str, match: str) -> N
 def test_document_without_vm_id(az: AzureMaterial) -> None:
     with pytest.raises(InvalidIdentity, match="vmId"):
         _verify(az, az.sign(az.content(vmId=None)))
+
+
+# Microsoft's sample response from the IMDS documentation ("Attested data", 2018): a real
+# Azure signature over real Azure-shaped content. It has no signed attributes and puts the
+# sha256WithRSAEncryption OID where the digest algorithm belongs; its self-signed test
+# certificate expired in 2018, so only the content signature and the name are checked.
+MICROSOFT_SAMPLE = (
+    "MIIEEgYJKoZIhvcNAQcCoIIEAzCCA/8CAQExDzANBgkqhkiG9w0BAQsFADCBugYJKoZIhvcNAQcBoIGsBIGpeyJu"
+    "b25jZSI6IjEyMzQ1NjY3NjYiLCJwbGFuIjp7Im5hbWUiOiIiLCJwcm9kdWN0IjoiIiwicHVibGlzaGVyIjoiIn0s"
+    "InRpbWVTdGFtcCI6eyJjcmVhdGVkT24iOiIxMS8yMC8xOCAyMjowNzozOSAtMDAwMCIsImV4cGlyZXNPbiI6IjEx"
+    "LzIwLzE4IDIyOjA4OjI0IC0wMDAwIn0sInZtSWQiOiIifaCCAj8wggI7MIIBpKADAgECAhBnxW5Kh8dslEBA0E2m"
+    "IBJ0MA0GCSqGSIb3DQEBBAUAMCsxKTAnBgNVBAMTIHRlc3RzdWJkb21haW4ubWV0YWRhdGEuYXp1cmUuY29tMB4X"
+    "DTE4MTEyMDIxNTc1N1oXDTE4MTIyMDIxNTc1NlowKzEpMCcGA1UEAxMgdGVzdHN1YmRvbWFpbi5tZXRhZGF0YS5h"
+    "enVyZS5jb20wgZ8wDQYJKoZIhvcNAQEBBQADgY0AMIGJAoGBAML/tBo86ENWPzmXZ0kPkX5dY5QZ150mA8lommsz"
+    "E71x2sCLonzv4/UWk4H+jMMWRRwIea2CuQ5RhdWAHvKq6if4okKNt66fxm+YTVz9z0CTfCLmLT+nsdfOAsG1xZpp"
+    "EapC0Cd9vD6NCKyE8aYI1pliaeOnFjG0WvMY04uWz2MdAgMBAAGjYDBeMFwGA1UdAQRVMFOAENnYkHLa04Ut4Mpt"
+    "7TkJFfyhLTArMSkwJwYDVQQDEyB0ZXN0c3ViZG9tYWluLm1ldGFkYXRhLmF6dXJlLmNvbYIQZ8VuSofHbJRAQNBN"
+    "piASdDANBgkqhkiG9w0BAQQFAAOBgQCLSM6aX5Bs1KHCJp4VQtxZPzXF71rVKCocHy3N9PTJQ9Fpnd+bYw2vSpQH"
+    "g/AiG82WuDFpPReJvr7Pa938mZqW9HUOGjQKK2FYDTg6fXD8pkPdyghlX5boGWAMMrf7bFkup+lsT+n2tRw2wbNk"
+    "nO1tQ0wICtqy2VqzWwLi45RBwTGB6DCB5QIBATA/MCsxKTAnBgNVBAMTIHRlc3RzdWJkb21haW4ubWV0YWRhdGEu"
+    "YXp1cmUuY29tAhBnxW5Kh8dslEBA0E2mIBJ0MA0GCSqGSIb3DQEBCwUAMA0GCSqGSIb3DQEBAQUABIGAld1BM/yY"
+    "Iqqv8SDE4kjQo3Ul/IKAVR8ETKcve5BAdGSNkTUooUGVniTXeuvDj5NkmazOaKZp9fEtByqqPOyw/nlXaZgOO44H"
+    "DGiPUJ90xVYmfeK6p9RpJBu6kiKhnnYTelUk5u75phe5ZbMZfBhuPhXmYAdjc7Nmw97nx8NnprQ="
+)
+
+
+def test_microsofts_published_sample_verifies() -> None:
+    from controlplane.identity.azure import check_signer_name, open_signed_data
+
+    signed = open_signed_data(MICROSOFT_SAMPLE)
+    assert b'"nonce":"1234566766"' in signed.content
+    assert check_signer_name(signed.signer) == "testsubdomain.metadata.azure.com"
+    tampered = _replace_content(
+        MICROSOFT_SAMPLE, signed.content.replace(b"1234566766", b"1234566767")
+    )
+    with pytest.raises(InvalidIdentity, match="content signature does not verify"):
+        open_signed_data(tampered)
