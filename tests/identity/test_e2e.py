@@ -168,3 +168,31 @@ async def test_azure_daemon_echoes_a_server_issued_nonce(
     (request,) = fake_metadata.seen("/metadata/attested/document")
     nonce = request.query["nonce"][0]
     assert len(nonce) == 10 and nonce.isdigit()
+
+
+async def test_failed_exchanges_are_retried_until_the_metadata_service_answers(
+    make_control_plane: Callable[..., Awaitable[ControlPlane]],
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    fake_metadata: FakeMetadata,
+    tmp_path: Path,
+) -> None:
+    """An explicit method whose metadata service refuses: typed failures, no crash, and a
+    connection as soon as the service answers."""
+    plane = await make_control_plane(identity=identity_config(fake_metadata))
+    _, user_token = await plane.create_user("owner")
+    agents = await plane.create_workspace(
+        "owner",
+        "ws",
+        [{"name": "main", "auth": AUTH["google"], "instance_id": fake_metadata.google.instance_id}],
+    )
+    agent_id, _ = agents["main"]
+    fake_metadata.clouds = frozenset()  # every metadata path answers 404
+    agent = await start_agent(
+        {"CODER_AGENT_URL": plane.url, "CODER_AGENT_AUTH": AUTH["google"], **fake_metadata.env()}
+    )
+    failed = await agent.wait_for_event("agent.run_failed", timeout=15)
+    assert failed["error_type"] == "MetadataServiceError"
+    await poll_until(lambda: len(fake_metadata.seen("/computeMetadata/")) >= 2, timeout=15)
+    assert agent.proc.returncode is None
+    fake_metadata.clouds = frozenset({"google"})
+    await poll_until(lambda: _connected(plane, agent_id, user_token), timeout=20)
