@@ -29,13 +29,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from controlplane.identity.errors import InvalidIdentity
 
 SIGNER_NAME = re.compile(r"^(.*\.)?metadata\.(azure\.(com|us|cn)|microsoftazure\.de)$")
 TIME_FORMAT = "%m/%d/%y %H:%M:%S %z"
 MAX_CHAIN = 6
+MAX_EMBEDDED_CERTIFICATES = 8  # Azure embeds one; chain building is quadratic in this
 MAX_SIGNATURE_CHARS = 64 * 1024
 # Azure puts the signature algorithm's OID where the digest algorithm belongs; accept both.
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -119,11 +120,10 @@ def open_signed_data(signature: str) -> SignedContent:
         content = signed["encap_content_info"]["content"].native
         if not isinstance(content, bytes) or not content:
             raise InvalidIdentity("no attached content")
-        certificates = tuple(
-            x509.load_der_x509_certificate(c.chosen.dump())
-            for c in signed["certificates"] or []
-            if c.name == "certificate"
-        )
+        embedded = [c for c in signed["certificates"] or [] if c.name == "certificate"]
+        if len(embedded) > MAX_EMBEDDED_CERTIFICATES:
+            raise InvalidIdentity(f"too many certificates ({len(embedded)})")
+        certificates = tuple(x509.load_der_x509_certificate(c.chosen.dump()) for c in embedded)
         sid = signer_info["sid"]
         digest_name = signer_info["digest_algorithm"]["algorithm"].native
         sig_name = signer_info["signature_algorithm"]["algorithm"].native
@@ -171,7 +171,7 @@ def _find_signer(sid: Any, certificates: Sequence[x509.Certificate]) -> x509.Cer
         ski = sid.chosen.native
         for cert in certificates:
             try:
-                ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_KEY_IDENTIFIER)
+                ext = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
             except x509.ExtensionNotFound:
                 continue
             if ext.value.digest == ski:
@@ -181,7 +181,7 @@ def _find_signer(sid: Any, certificates: Sequence[x509.Certificate]) -> x509.Cer
 
 def signer_names(cert: x509.Certificate) -> list[str]:
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         names = san.value.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         names = []
@@ -201,7 +201,7 @@ def check_signer_name(cert: x509.Certificate) -> str:
 def aia_issuer_urls(cert: x509.Certificate) -> list[str]:
     """The "CA Issuers" URLs of the Authority Information Access extension."""
     try:
-        aia = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_INFORMATION_ACCESS)
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
     except x509.ExtensionNotFound:
         return []
     return [

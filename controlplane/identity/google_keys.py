@@ -63,10 +63,11 @@ def parse_keys(data: bytes) -> dict[str, rsa.RSAPublicKey]:
         if not isinstance(pem, str):
             raise KeySourceError(f"key {kid!r} is not a PEM string")
         try:
-            if "CERTIFICATE" in pem:
-                public = x509.load_pem_x509_certificate(pem.encode()).public_key()
-            else:
-                public = serialization.load_pem_public_key(pem.encode())
+            public: object = (
+                x509.load_pem_x509_certificate(pem.encode()).public_key()
+                if "CERTIFICATE" in pem
+                else serialization.load_pem_public_key(pem.encode())
+            )
         except ValueError as exc:
             raise KeySourceError(f"key {kid!r}: {exc}") from exc
         if isinstance(public, rsa.RSAPublicKey):
