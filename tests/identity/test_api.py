@@ -254,3 +254,31 @@ def _pem(cert: Any) -> str:
     from tests.fakes.cloudkeys import pem
 
     return pem(cert)
+
+
+@pytest.mark.parametrize("case", ["subscription", "stale", "wrong-key"])
+async def test_azure_invalid_documents_are_401_without_a_token(
+    make_control_plane: MakePlane, fake_metadata: FakeMetadata, case: str
+) -> None:
+    import datetime as dt
+
+    az = fake_metadata.azure
+    overrides: dict[str, Any] = {}
+    if case == "subscription":
+        overrides["azure_allowed_subscriptions"] = frozenset({"another-subscription"})
+        body = az.response()
+        detail = "subscription"
+    elif case == "stale":
+        created = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+        body = {"encoding": "pkcs7", "signature": az.sign(az.content(created=created))}
+        detail = "stale timeStamp"
+    else:
+        body = {"encoding": "pkcs7", "signature": az.sign(az.content(), leaf_key=rsa_key("x"))}
+        detail = "content signature"
+    plane, _ = await _plane(make_control_plane, fake_metadata, **overrides)
+    response = await _post(plane, "azure", body)
+    assert response.status_code == 401
+    payload = response.json()
+    assert payload["message"] == "Invalid Azure identity."
+    assert detail in payload["detail"]
+    assert "session_token" not in payload
