@@ -53,15 +53,23 @@ class AwsIdentityFetcher:
         async with metadata_client(self.timeout) as http:
             token = await self._session_token(http)
             try:
-                signature = await self._get(http, SIGNATURE_PATH, token)
-                document = await self._get(http, DOCUMENT_PATH, token)
+                return await self._identity(http, token)
             except _TokenRejected:
                 # The cached token was revoked or outlived its TTL (IMDS restarted,
-                # instance stopped and started): get a fresh one once.
+                # instance stopped and started): get a fresh one, once.
                 self._token = ""
-                token = await self._session_token(http)
-                signature = await self._get(http, SIGNATURE_PATH, token)
-                document = await self._get(http, DOCUMENT_PATH, token)
+            token = await self._session_token(http)
+            try:
+                return await self._identity(http, token)
+            except _TokenRejected:
+                self._token = ""
+                raise service_error(
+                    CLOUD, "GET", self.endpoint + SIGNATURE_PATH, "401 even with a fresh token"
+                ) from None
+
+    async def _identity(self, http: httpx.AsyncClient, token: str) -> AWSInstanceIdentityToken:
+        signature = await self._get(http, SIGNATURE_PATH, token)
+        document = await self._get(http, DOCUMENT_PATH, token)
         return AWSInstanceIdentityToken(signature=signature, document=document)
 
     async def _session_token(self, http: httpx.AsyncClient) -> str:

@@ -8,7 +8,8 @@ Modes (plain attributes, change them at any time):
   aws_mode    "optional" (v1 and v2), "v2-required" (token-less GET -> 401),
               "v1-only" (token PUT -> 405), "put-silent" (the PUT never answers),
               "put-silent-required" (the PUT never answers and token-less GETs get 401:
-              a v2-only instance seen from a container behind hop limit 1)
+              a v2-only instance seen from a container behind hop limit 1),
+              "reject-tokens" (tokens are issued but every GET carrying one gets 401)
   clouds      which clouds answer at all (others get a bare 404, no flavour header)
   silent      every request hangs until the server closes (a black hole)
   delay       seconds to wait before every answer (a slow service)
@@ -232,6 +233,9 @@ def _handler_for(fake: FakeMetadata) -> type[BaseHTTPRequestHandler]:
                 self._send(200, token, headers={"X-aws-ec2-metadata-token-ttl-seconds": ttl})
                 return
             token = self.headers.get("X-aws-ec2-metadata-token")
+            if token is not None and fake.aws_mode == "reject-tokens":
+                self._send(401, "")
+                return
             if token is not None and token not in fake.imds_tokens:
                 self._send(401, "")
                 return

@@ -201,3 +201,14 @@ async def test_a_refusing_service_is_a_typed_error(fake_metadata: FakeMetadata) 
     fake_metadata.clouds = frozenset({"aws"})  # Azure paths now answer 404
     with pytest.raises(MetadataServiceError, match="status 404"):
         await AzureIdentityFetcher(fake_metadata.url).fetch()
+
+
+async def test_aws_tokens_rejected_even_when_fresh_is_a_typed_error(
+    fake_metadata: FakeMetadata,
+) -> None:
+    """One retry with a new token, then a MetadataServiceError (nothing untyped escapes)."""
+    fake_metadata.aws_mode = "reject-tokens"
+    fetcher = AwsIdentityFetcher(fake_metadata.url)
+    with pytest.raises(MetadataServiceError, match="401 even with a fresh token"):
+        await fetcher.fetch()
+    assert fetcher.token_puts == 2
