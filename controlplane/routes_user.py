@@ -15,7 +15,7 @@ from controlplane.auth import authenticate_user, owned_agent
 from controlplane.config import derp_map_for
 from controlplane.httpapi import HTTPError, respond
 from controlplane.routes_agent import app_model
-from controlplane.status import agent_status
+from controlplane.status import agent_status, derp_latency
 from controlplane.store.records import AgentRecord
 
 AGENTS: Final = "/api/v2/workspaceagents"
@@ -63,6 +63,10 @@ async def agent_model(request: web.Request, agent: AgentRecord) -> WorkspaceAgen
         troubleshooting_url=spec.troubleshooting_url or config.troubleshooting_url,
         startup_script_timeout_seconds=spec.startup_script_timeout_seconds,
         login_before_ready=spec.login_before_ready,
+        latency=derp_latency(
+            request.app[COORDINATOR].agent_node(agent.id),
+            derp_map_for(config.resolved_access_url()),
+        ),
     )
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
+from agent.sdk.models import DERPRegionLatency
+from agent.sdk.tailnet import DERPMap
 from controlplane.store.records import AgentRecord
 
 
@@ -23,3 +27,31 @@ def agent_status(
         # The socket stopped refreshing without a recorded close (crash, partition).
         return "disconnected", last
     return "connected", gone
+
+
+def derp_latency(node: Mapping[str, Any] | None, derp_map: DERPMap) -> dict[str, DERPRegionLatency]:
+    """``latency`` of ``GET /workspaceagents/{id}``, from the agent's last node (§3.10).
+
+    Keys ``"<region id>-v4"``/``"-v6"`` in seconds become region *names* in milliseconds;
+    a region missing from the server's map is ``Unnamed <id>``. Where a region has both
+    families Coder keeps whichever its map iteration visits last; we keep the lower one.
+    """
+    if not node:
+        return {}
+    raw = node.get("derp_latency")
+    if not isinstance(raw, Mapping):
+        return {}
+    preferred = node.get("preferred_derp")
+    out: dict[str, DERPRegionLatency] = {}
+    for key, seconds in raw.items():
+        try:
+            region_id = int(str(key).split("-", 1)[0])
+            millis = float(seconds) * 1000
+        except (TypeError, ValueError):
+            continue
+        region = derp_map.regions.get(region_id)
+        name = region.region_name if region is not None else f"Unnamed {region_id}"
+        previous = out.get(name)
+        if previous is None or millis < previous.latency_ms:
+            out[name] = DERPRegionLatency(latency_ms=millis, preferred=preferred == region_id)
+    return out

@@ -202,3 +202,18 @@ async def test_client_of_an_agent_that_never_connected_waits(world: World) -> No
         await client.send(node())
         with pytest.raises(TimeoutError):
             await client.recv(timeout=0.3)
+
+
+async def test_get_agent_reports_derp_latency_from_the_agent_node(world: World) -> None:
+    async with as_agent(world) as agent:
+        latency = {"999-v4": 0.012, "999-v6": 0.02, "7-v4": 0.1}
+        await agent.send(node(preferred_derp=999, derp_latency=latency))
+        await poll_until(lambda: world.cp.app[COORDINATOR].agent_node(world.agent_id), timeout=5)
+        body = await world.agent_json()
+        assert body["latency"] == {
+            "Coder Embedded Relay": {"latency_ms": 12.0, "preferred": True},
+            "Unnamed 7": {"latency_ms": 100.0, "preferred": False},
+        }
+    # Without a node (the agent left) there is no latency: the field is omitted.
+    await poll_until(lambda: not world.cp.app[COORDINATOR].agent_node(world.agent_id), timeout=5)
+    assert "latency" not in await world.agent_json()
