@@ -253,12 +253,17 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
     async def heartbeat() -> None:
         while True:
             await asyncio.sleep(config.agent_heartbeat_interval)
-            current = await store.get_workspace(workspace.id)
-            if current is None or current.latest_build != agent.build_number:
-                await ws.close(code=1001, message=b"build is outdated")
-                return
-            if coordinator.is_current(agent.id, peer):
-                await store.agent_heartbeat(agent.id, datetime.now(UTC))
+            try:
+                current = await store.get_workspace(workspace.id)
+                if current is None or current.latest_build != agent.build_number:
+                    await ws.close(code=1001, message=b"build is outdated")
+                    return
+                if coordinator.is_current(agent.id, peer):
+                    await store.agent_heartbeat(agent.id, datetime.now(UTC))
+            except Exception as exc:
+                # A store hiccup (a lock held too long by another writer) must not end the
+                # refreshes for good: the agent would look disconnected with its socket open.
+                log.warning("agent.heartbeat_failed", agent_id=agent.id, error=str(exc))
 
     beat = asyncio.create_task(heartbeat())
     try:

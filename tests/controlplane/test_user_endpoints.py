@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import pytest
 
 from controlplane.config import DEFAULT_TROUBLESHOOTING_URL
 from tests.conftest import poll_until
@@ -183,3 +184,26 @@ async def test_users_me_and_workspaces(world: World) -> None:
     assert workspaces["workspaces"][0]["agents"][0]["id"] == world.agent_id
     async with world.user(world.other_token) as client:
         assert (await client.get("/api/v2/workspaces")).json() == {"workspaces": [], "count": 0}
+
+
+async def test_a_failed_refresh_does_not_stop_the_refreshes(
+    world_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection in the store (not in the handler under test): one heartbeat write
+    fails, the next ones still land and the agent stays connected."""
+    w: World = await world_factory(heartbeat_interval=0.1)
+    real = w.cp.store.agent_heartbeat
+    calls: list[datetime] = []
+
+    async def flaky(agent_id: str, now: datetime) -> None:
+        calls.append(now)
+        if len(calls) == 1:
+            raise OSError("disk I/O error (injected)")
+        await real(agent_id, now)
+
+    monkeypatch.setattr(w.cp.store, "agent_heartbeat", flaky)
+    async with agent_socket(w):
+        await poll_until(lambda: len(calls) >= 4, timeout=5, message="refreshes stopped")
+        body = await w.agent_json()
+    assert body["status"] == "connected"
+    assert _time(body["last_connected_at"]) >= calls[-2]
