@@ -95,7 +95,9 @@ async def test_auto_without_dmi_uses_the_probe(fake_metadata: FakeMetadata, tmp_
     assert exchange.method == AUTH_AZURE
 
 
-async def test_auto_with_no_cloud_is_a_config_error(fake_metadata: FakeMetadata, tmp_path: Path) -> None:
+async def test_auto_with_no_cloud_is_a_config_error(
+    fake_metadata: FakeMetadata, tmp_path: Path
+) -> None:
     """Nothing to detect: a ConfigError naming CODER_AGENT_AUTH (the CLI exits 2)."""
     fake_metadata.clouds = frozenset()
     exchange = IdentityExchange(_config(fake_metadata, tmp_path, AUTH_AUTO), RecordingPoster())
@@ -120,3 +122,19 @@ def test_token_auth_is_not_an_identity_method(fake_metadata: FakeMetadata, tmp_p
     config = replace(_config(fake_metadata, tmp_path, AUTH_AWS), auth="token")
     with pytest.raises(Exception, match="not an instance-identity method"):
         IdentityExchange(config, RecordingPoster())
+
+
+@pytest.mark.parametrize(("auth", "wired"), [("token", False), (AUTH_AUTO, True), (AUTH_AWS, True)])
+async def test_wiring_installs_the_exchange_only_for_identity_auth(
+    fake_metadata: FakeMetadata, tmp_path: Path, auth: str, wired: bool
+) -> None:
+    from agent.app import Agent
+    from agent.wiring import wire_identity
+
+    config = replace(_config(fake_metadata, tmp_path, AUTH_AWS), auth=auth, token="t" * 36)
+    agent = Agent(config)
+    try:
+        wire_identity(agent)
+        assert isinstance(agent._exchange, IdentityExchange) is wired
+    finally:
+        await agent.client.aclose()
