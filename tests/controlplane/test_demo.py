@@ -4,7 +4,9 @@ connected, and Ctrl-C stops everything cleanly."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -54,6 +56,16 @@ async def test_demo_starts_a_connected_agent_and_stops_on_sigint() -> None:
             return bool(response.json()["status"] == "connected")
 
         await poll_until(connected, timeout=15, message="the demo agent never connected")
+
+        # The printed curl command works as printed (a newcomer copy-pastes it).
+        curl = text[text.index("  curl ") :].split("\n\n", 1)[0]
+        if shutil.which("curl"):
+            shell = await asyncio.create_subprocess_exec(
+                "sh", "-c", curl, stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await asyncio.wait_for(shell.communicate(), 10)
+            assert shell.returncode == 0
+            assert json.loads(out)["id"] == agent[1]
 
         proc.send_signal(signal.SIGINT)
         rest = await asyncio.wait_for(proc.stdout.read(), 10)
