@@ -131,7 +131,9 @@ async def test_probe_with_nothing_listening_finds_nothing(closed_url: str) -> No
 async def test_detect_prefers_dmi_over_the_probe(fake_metadata: FakeMetadata) -> None:
     """DMI decides without any request when it is conclusive."""
     fake_metadata.clouds = frozenset({"google"})
-    method = await detect(DmiFacts(sys_vendor="Amazon EC2"), _targets(fake_metadata.url, fake_metadata.host))
+    method = await detect(
+        DmiFacts(sys_vendor="Amazon EC2"), _targets(fake_metadata.url, fake_metadata.host)
+    )
     assert method == AUTH_AWS
     assert fake_metadata.requests == []
 
