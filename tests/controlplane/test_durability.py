@@ -191,3 +191,38 @@ async def test_startup_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
     newer = await wsagent("server", "--data-dir", str(data_dir), "--address", "127.0.0.1:0")
     assert newer.code == 1
     assert "newer" in newer.stderr and "Traceback" not in newer.stderr
+
+
+async def test_the_server_never_logs_a_token(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    user = await admin(data_dir, "user", "create", "alice")
+    created = await admin(data_dir, "workspace", "create", "--owner", "alice", "--name", "dev")
+    agent_id, token = created["agents"][0]["agent_id"], created["agents"][0]["token"]
+    session = user["session_token"]
+    bogus = "Zz" * 20  # well-formed, unknown
+    proc, url = await start_server_process(data_dir)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            for t in (token, session, bogus):
+                # Successes, auth failures, 404s and bad input, by header, query and cookie.
+                await client.get(f"{ME}/metadata", headers={"Coder-Session-Token": t})
+                await client.get(f"{ME}/metadata?coder_session_token={t}")
+                await client.post(
+                    f"{ME}/report-stats",
+                    content=b"{",
+                    headers={"Cookie": f"coder_session_token={t}"},
+                )
+                await client.get(f"/api/v2/workspaceagents/{agent_id}?coder_session_token={t}")
+                await client.get(f"/api/v2/nope?coder_session_token={t}")
+                await client.get("/api/v2/workspaceagents/nope", headers={"Coder-Session-Token": t})
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout is not None
+        output = (await asyncio.wait_for(proc.stdout.read(), 10)).decode()
+        await asyncio.wait_for(proc.wait(), 5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert "http.request_failed" in output  # the failures were logged ...
+    for secret in (token, session, bogus):
+        assert secret not in output  # ... without the tokens
