@@ -106,7 +106,14 @@ class GoogleKeySource:
             due = now >= self._expires or (bool(kid) and kid not in self._keys)
             throttled = bool(self._keys) and now - self._fetched_at < MIN_REFRESH_INTERVAL
             if due and not throttled:
-                await self._refresh()
+                try:
+                    await self._refresh()
+                except KeySourceError as exc:
+                    if not self._keys:
+                        raise
+                    # Google keeps a rotated-out key published for days: the last good
+                    # set is far better than refusing every agent while the URL is down.
+                    log.warning("identity.google_keys_stale", error=str(exc))
         return self._keys
 
     async def _refresh(self) -> None:

@@ -71,3 +71,18 @@ async def test_unreachable_or_failing_url(fake_metadata: FakeMetadata, closed_ur
         await GoogleKeySource(closed_url + "/certs", timeout=1.0).keys()
     with pytest.raises(KeySourceError, match="status 404"):
         await GoogleKeySource(fake_metadata.url + "/nothing-here").keys()
+
+
+async def test_last_good_keys_survive_a_failed_refresh(
+    fake_metadata: FakeMetadata, tmp_path: Path
+) -> None:
+    now = [0.0]
+    path = tmp_path / "certs.json"
+    path.write_text(json.dumps(fake_metadata.google.jwks()))
+    source = GoogleKeySource(file=path, clock=lambda: now[0])
+    kid = fake_metadata.google.kid
+    assert kid in await source.keys()
+    path.unlink()
+    now[0] += 7200  # past the cache lifetime: a refresh is due and fails
+    assert kid in await source.keys()
+    assert source.fetches == 2
