@@ -191,3 +191,20 @@ async def test_durability_flag_sets_sqlite_synchronous(
     writer = cp.store._conn  # the connection every write transaction goes through
     assert writer.execute("PRAGMA synchronous").fetchone()[0] == pragma
     assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sqlite_store_has_every_store_method_with_its_signature() -> None:
+    """The split into parts keeps the one narrow interface (DESIGN.md decision 7)."""
+    import inspect
+
+    from controlplane.store.base import Store
+
+    names = [n for n, v in vars(Store).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert len(names) > 25
+    for name in names:
+        impl = getattr(SQLiteStore, name, None)
+        assert impl is not None, name
+        assert inspect.iscoroutinefunction(impl), name
+        want = inspect.signature(getattr(Store, name))
+        got = inspect.signature(impl)
+        assert list(got.parameters) == list(want.parameters), name

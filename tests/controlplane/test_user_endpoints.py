@@ -207,3 +207,10 @@ async def test_a_failed_refresh_does_not_stop_the_refreshes(
         body = await w.agent_json()
     assert body["status"] == "connected"
     assert _time(body["last_connected_at"]) >= calls[-2]
+
+
+async def test_healthz_and_buildinfo_need_no_token(world: World) -> None:
+    async with world.user("") as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        info = (await client.get("/api/v2/buildinfo")).json()
+    assert info["version"].startswith("v")
