@@ -212,3 +212,17 @@ async def test_aws_tokens_rejected_even_when_fresh_is_a_typed_error(
     with pytest.raises(MetadataServiceError, match="401 even with a fresh token"):
         await fetcher.fetch()
     assert fetcher.token_puts == 2
+
+
+async def test_proxy_settings_are_ignored(
+    fake_metadata: FakeMetadata, closed_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy in the environment would take 169.254.169.254 elsewhere (Azure forbids
+    proxies): the fetchers never use one."""
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, closed_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    await AwsIdentityFetcher(fake_metadata.url).fetch()
+    await GoogleIdentityFetcher(fake_metadata.host).fetch()
+    await AzureIdentityFetcher(fake_metadata.url).fetch()
