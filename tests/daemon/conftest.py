@@ -82,9 +82,11 @@ class Daemon:
         return self.log_dir / "coder-agent.log"
 
     async def kill(self) -> None:
+        # The whole group: under ``unshare --fork`` the namespace's PID 1 and the agent
+        # would outlive a killed ``unshare`` (and keep the stdout pipe open).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
             await self.proc.wait()
         for reader in self._readers:
             reader.cancel()
@@ -152,7 +154,7 @@ async def fake_cp(agent_token: str) -> AsyncIterator[FakeControlPlane]:
         yield server
 
 
-__all__ = ["Daemon", "SpawnDaemon", "daemon_env", "signal"]
+__all__ = ["Daemon", "SpawnDaemon", "daemon_env"]
 
 
 @pytest.fixture

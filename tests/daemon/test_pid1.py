@@ -48,7 +48,10 @@ def proc_field(pid: int, name: str) -> str:
 
 
 def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []  # it just ended
 
 
 async def until(predicate, within: float) -> None:  # type: ignore[no-untyped-def]
@@ -85,3 +88,26 @@ async def test_pid1_reaps_orphans_and_forwards_sigterm(
     await daemon.wait_for_event("agent.signal_received")
     assert daemon.named("agent.signal_received")[0]["signal"] == "SIGTERM"
     assert daemon.named("agent.stopped")
+
+
+async def test_pid1_does_not_steal_the_agents_child_exit_codes(
+    fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str
+) -> None:
+    """A startup script that orphans a child and exits 3: PID 1 reaps the orphan, yet the
+    agent still sees its script's own exit code and reports ``start_error``."""
+    fake_cp.startup_script = "sleep 0.3 & exit 3"
+    daemon = await spawn_daemon(
+        fake_cp.url, agent_token, prefix=("unshare", "--pid", "--fork", "--mount-proc")
+    )
+
+    def states() -> list[str]:
+        return [r.body["state"] for r in fake_cp.of("POST", "/me/report-lifecycle")]
+
+    await fake_cp.wait_for(lambda: "start_error" in states() or "ready" in states())
+    assert states() == ["starting", "start_error"]
+    [init] = children_of(daemon.proc.pid)
+    [agent] = [p for p in children_of(init) if "--no-reap" in cmdline(p)]
+    # The orphaned sleep is re-parented to PID 1, ends, and is reaped: only the agent stays.
+    await until(lambda: children_of(init) == [agent], within=5.0)
+    os.kill(init, signal.SIGTERM)
+    assert await daemon.wait_exit(5.0) == 0

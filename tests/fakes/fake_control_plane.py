@@ -52,6 +52,7 @@ class FakeControlPlane:
         self.directory = directory
         self.apps = apps or []
         self.report_interval_ns = report_interval_ns
+        self.startup_script = ""
         self.metadata_mode: MetadataMode = "ok"
         self.coordinate_mode: CoordinateMode = "ok"
         self.requests: list[Recorded] = []
@@ -200,7 +201,7 @@ class FakeControlPlane:
                 }
             },
             "environment_variables": None,
-            "startup_script": "",
+            "startup_script": self.startup_script,
             "startup_script_timeout": 0,
             "directory": self.directory,
             "motd_file": "",
