@@ -29,6 +29,9 @@ TOKEN_TTL_SECONDS: Final = 21600
 # Renew a little early so a token never expires between the two GETs.
 TOKEN_RENEW_MARGIN: Final = 60.0
 V1_FALLBACK_STATUSES: Final = frozenset({403, 404, 405})
+# After a fallback, go straight to IMDSv1 for this long: a PUT that timed out (container
+# behind hop limit 1) would otherwise cost the full timeout on every reconnect.
+V1_MEMORY_SECONDS: Final = 600.0
 CLOUD: Final = "AWS"
 
 
@@ -47,6 +50,7 @@ class AwsIdentityFetcher:
         self._clock = clock
         self._token = ""
         self._token_expires = 0.0
+        self._v1_until = 0.0
         self.token_puts = 0  # how many tokens were requested (tests check reuse)
 
     async def fetch(self) -> AWSInstanceIdentityToken:
@@ -76,17 +80,21 @@ class AwsIdentityFetcher:
         """An IMDSv2 token, or "" when only IMDSv1 answers."""
         if self._token and self._clock() < self._token_expires:
             return self._token
+        if self._clock() < self._v1_until:
+            return ""
         url = self.endpoint + TOKEN_PATH
         self.token_puts += 1
         try:
             response = await http.put(url, headers={TTL_HEADER: str(self.token_ttl)})
         except httpx.TimeoutException:
             log.info("identity.aws_imdsv1_fallback", reason="token request timed out")
+            self._v1_until = self._clock() + V1_MEMORY_SECONDS
             return ""
         except httpx.HTTPError as exc:
             raise service_error(CLOUD, "PUT", url, describe(exc)) from exc
         if response.status_code in V1_FALLBACK_STATUSES:
             log.info("identity.aws_imdsv1_fallback", status=response.status_code)
+            self._v1_until = self._clock() + V1_MEMORY_SECONDS
             return ""
         if response.status_code != 200:
             raise service_error(CLOUD, "PUT", url, f"status {response.status_code}")
@@ -107,7 +115,14 @@ class AwsIdentityFetcher:
         if response.status_code == 401 and token:
             raise _TokenRejected
         if response.status_code == 401:
-            raise service_error(CLOUD, "GET", url, "401: IMDSv2 is required but no token")
+            self._v1_until = 0.0  # v1 is refused after all: ask for a token next time
+            raise service_error(
+                CLOUD,
+                "GET",
+                url,
+                "401: IMDSv2 is required but no token could be obtained (in a container, "
+                "raise the instance's metadata hop limit to 2)",
+            )
         if response.status_code != 200:
             raise service_error(CLOUD, "GET", url, f"status {response.status_code}")
         text = body_text(CLOUD, "GET", url, response)

@@ -226,3 +226,21 @@ async def test_proxy_settings_are_ignored(
     await AwsIdentityFetcher(fake_metadata.url).fetch()
     await GoogleIdentityFetcher(fake_metadata.host).fetch()
     await AzureIdentityFetcher(fake_metadata.url).fetch()
+
+
+async def test_aws_remembers_the_v1_fallback_for_a_while(fake_metadata: FakeMetadata) -> None:
+    """After a PUT timeout the next exchanges go straight to IMDSv1 (no timeout each time),
+    until IMDSv1 turns out to be refused."""
+    fake_metadata.aws_mode = "put-silent"
+    fetcher = AwsIdentityFetcher(fake_metadata.url, timeout=0.3)
+    await fetcher.fetch()
+    started = time.monotonic()
+    await fetcher.fetch()
+    assert time.monotonic() - started < 0.25
+    assert len(fake_metadata.seen("/latest/api/token")) == 1
+    fake_metadata.aws_mode = "v2-required"  # v1 now refused: the fetcher asks for a token
+    with pytest.raises(MetadataServiceError, match="IMDSv2 is required"):
+        await fetcher.fetch()
+    token = await fetcher.fetch()
+    assert token.document == fake_metadata.aws.document()
+    assert len(fake_metadata.seen("/latest/api/token")) == 2
