@@ -8,6 +8,7 @@ and :class:`DecodeError`. No httpx exception escapes this module.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
@@ -85,6 +86,7 @@ class ControlPlaneClient:
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
         self.verify = verify
+        self._timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout,
@@ -125,19 +127,39 @@ class ControlPlaneClient:
             content = codec.dumps(body)
             headers["Content-Type"] = "application/json"
         full_url = self.base_url + url
+        # httpx's timeout bounds each phase (connect, each read...), so a server that
+        # drips a byte at a time could hold a call forever. Like Go's http.Client.Timeout,
+        # the whole call, body included, gets one deadline.
+        total = (
+            request_timeout
+            if request_timeout is None or isinstance(request_timeout, int | float)
+            else self._timeout
+        )
+        deadline = None if total is None else asyncio.get_running_loop().time() + total
         try:
-            response = await self._http.request(
-                method,
-                url,
-                content=content,
-                headers=headers,
-                timeout=request_timeout,  # type: ignore[arg-type]
-            )
+            async with asyncio.timeout_at(deadline):
+                request = self._http.build_request(
+                    method,
+                    url,
+                    content=content,
+                    headers=headers,
+                    timeout=request_timeout,  # type: ignore[arg-type]
+                )
+                response = await self._http.send(request, stream=True)
+                try:
+                    data = await _read_capped(response, MAX_RESPONSE_BYTES)
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            raise TransportError(method, full_url, f"timed out after {total}s") from exc
         except httpx.TimeoutException as exc:
             raise TransportError(method, full_url, f"timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise TransportError(method, full_url, _describe(exc)) from exc
-        data = response.content[:MAX_RESPONSE_BYTES]
+        if data is None:
+            raise TransportError(
+                method, full_url, f"response body larger than {MAX_RESPONSE_BYTES} bytes"
+            )
         if response.status_code != expect:
             raise _api_error(method, full_url, response, data)
         return data
@@ -221,6 +243,18 @@ class ControlPlaneClient:
 
     def websocket_headers(self) -> dict[str, str]:
         return {"Cookie": f"{SESSION_COOKIE}={self.tokens.token}", "User-Agent": "wsagent"}
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The body, or None if it is longer than ``cap``: every buffer has a cap."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _describe(exc: httpx.HTTPError) -> str:

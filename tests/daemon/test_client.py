@@ -1,0 +1,138 @@
+"""agent.client against real HTTP servers on loopback: typed errors, headers, deadlines, caps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from agent.client import MAX_RESPONSE_BYTES, ControlPlaneClient, TokenHolder
+from agent.errors import ApiError, DecodeError, TransportError, UnauthorizedError
+
+TOKEN = "5f0d2a4e-9c1b-4a8e-b7f3-2d6c8e1a9b40"
+METADATA = "/api/v2/workspaceagents/me/metadata"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    """``url = await serve(handler)``: the handler answers the metadata path."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_route("*", METADATA, handler)
+        runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def client(url: str, timeout: float = 10.0) -> ControlPlaneClient:
+    return ControlPlaneClient(url, TokenHolder(TOKEN), verify=False, timeout=timeout)
+
+
+async def test_error_body_becomes_a_typed_error_with_status_and_detail(serve) -> None:  # type: ignore[no-untyped-def]
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Coder-Session-Token", ""))
+        return web.json_response(
+            {
+                "message": "Internal error fetching metadata.",
+                "detail": "db on fire",
+                "validations": [{"field": "x", "detail": "bad"}],
+            },
+            status=500,
+        )
+
+    async with client(await serve(handler)) as c:
+        with pytest.raises(ApiError) as info:
+            await c.metadata()
+    err = info.value
+    assert (err.status, err.message, err.detail) == (
+        500,
+        "Internal error fetching metadata.",
+        "db on fire",
+    )
+    assert err.validations[0].field == "x"
+    assert "unexpected status code 500" in str(err)
+    assert seen == [TOKEN]
+
+
+async def test_401_is_unauthorized_and_non_json_errors_keep_their_text(serve) -> None:  # type: ignore[no-untyped-def]
+    async def unauthorized(request: web.Request) -> web.Response:
+        return web.json_response({"message": "Workspace agent not authorized."}, status=401)
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<h1>bad gateway</h1>", status=502, content_type="text/html")
+
+    async with client(await serve(unauthorized)) as c:
+        with pytest.raises(UnauthorizedError):
+            await c.metadata()
+    async with client(await serve(html)) as c:
+        with pytest.raises(ApiError) as info:
+            await c.metadata()
+    assert info.value.status == 502
+    assert "non-JSON" in info.value.message and "bad gateway" in info.value.detail
+
+
+async def test_wrong_body_is_a_decode_error_naming_the_field(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"apps": 7})
+
+    async with client(await serve(handler)) as c:
+        with pytest.raises(DecodeError) as info:
+            await c.metadata()
+    assert info.value.endpoint.endswith("/me/metadata")
+
+
+async def test_a_dripping_server_hits_the_total_deadline(serve) -> None:  # type: ignore[no-untyped-def]
+    """One byte every 100 ms never trips a per-read timeout; the whole call still ends."""
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(1000):
+            await response.write(b" ")
+            await asyncio.sleep(0.1)
+        return response
+
+    async with client(await serve(drip), timeout=0.5) as c:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TransportError, match="timed out"):
+            await c.metadata()
+        assert loop.time() - started < 2.0
+
+
+async def test_an_oversized_body_is_refused_not_buffered(serve) -> None:  # type: ignore[no-untyped-def]
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        chunk = b" " * (1 << 20)
+        for _ in range(MAX_RESPONSE_BYTES // len(chunk) + 2):
+            await response.write(chunk)
+        return response
+
+    async with client(await serve(huge)) as c:
+        with pytest.raises(TransportError, match="larger than"):
+            await c.metadata()
+
+
+async def test_refused_connection_is_a_transport_error(unused_port_url: str) -> None:
+    async with client(unused_port_url) as c:
+        with pytest.raises(TransportError) as info:
+            await c.metadata()
+    assert TOKEN not in str(info.value)
