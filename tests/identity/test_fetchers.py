@@ -234,10 +234,8 @@ async def test_aws_remembers_the_v1_fallback_for_a_while(fake_metadata: FakeMeta
     fake_metadata.aws_mode = "put-silent"
     fetcher = AwsIdentityFetcher(fake_metadata.url, timeout=0.3)
     await fetcher.fetch()
-    started = time.monotonic()
     await fetcher.fetch()
-    assert time.monotonic() - started < 0.25
-    assert len(fake_metadata.seen("/latest/api/token")) == 1
+    assert len(fake_metadata.seen("/latest/api/token")) == 1  # the second went straight to v1
     fake_metadata.aws_mode = "v2-required"  # v1 now refused: the fetcher asks for a token
     with pytest.raises(MetadataServiceError, match="IMDSv2 is required"):
         await fetcher.fetch()
