@@ -196,3 +196,31 @@ async def test_failed_exchanges_are_retried_until_the_metadata_service_answers(
     assert agent.proc.returncode is None
     fake_metadata.clouds = frozenset({"google"})
     await poll_until(lambda: _connected(plane, agent_id, user_token), timeout=20)
+
+
+async def test_daemon_without_dmi_finds_the_cloud_by_probing(
+    make_control_plane: Callable[..., Awaitable[ControlPlane]],
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    fake_metadata: FakeMetadata,
+    tmp_path: Path,
+) -> None:
+    """A container on a VM: no DMI, so the probe decides by the shape of the replies."""
+    plane = await make_control_plane(identity=identity_config(fake_metadata))
+    _, user_token = await plane.create_user("owner")
+    agents = await plane.create_workspace(
+        "owner",
+        "ws",
+        [{"name": "main", "auth": AUTH["azure"], "instance_id": fake_metadata.azure.vm_id}],
+    )
+    agent_id, _ = agents["main"]
+    fake_metadata.clouds = frozenset({"azure"})
+    env = {
+        "CODER_AGENT_URL": plane.url,
+        "CODER_AGENT_DMI_DIR": str(tmp_path / "no-dmi"),  # CODER_AGENT_AUTH unset: auto
+        "CODER_AGENT_HYPERVISOR_UUID_PATH": str(tmp_path / "no-dmi" / "uuid"),
+        **fake_metadata.env(),
+    }
+    agent = await start_agent(env)
+    detected = await agent.wait_for_event("identity.detected", timeout=15)
+    assert detected["method"] == AUTH["azure"] and detected["source"] == "probe"
+    await poll_until(lambda: _connected(plane, agent_id, user_token), timeout=15)
