@@ -4,6 +4,7 @@ declarative workspace file. The CLI, the demo and the tests all go through these
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,23 @@ async def set_git_credential(
     await store.set_gitauth_link(provider_id, user.id, username, password)
 
 
+async def add_gitauth_provider(
+    store: Store, provider: GitAuthProvider, where: str = "provider"
+) -> None:
+    """Create or update a provider; a regex that does not compile is refused here, not
+    silently skipped at match time (agents would get 404 for every URL)."""
+    if not provider.id or not provider.regex:
+        raise SpecError(f"{where}: id and regex are required")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", provider.id):
+        # The id is a path segment of <access URL>/gitauth/<id>.
+        raise SpecError(f"{where}.id: letters, digits, '.', '_' and '-' only: {provider.id!r}")
+    try:
+        re.compile(provider.regex)
+    except re.error as exc:
+        raise SpecError(f"{where}.regex: {exc}") from None
+    await store.upsert_gitauth_provider(provider)
+
+
 @dataclass
 class ApplyResult:
     users: dict[str, str] = field(default_factory=dict)  # name -> new session token
@@ -184,9 +202,7 @@ async def apply_spec(store: Store, data: dict[str, Any]) -> ApplyResult:
             regex=_expect(raw.get("regex", ""), str, f"{where}.regex"),
             type=_expect(raw.get("type", ""), str, f"{where}.type"),
         )
-        if not provider.id or not provider.regex:
-            raise SpecError(f"{where}: id and regex are required")
-        await store.upsert_gitauth_provider(provider)
+        await add_gitauth_provider(store, provider, where)
         for j, cred in enumerate(_expect(raw.get("credentials", []), list, f"{where}.credentials")):
             _expect(cred, dict, f"{where}.credentials[{j}]")
             await set_git_credential(

@@ -344,7 +344,9 @@ async def run_admin_command(args: argparse.Namespace) -> Any:
                     "revoked": await store.revoke_agent_tokens(args.agent_id),
                 }
             case ("gitauth", "add-provider"):
-                await store.upsert_gitauth_provider(GitAuthProvider(args.id, args.regex, args.type))
+                await admin.add_gitauth_provider(
+                    store, GitAuthProvider(args.id, args.regex, args.type), "--id/--regex"
+                )
                 return {"id": args.id, "regex": args.regex, "type": args.type}
             case ("gitauth", "set-credential"):
                 await admin.set_git_credential(

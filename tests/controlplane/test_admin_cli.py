@@ -201,6 +201,31 @@ async def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
         "slug=web,healthcheck-url=http://x/,interval=soon",
     )
     assert app.code == 1 and "Traceback" not in app.stderr, app.stderr
+    regex = await wsagent(
+        "admin",
+        "--data-dir",
+        str(data),
+        "gitauth",
+        "add-provider",
+        "--id",
+        "gh",
+        "--regex",
+        "(",
+    )
+    assert regex.code == 1 and "--id/--regex.regex: missing )" in regex.stderr, regex.stderr
+    slash = await wsagent(
+        "admin",
+        "--data-dir",
+        str(data),
+        "gitauth",
+        "add-provider",
+        "--id",
+        "a/b",
+        "--regex",
+        "x",
+    )
+    assert slash.code == 1 and "--id/--regex.id" in slash.stderr, slash.stderr
+    assert await admin(data, "gitauth", "list") == []
 
 
 async def test_the_documented_workspace_file_applies(tmp_path: Path) -> None:
