@@ -124,9 +124,13 @@ class Coordinator:
             if handler is None:
                 log.warning("coordinator.unknown_agent_message", agent_id=agent_id, type=kind[:64])
                 return
-            result = handler(agent_id, value)
-            if result is not None:
-                await result
+            try:
+                result = handler(agent_id, value)
+                if result is not None:
+                    await result
+            except Exception:
+                # One bad extension reply must not cost the agent its coordinate socket.
+                log.exception("coordinator.extension_failed", agent_id=agent_id, type=kind[:64])
             return
         node = Node.from_json(value, "agent node")  # validates; raises DecodeError
         del node
@@ -158,7 +162,12 @@ class Coordinator:
                     peer.node = value
                     agent = self._agents.get(agent_id)
                     if agent is not None:
-                        await agent.send([value])
+                        try:
+                            await agent.send([value])
+                        except (ConnectionError, TimeoutError, RuntimeError):
+                            # The agent's socket is going away; its next socket gets this
+                            # node on connect. The client stays.
+                            log.info("coordinator.agent_send_failed", agent_id=agent_id)
         except DecodeError as exc:
             log.warning("coordinator.client_protocol_error", agent_id=agent_id, error=str(exc))
             await ws.close(code=1007, message=b"invalid coordinate message")

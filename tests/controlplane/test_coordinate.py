@@ -217,3 +217,21 @@ async def test_get_agent_reports_derp_latency_from_the_agent_node(world: World) 
     # Without a node (the agent left) there is no latency: the field is omitted.
     await poll_until(lambda: not world.cp.app[COORDINATOR].agent_node(world.agent_id), timeout=5)
     assert "latency" not in await world.agent_json()
+
+
+async def test_a_failing_extension_handler_keeps_the_agent_socket(world: World) -> None:
+    coordinator = world.cp.app[COORDINATOR]
+    seen: list[str] = []
+
+    async def broken(agent_id: str, message: dict[str, Any]) -> None:
+        seen.append(agent_id)
+        raise ValueError("handler bug (injected)")
+
+    coordinator.on_agent_message("test-broken", broken)
+    async with as_agent(world) as agent, as_client(world) as client:
+        await agent.send({"type": "test-broken", "request_id": "1"})
+        await poll_until(lambda: seen, timeout=5)
+        agent_node = node()
+        await agent.send(agent_node)
+        assert await client.recv_nodes() == [agent_node]
+        assert coordinator.is_connected(world.agent_id)
