@@ -35,6 +35,13 @@ PING_TIMEOUT: Final = 30.0
 OPEN_TIMEOUT: Final = 10.0
 MAX_MESSAGE_BYTES: Final = 1 << 20
 CLOSE_GOING_AWAY: Final = 1001
+# Distinct unknown message types (and bad-message paths) remembered so each is logged
+# once; capped, since the server chooses them. Past the cap they are ignored silently.
+MAX_REMEMBERED_UNKNOWN: Final = 64
+# Peers kept per session, and extension requests handled at once: the server decides how
+# many it sends, so both are capped.
+MAX_PEERS: Final = 4096
+MAX_CONCURRENT_EXTENSIONS: Final = 256
 # How long a polite close waits for the server's close frame before dropping the TCP
 # connection; bounded so that shutdown stays within its 5 s budget.
 CLOSE_TIMEOUT: Final = 1.0
@@ -174,21 +181,29 @@ class Coordinator:
         try:
             self._dispatch_value(value, session)
         except DecodeError as exc:
-            if exc.path not in self._bad_messages_logged and len(self._bad_messages_logged) < 64:
-                self._bad_messages_logged.add(exc.path)
+            known = self._bad_messages_logged
+            if exc.path not in known and len(known) < MAX_REMEMBERED_UNKNOWN:
+                known.add(exc.path)
                 log.warning("coordinator.bad_message", error=str(exc)[:200])
 
     def _dispatch_value(self, value: object, session: CoordinatorSession) -> None:
         if isinstance(value, list):
             for peer in decode_nodes(value, COORDINATE_ENDPOINT):
+                session.peers.pop(peer.id, None)
                 session.peers[peer.id] = peer
+                if len(session.peers) > MAX_PEERS:
+                    del session.peers[next(iter(session.peers))]  # the least recently updated
             log.debug("coordinator.peers_updated", peers=len(session.peers))
             return
         extension = decode_extension(value)
         if isinstance(extension, str):
-            if extension not in self._unknown_types_logged:
-                self._unknown_types_logged.add(extension)
+            known = self._unknown_types_logged
+            if extension not in known and len(known) < MAX_REMEMBERED_UNKNOWN:
+                known.add(extension)
                 log.warning("coordinator.unknown_message_type", type=extension[:64])
+            return
+        if len(self._tasks) >= MAX_CONCURRENT_EXTENSIONS:
+            log.warning("coordinator.extension_dropped", type=type(extension).__name__)
             return
         task = asyncio.create_task(self._handle(extension, session))
         self._tasks.add(task)
