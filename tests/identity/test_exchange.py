@@ -138,3 +138,35 @@ async def test_wiring_installs_the_exchange_only_for_identity_auth(
         assert isinstance(agent._exchange, IdentityExchange) is wired
     finally:
         await agent.client.aclose()
+
+
+def test_identity_code_stays_out_of_token_agents_and_needs_no_crypto(tmp_path: Path) -> None:
+    """Token-auth agents never import agent.identity; identity agents never import
+    cryptography or a cloud SDK (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from pathlib import Path
+from agent.app import Agent
+from agent.config import AgentConfig
+from agent.wiring import wire_identity
+token = Agent(AgentConfig(url="http://127.0.0.1:1", auth="token", token="t" * 36,
+                          log_dir=Path({str(tmp_path)!r})))
+wire_identity(token)
+assert not any(m.startswith("agent.identity") for m in sys.modules), "identity loaded"
+aws = Agent(AgentConfig(url="http://127.0.0.1:1", auth="aws-instance-identity", token="",
+                        log_dir=Path({str(tmp_path)!r})))
+wire_identity(aws)
+assert "agent.identity.exchange" in sys.modules
+heavy = [m for m in sys.modules if m.split(".")[0] in
+         ("cryptography", "botocore", "boto3", "google", "azure", "asn1crypto", "aiohttp")]
+assert not heavy, heavy
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
