@@ -138,6 +138,7 @@ async def test_daemon_without_a_cloud_exits_2_naming_the_setting(
     await agent.terminate()
     errors = [line for line in agent.raw_lines if line.startswith("wsagent agent: error:")]
     assert len(errors) == 1 and "CODER_AGENT_AUTH" in errors[0]
+    assert not any("Traceback" in line for line in agent.raw_lines)
 
 
 async def test_azure_daemon_echoes_a_server_issued_nonce(
