@@ -27,7 +27,7 @@ from agent.sdk.models import (
     WorkspaceApp,
 )
 from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
-from controlplane.auth import authenticate_agent
+from controlplane.auth import authenticate_agent, request_token
 from controlplane.config import derp_map_for
 from controlplane.gitauth import link_usable, match_provider, response_for
 from controlplane.httpapi import HTTPError, decode_body, read_json, respond
@@ -238,6 +238,7 @@ async def git_auth(request: web.Request) -> web.Response:
 
 async def coordinate(request: web.Request) -> web.StreamResponse:
     agent = await authenticate_agent(request)
+    token = request_token(request)
     store = request.app[STORE]
     config = request.app[CONFIG]
     workspace = await _workspace_of(request, agent)
@@ -257,6 +258,11 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
                 current = await store.get_workspace(workspace.id)
                 if current is None or current.latest_build != agent.build_number:
                     await ws.close(code=1001, message=b"build is outdated")
+                    return
+                # A revoked or expired token ends the session: the agent must authenticate
+                # again (cloud agents re-exchange their identity by themselves).
+                if await store.agent_by_token(token) is None:
+                    await ws.close(code=1008, message=b"agent token revoked or expired")
                     return
                 if coordinator.is_current(agent.id, peer):
                     await store.agent_heartbeat(agent.id, datetime.now(UTC))
