@@ -72,9 +72,14 @@ async def read_json(request: web.Request) -> object:
         if len(chunks) > limit:
             raise HTTPError(413, "Request body is too large.", f"The limit is {limit} bytes.")
     try:
-        return json.loads(chunks.decode("utf-8"))
+        return json.loads(chunks.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise HTTPError(400, BAD_JSON, str(exc)) from None
+
+
+def _reject_constant(name: str) -> object:
+    # Python accepts NaN and Infinity; JSON (and Go's decoder) does not.
+    raise ValueError(f"invalid character {name[:1]!r} looking for beginning of value")
 
 
 def decode_body(from_json: Callable[..., T], value: object, endpoint: str) -> T:

@@ -39,7 +39,9 @@ async def test_body_over_the_cap_without_content_length_is_413(world_factory: An
 
 
 @pytest.mark.parametrize("path", POSTS)
-@pytest.mark.parametrize("body", [b"{", b"", b"not json", b'{"a": 1} trailing', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body", [b"{", b"", b"not json", b'{"a": 1} trailing', b"\xff\xfe", b'{"x": NaN}']
+)
 async def test_malformed_json_is_400(world: World, path: str, body: bytes) -> None:
     async with world.agent() as client:
         response = await client.post(
