@@ -94,28 +94,48 @@ class RotatingFile:
         self._size = os.fstat(self._fd).st_size
 
     def write(self, line: str) -> None:
-        data = line.encode("utf-8", "replace")
+        # One line never exceeds the cap on its own.
+        data = line.encode("utf-8", "replace")[: self.max_bytes]
         with self._lock:
             if self._fd < 0:
                 return
             if self._size + len(data) > self.max_bytes and self._size > 0:
                 self._rotate()
+                if self._fd < 0:
+                    return
             try:
                 os.write(self._fd, data)
             except OSError:
-                return
+                return  # disk full or similar: losing a line beats stopping the agent
             self._size += len(data)
 
     def _rotate(self) -> None:
-        os.close(self._fd)
-        for index in range(self.backups, 0, -1):
-            src = self.path if index == 1 else self.path.with_name(f"{self.path.name}.{index - 1}")
-            dst = self.path.with_name(f"{self.path.name}.{index}")
+        """Shift the backups and start a new file. Never raises: a log that cannot be
+        rotated must not take the agent down, and must not outgrow its cap either."""
+        try:
+            for index in range(self.backups, 0, -1):
+                name = self.path.name if index == 1 else f"{self.path.name}.{index - 1}"
+                try:
+                    os.replace(
+                        self.path.with_name(name), self.path.with_name(f"{self.path.name}.{index}")
+                    )
+                except FileNotFoundError:
+                    pass
+        except OSError:
+            # Cannot rename (read-only directory...): empty the file in place instead.
             try:
-                os.replace(src, dst)
-            except FileNotFoundError:
-                pass
-        self._open()
+                os.ftruncate(self._fd, 0)
+                self._size = 0
+            except OSError:
+                os.close(self._fd)
+                self._fd = -1
+            return
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            self._open()
+        except OSError:
+            self._fd = -1  # file logging stops; stdout still gets every line
 
     def close(self) -> None:
         with self._lock:

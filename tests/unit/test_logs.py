@@ -190,3 +190,25 @@ def test_configured_pipeline_bridges_stdlib_warnings(tmp_path: Path) -> None:
     event = json.loads(line)
     assert event["event"] == "lib.websockets.client"
     assert event["message"] == "keepalive ping timeout"
+
+
+def test_rotation_that_cannot_rename_empties_the_file_instead_of_raising(tmp_path: Path) -> None:
+    """The backup name is taken by a directory: the file is emptied in place, so it keeps
+    its cap, and writing goes on."""
+    path = tmp_path / "coder-agent.log"
+    (tmp_path / "coder-agent.log.1").mkdir()
+    (tmp_path / "coder-agent.log.1" / "keep").write_text("x")
+    log = RotatingFile(path, max_bytes=4096)
+    for i in range(100):
+        log.write(f"{i:03d}" + "y" * 96 + "\n")
+    log.close()
+    assert path.stat().st_size <= 4096
+    assert path.read_text().splitlines()[-1].startswith("099")
+
+
+def test_a_line_longer_than_the_cap_is_cut_to_it(tmp_path: Path) -> None:
+    path = tmp_path / "a.log"
+    log = RotatingFile(path, max_bytes=4096)
+    log.write("z" * 10_000)
+    log.close()
+    assert path.stat().st_size == 4096
