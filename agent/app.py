@@ -302,8 +302,11 @@ def _is_outdated_build(exc: BaseException | None) -> bool:
     return isinstance(exc, ApiError) and exc.status == 403 and "outdated" in exc.detail
 
 
-async def run_until_signalled(agent: Agent) -> int:
-    """Run the agent until SIGTERM/SIGINT/SIGHUP; a second signal exits at once."""
+async def run_until_signalled(agent: Agent, early: list[int] | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT/SIGHUP; a second signal exits at once.
+
+    ``early`` holds signals that arrived before the loop took over (see agent.cli).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signalled_at: list[float] = []
@@ -320,6 +323,8 @@ async def run_until_signalled(agent: Agent) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
+    for pending in early or ():
+        on_signal(pending)
     try:
         await agent.run(stop)
     finally:

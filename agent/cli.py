@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,10 @@ def run_agent(argv: Sequence[str]) -> int:
 
     if reaper.should_reap(config.no_reap):
         return reaper.run_as_init([sys.executable, "-m", "wsagent", "agent", *argv])
+
+    # Until the event loop takes over the signals, remember them instead of dying with
+    # the default action: a SIGTERM during start-up still means a clean stop and exit 0.
+    early = _catch_early_signals()
 
     from agent import logs
     from agent.app import Agent, run_until_signalled
@@ -54,7 +59,7 @@ def run_agent(argv: Sequence[str]) -> int:
     async def main() -> int:
         agent = Agent(config)
         wire_components(agent)
-        return await run_until_signalled(agent)
+        return await run_until_signalled(agent, early)
 
     try:
         return asyncio.run(main())
@@ -64,3 +69,21 @@ def run_agent(argv: Sequence[str]) -> int:
     finally:
         if log_file is not None:
             log_file.close()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _catch_early_signals() -> list[int]:
+    """Record stop signals that arrive before the event loop handles them; a second one
+    exits at once, as it does later."""
+    received: list[int] = []
+
+    def remember(signum: int, _frame: object) -> None:
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, remember)
+    return received

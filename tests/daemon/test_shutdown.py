@@ -103,3 +103,16 @@ def group_members(pgid: int) -> list[int]:
             except ProcessLookupError:
                 pass
     return members
+
+
+async def test_sigterm_during_start_up_is_still_a_clean_exit_0(
+    fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str
+) -> None:
+    """A signal that lands before the event loop handles signals is remembered, not fatal."""
+    daemon = await spawn_daemon(fake_cp.url, agent_token)
+    async with asyncio.timeout(10):
+        while not daemon.log_file.exists():  # created just before the loop starts
+            await asyncio.sleep(0.001)
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait_exit(5.0) == 0
+    assert daemon.named("agent.signal_received")
