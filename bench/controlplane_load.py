@@ -17,7 +17,9 @@ store), and the server's memory per connected agent.
   report-stats posts non-zero windows, so every request is a committed SQLite write.
 * Memory: VmRSS of the server before and after ``--agents`` agents each open their
   coordinate socket and send one node; the delta divided by the count is the cost of one
-  connected agent. Baseline: the server's RSS with no agent connected.
+  connected agent. Baseline: the server's RSS with no agent connected. Then the server's
+  CPU time over ``--idle-seconds`` with all of them connected and idle (their
+  ``last_connected_at`` refreshes, every 3 s by default).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import statistics
 import sys
@@ -118,7 +121,6 @@ async def prepare(data_dir: Path, agents: int) -> tuple[str, list[str]]:
 async def start_server(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "WSAGENT_"))}
     env["PYTHONUNBUFFERED"] = "1"
-    env["WSAGENT_LOG_LEVEL"] = "warning"  # per-request logs would measure the logger
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -135,28 +137,30 @@ async def start_server(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]
         env=env,
         cwd=str(REPO),
     )
-    # The port is only in the server.listening line, which is info level: find it by
-    # polling the process's listening sockets instead.
-    port = await asyncio.wait_for(listening_port(proc.pid), 20)
-    return proc, f"http://127.0.0.1:{port}"
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited before listening")
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "server.listening":
+                url = str(event["url"])
+                break
+    # Successful requests are not logged; keep reading the rest so the pipe never fills.
+    _DRAIN.append(asyncio.create_task(drain(proc.stdout)))
+    return proc, url
 
 
-async def listening_port(pid: int) -> int:
-    inodes: set[str] = set()
-    while True:
-        fd_dir = Path(f"/proc/{pid}/fd")
-        try:
-            for fd in fd_dir.iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except (FileNotFoundError, ProcessLookupError):
-            raise RuntimeError("server exited") from None
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            parts = line.split()
-            if parts[3] == "0A" and parts[9] in inodes:  # LISTEN
-                return int(parts[1].split(":")[1], 16)
-        await asyncio.sleep(0.05)
+_DRAIN: list[asyncio.Task[None]] = []
+
+
+async def drain(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass
 
 
 async def run_phase(
@@ -201,10 +205,32 @@ async def run_phase(
     return Phase(name, counts[0], counts[1], elapsed, cpu, own, latencies)
 
 
-async def memory_per_agent(url: str, pid: int, tokens: list[str]) -> tuple[int, int]:
-    """(RSS before, RSS with every agent's coordinate socket open and one node sent)."""
-    from tests.controlplane.conftest import node
+def agent_node() -> dict[str, Any]:
+    """A tailnet node as an agent sends it (random keys: nothing dials it)."""
+    address = "fd7a:115c:a1e0:49d6:b259:b7ac:b1b2:48f4/128"
+    return {
+        "id": secrets.randbits(62),
+        "as_of": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "key": f"nodekey:{secrets.token_hex(32)}",
+        "disco": f"discokey:{secrets.token_hex(32)}",
+        "preferred_derp": 999,
+        "derp_latency": {"999-v4": 0.01},
+        "addresses": [address],
+        "allowed_ips": [address],
+        "endpoints": [],
+    }
 
+
+@dataclass
+class Fleet:
+    rss_before: int
+    rss_after: int
+    idle_seconds: float
+    idle_cpu: float  # server CPU seconds over the idle window, every agent connected
+
+
+async def connected_fleet(url: str, pid: int, tokens: list[str], idle_seconds: float) -> Fleet:
+    """Open every agent's coordinate socket (one node each), then leave them idle."""
     before = rss_bytes(pid)
     sockets: list[aiohttp.ClientWebSocketResponse] = []
     connector = aiohttp.TCPConnector(limit=0)
@@ -214,15 +240,20 @@ async def memory_per_agent(url: str, pid: int, tokens: list[str]) -> tuple[int, 
                 ws = await session.ws_connect(
                     f"{url}{ME}/coordinate", headers={"Coder-Session-Token": token}
                 )
-                await ws.send_bytes(json.dumps(node()).encode())
+                await ws.send_bytes(json.dumps(agent_node()).encode())
                 sockets.append(ws)
             # One round trip after the last node, so the server has read them all.
             async with session.get(f"{url}/healthz") as response:
                 await response.read()
             after = rss_bytes(pid)
+            # Idle: what the connected agents cost with no traffic (connection refreshes,
+            # WebSocket pings).
+            cpu0 = cpu_seconds(pid)
+            await asyncio.sleep(idle_seconds)
+            idle_cpu = cpu_seconds(pid) - cpu0
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    return before, after
+    return Fleet(before, after, idle_seconds, idle_cpu)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -274,7 +305,7 @@ async def main(args: argparse.Namespace) -> None:
                             )
                         )
             results = [median_phase(r) for r in rounds.values()]
-            before, after = await memory_per_agent(url, proc.pid, tokens)
+            fleet = await connected_fleet(url, proc.pid, tokens, args.idle_seconds)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -293,10 +324,17 @@ async def main(args: argparse.Namespace) -> None:
     base = results[0].rps
     for phase in results[1:]:
         print(f"  {phase.name:<24} = {100 * phase.rps / base:.0f} % of the /healthz rate")
-    delta = after - before
+    delta = fleet.rss_after - fleet.rss_before
     print(
-        f"  server RSS: {before / MIB:.1f} MiB idle (baseline), {after / MIB:.1f} MiB with "
-        f"{args.agents} agents connected -> {delta / args.agents / 1024:.1f} KiB per agent"
+        f"  server RSS: {fleet.rss_before / MIB:.1f} MiB idle (baseline), "
+        f"{fleet.rss_after / MIB:.1f} MiB with {args.agents} agents connected -> "
+        f"{delta / args.agents / 1024:.1f} KiB per agent"
+    )
+    idle = 100 * fleet.idle_cpu / fleet.idle_seconds
+    print(
+        f"  server CPU with {args.agents} idle agents connected: {idle:.2f} % of a core "
+        f"over {fleet.idle_seconds:g} s -> "
+        f"{1e6 * fleet.idle_cpu / fleet.idle_seconds / args.agents:.1f} us of CPU per agent per s"
     )
 
 
@@ -307,4 +345,5 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--max-requests", type=int, default=200_000)
+    parser.add_argument("--idle-seconds", type=float, default=9.0, help="3 connection refreshes")
     asyncio.run(main(parser.parse_args()))
