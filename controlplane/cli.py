@@ -413,7 +413,7 @@ def main(command: str, argv: Sequence[str]) -> int:
         return run_demo(argv)
     if command == "terminal":
         try:
-            from controlplane.terminal import main as terminal_main  # type: ignore[import-not-found]
+            from controlplane.terminal import main as terminal_main
         except ImportError:
             print("wsagent terminal: not available in this build", file=sys.stderr)
             return EXIT_USAGE
