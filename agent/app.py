@@ -24,7 +24,7 @@ from agent.client import ControlPlaneClient, TokenHolder, tls_context
 from agent.config import AUTH_TOKEN, AgentConfig
 from agent.coordinator import Coordinator, CoordinatorSession
 from agent.errors import ApiError, ConfigError, WsagentError
-from agent.logs import REDACTOR, FailureThrottle, error_key
+from agent.logs import REDACTOR, FailureThrottle, close_stream, error_key
 from agent.paths import expand_directory
 from agent.sdk.extensions import Extension
 from agent.sdk.models import Metadata, PostStartupRequest
@@ -316,6 +316,7 @@ async def run_until_signalled(agent: Agent, early: list[int] | None = None) -> i
         if stop.is_set():
             log.warning("agent.forced_exit", signal=name)
             agent.children.kill_all_now()
+            close_stream(timeout=0.2)
             os._exit(128 + signum)
         log.info("agent.signal_received", signal=name)
         signalled_at.append(time.monotonic())

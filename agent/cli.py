@@ -41,6 +41,7 @@ def run_agent(argv: Sequence[str]) -> int:
             log_file=config.log_dir / "coder-agent.log",
             max_bytes=config.log_max_bytes,
             level=os.environ.get("CODER_AGENT_LOG_LEVEL", "info"),
+            background=True,
         )
     except OSError as exc:
         print(f"wsagent agent: error: CODER_AGENT_LOG_DIR: {exc}", file=sys.stderr)
@@ -67,6 +68,7 @@ def run_agent(argv: Sequence[str]) -> int:
         print(f"wsagent agent: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
+        logs.close_stream(timeout=1.0)
         if log_file is not None:
             log_file.close()
 

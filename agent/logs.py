@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import sys
 import threading
 from collections.abc import Iterable, MutableMapping
@@ -144,6 +145,70 @@ class RotatingFile:
                 self._fd = -1
 
 
+class BackgroundWriter:
+    """Writes log lines to a stream from a thread of its own.
+
+    A reader that stops reading (a stalled journald or log shipper, ``wsagent agent | less``)
+    fills the pipe, and a plain write would then block the event loop, and with it the
+    whole agent. Here the loop only queues the line; at most ``max_pending`` wait, past
+    that lines are dropped for this stream (the log file still gets them) and counted.
+
+    The thread writes with ``os.write`` on the stream's descriptor, not through the
+    stream's buffer: a thread stuck in a full pipe must not hold the lock that the
+    interpreter's exit-time flush of ``sys.stdout`` needs.
+    """
+
+    def __init__(self, stream: TextIO, max_pending: int = 4096) -> None:
+        self._stream = stream
+        try:
+            stream.flush()
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # no descriptor (StringIO in tests): write through the stream
+        self._queue: queue.Queue[str | None] = queue.Queue(max_pending)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def write(self, text: str) -> int:
+        try:
+            self._queue.put_nowait(text)
+        except queue.Full:
+            self.dropped += 1
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: the thread writes each line as soon as it can."""
+
+    def _run(self) -> None:
+        while (text := self._queue.get()) is not None:
+            try:
+                self._emit(text)
+            except (OSError, ValueError):
+                pass  # stdout closed (daemonised, broken pipe): the file has the line
+
+    def _emit(self, text: str) -> None:
+        if self._fd is None:
+            self._stream.write(text)
+            self._stream.flush()
+            return
+        data = text.encode("utf-8", "replace")
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Write what is queued, waiting at most ``timeout`` seconds."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+
 class TeeLogger:
     """structlog logger writing the console line to a stream and the JSON line to a file."""
 
@@ -201,15 +266,24 @@ def configure(
     backups: int = 1,
     level: str = "info",
     stream: TextIO | None = None,
+    background: bool = False,
 ) -> RotatingFile | None:
-    """Configure structlog for the process. Returns the file so the caller can close it."""
-    out = stream or sys.stdout
+    """Configure structlog for the process. Returns the file so the caller can close it.
+
+    With ``background`` the stream is written by a :class:`BackgroundWriter` (the agent
+    daemon); :func:`close_stream` then writes out what is queued.
+    """
+    global _background
+    out: TextIO = stream or sys.stdout
     is_tty = False
     try:
         is_tty = out.isatty()
     except (AttributeError, ValueError):
         pass
     file = RotatingFile(log_file, max_bytes, backups) if log_file is not None else None
+    if background:
+        _background = BackgroundWriter(out)
+        out = _background  # type: ignore[assignment]  # duck-typed: write/flush/isatty
     console = structlog.dev.ConsoleRenderer(colors=False) if is_tty else None
     structlog.configure(
         processors=[
@@ -230,6 +304,15 @@ def configure(
     root.handlers[:] = [_StdlibBridge()]
     root.setLevel(logging.WARNING)
     return file
+
+
+_background: BackgroundWriter | None = None
+
+
+def close_stream(timeout: float = 1.0) -> None:
+    """Write out the lines queued for the stream (with ``background``), within ``timeout``."""
+    if _background is not None:
+        _background.close(timeout)
 
 
 @dataclass

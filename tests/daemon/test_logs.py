@@ -4,6 +4,7 @@ the token never written anywhere, error paths included."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import pty
@@ -12,10 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.daemon.conftest import SpawnDaemon, daemon_env
 from tests.fakes.fake_control_plane import FakeControlPlane
 
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 FAST_RETRY = {"CODER_AGENT_RECONNECT_MAX_DELAY": "200ms"}
 
 
@@ -113,3 +116,47 @@ async def test_unreachable_server_logs_one_line_not_one_per_retry(
     assert await daemon.wait_exit(5.0) == 0
     assert len(daemon.named("agent.run_failed")) == 1
     assert len(daemon.events) <= 6
+
+
+async def test_a_stdout_nobody_reads_does_not_stall_the_agent(
+    fake_cp: FakeControlPlane, agent_token: str, tmp_path: Path
+) -> None:
+    """stdout is a 4 KiB pipe that is never read: the agent keeps reconnecting (logging at
+    debug on every attempt), its log file keeps every line, and SIGTERM still exits 0."""
+    fake_cp.coordinate_mode = "drop_at_once"
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = daemon_env(
+        fake_cp.url,
+        agent_token,
+        tmp_path / "logs",
+        home,
+        CODER_AGENT_LOG_LEVEL="debug",
+        CODER_AGENT_RECONNECT_MAX_DELAY="20ms",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsagent",
+        "agent",
+        env=env,
+        stdout=write_end,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    try:
+        # ~1 KiB of debug lines per attempt: the pipe is full after a few attempts.
+        await fake_cp.wait_for(lambda: len(fake_cp.coordinate_opens) >= 40, within=20)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.close(read_end)
+    file_text = (tmp_path / "logs" / "coder-agent.log").read_text()
+    assert file_text.count('"agent.connected"') >= 40
+    assert '"agent.stopped"' in file_text

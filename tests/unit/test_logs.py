@@ -212,3 +212,32 @@ def test_a_line_longer_than_the_cap_is_cut_to_it(tmp_path: Path) -> None:
     log.write("z" * 10_000)
     log.close()
     assert path.stat().st_size == 4096
+
+
+def test_background_writer_keeps_order_and_drains_on_close() -> None:
+    from agent.logs import BackgroundWriter
+
+    stream = io.StringIO()
+    writer = BackgroundWriter(stream)
+    for i in range(500):
+        writer.write(f"{i}\n")
+    writer.close(timeout=5)
+    assert stream.getvalue().splitlines() == [str(i) for i in range(500)]
+    assert writer.dropped == 0
+
+
+def test_background_writer_drops_past_its_cap_instead_of_blocking(tmp_path: Path) -> None:
+    """Nobody reads the pipe: writes return at once and the excess is counted."""
+    import fcntl
+
+    from agent.logs import BackgroundWriter
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+    with os.fdopen(write_end, "w") as stream:
+        writer = BackgroundWriter(stream, max_pending=10)
+        for _ in range(1000):
+            writer.write("x" * 100 + "\n")  # returns at once even though the pipe is full
+        assert writer.dropped > 0
+        writer.close(timeout=0.1)  # gives up: the thread is stuck in the full pipe
+    os.close(read_end)
