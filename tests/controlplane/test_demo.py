@@ -67,6 +67,21 @@ async def test_demo_starts_a_connected_agent_and_stops_on_sigint() -> None:
             assert shell.returncode == 0
             assert json.loads(out)["id"] == agent[1]
 
+        # So does the printed terminal command (stdin is not a TTY here: lines go as typed).
+        line = next(ln for ln in text.splitlines() if " terminal --url " in ln)
+        terminal = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            line.strip(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        typed = b"echo demo-ok-$((40+2))\nexit 0\n"
+        out, _ = await asyncio.wait_for(terminal.communicate(typed), 20)
+        assert b"demo-ok-42" in out, out[-2000:]
+        assert terminal.returncode == 0, out[-2000:]
+
         proc.send_signal(signal.SIGINT)
         rest = await asyncio.wait_for(proc.stdout.read(), 10)
         code = await asyncio.wait_for(proc.wait(), 10)
