@@ -329,6 +329,7 @@ async def test_vscode_proxy_uri_follows_the_access_url(
 ) -> None:
     w: World = await world_factory(wildcard_access_url="*.apps.example.com", access_url=access_url)
     # The advertised access URL is not where the test server listens: call it directly.
+    assert w.cp.server is not None
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{w.cp.server.port}",
         headers={"Coder-Session-Token": w.agent_token},

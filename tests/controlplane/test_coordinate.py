@@ -194,7 +194,7 @@ async def test_invalid_agent_message_closes_with_1007(world: World, garbage: byt
 
 
 async def _status_disconnected(world: World) -> bool:
-    return (await world.agent_json())["status"] == "disconnected"
+    return bool((await world.agent_json())["status"] == "disconnected")
 
 
 async def test_client_of_an_agent_that_never_connected_waits(world: World) -> None:

@@ -68,11 +68,11 @@ async def test_demo_starts_a_connected_agent_and_stops_on_sigint() -> None:
             assert json.loads(out)["id"] == agent[1]
 
         # So does the printed terminal command (stdin is not a TTY here: lines go as typed).
-        line = next(ln for ln in text.splitlines() if " terminal --url " in ln)
+        command = next(ln for ln in text.splitlines() if " terminal --url " in ln)
         terminal = await asyncio.create_subprocess_exec(
             "sh",
             "-c",
-            line.strip(),
+            command.strip(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,8 +14,13 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 S = timedelta(seconds=1)
 
 
-def agent(timeout: int = 10, **times: datetime | None) -> AgentRecord:
-    base = AgentRecord(
+def agent(
+    timeout: int = 10,
+    first_connected_at: datetime | None = None,
+    last_connected_at: datetime | None = None,
+    disconnected_at: datetime | None = None,
+) -> AgentRecord:
+    return AgentRecord(
         id="a",
         workspace_id="w",
         build_number=1,
@@ -24,8 +28,10 @@ def agent(timeout: int = 10, **times: datetime | None) -> AgentRecord:
         created_at=T0,
         updated_at=T0,
         spec=AgentSpec(name="main", connection_timeout_seconds=timeout),
+        first_connected_at=first_connected_at,
+        last_connected_at=last_connected_at,
+        disconnected_at=disconnected_at,
     )
-    return replace(base, **times)
 
 
 @pytest.mark.parametrize(

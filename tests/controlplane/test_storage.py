@@ -71,7 +71,7 @@ async def test_connection_times_survive_a_restart(world: World) -> None:
 
 
 async def _status(world: World, status: str) -> bool:
-    return (await world.agent_json())["status"] == status
+    return bool((await world.agent_json())["status"] == status)
 
 
 async def test_concurrent_writes_from_many_agents_are_all_kept(control_plane: ControlPlane) -> None:
