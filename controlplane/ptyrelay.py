@@ -43,9 +43,10 @@ MAX_MESSAGE_BYTES: Final = 1 << 20
 STALL_TIMEOUT: Final = 30.0
 HEARTBEAT: Final = 15.0
 _UINT: Final = re.compile(r"[0-9]+")
-# Close codes a peer may send; anything else (1005, 1006, 1015...) becomes 1011.
+# Close codes a peer may send (RFC 6455 and the IANA registry: 1012-1014 too); anything
+# else (1005, 1006, 1015...) becomes 1011.
 _SENDABLE: Final = (
-    frozenset(range(1000, 1004)) | frozenset(range(1007, 1012)) | frozenset(range(3000, 5000))
+    frozenset(range(1000, 1004)) | frozenset(range(1007, 1015)) | frozenset(range(3000, 5000))
 )
 
 

@@ -84,14 +84,21 @@ async def _connected(cp: ControlPlane, agent_id: str, token: str) -> bool:
 
 
 async def _setup(
-    cp: ControlPlane, start_agent: Any, tmp_path: Path, user: str = "alice", **env: str
+    cp: ControlPlane,
+    start_agent: Any,
+    tmp_path: Path,
+    user: str = "alice",
+    spec: dict[str, Any] | None = None,
+    hush: bool = True,
+    **env: str,
 ) -> Setup:
     _, token = await cp.create_user(user)
-    agents = await cp.create_workspace(user, "dev", [{"name": "main"}])
+    agents = await cp.create_workspace(user, "dev", [{"name": "main", **(spec or {})}])
     agent_id, agent_token = agents["main"]
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    (home / ".hushlogin").touch()
+    if hush:
+        (home / ".hushlogin").touch()
     extra = {"HOME": str(home), "PS1": "$ ", **env}
     agent = await start_agent(agent_env(cp.url, agent_token, tmp_path / "logs", **extra))
     await poll_until(lambda: _connected(cp, agent_id, token), timeout=20)
@@ -265,3 +272,40 @@ async def test_wsagent_terminal_command(term: Setup) -> None:
     assert b"got-abc-9" in out, (out, err)
     assert proc.returncode == 5
     assert b"re-attach with --reconnect" in err
+
+
+async def test_login_shell_prints_the_motd(
+    control_plane: ControlPlane, start_agent: Any, tmp_path: Path
+) -> None:
+    motd = tmp_path / "motd"
+    motd.write_text("Welcome to dev\nBe nice\n")
+    setup = await _setup(
+        control_plane, start_agent, tmp_path, spec={"motd_file": str(motd)}, hush=False
+    )
+    pty = await setup.open()
+    await pty.expect(rb"^Welcome to dev\r\nBe nice\r\n")
+    await pty.type("echo $TERM-$((1+1))\r")
+    await pty.expect(rb"xterm-256color-2\r\n")
+
+
+async def test_session_cap_reported_to_the_user(
+    control_plane: ControlPlane, start_agent: Any, tmp_path: Path
+) -> None:
+    setup = await _setup(control_plane, start_agent, tmp_path, CODER_AGENT_PTY_MAX_SESSIONS="1")
+    first = await setup.open(command="sh")
+    await first.type("echo one-$((0+1))\r")
+    await first.expect(rb"one-1\r\n")
+    second = await setup.open(command="sh")
+    code, reason = await second.closed()
+    assert code == 1013
+    assert "terminal session limit reached" in reason
+    assert "CODER_AGENT_PTY_MAX_SESSIONS" in reason
+
+
+async def test_agent_shutdown_stops_session_processes(term: Setup) -> None:
+    pty = await term.open(command="echo pid=$$; exec sleep 300")
+    match = await pty.expect(rb"pid=(\d+)\r\n")
+    pid = int(match.group(1))
+    assert Path(f"/proc/{pid}").exists()
+    assert await term.agent.terminate() == 0
+    await poll_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=5)
