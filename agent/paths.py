@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import pwd
 import re
 from collections.abc import Mapping
@@ -32,10 +33,16 @@ def home_directory(env: Mapping[str, str] | None = None) -> str:
 
 
 def expand_directory(directory: str, env: Mapping[str, str] | None = None) -> str:
-    """Expand a leading ``~`` to the home directory, then ``$VARS``; "" stays ""."""
+    """Expand a leading ``~`` to the home directory, then ``$VARS``; "" stays "".
+
+    As Coder does (``filepath.Join(home, dir[1:])``): any leading ``~`` counts, so
+    ``~src`` is ``<home>/src``, and that branch is cleaned (``~/a/../b/`` is ``<home>/b``).
+    """
     env = os.environ if env is None else env
-    if directory == "~" or directory.startswith("~/"):
-        directory = home_directory(env) + directory[1:]
+    if directory.startswith("~"):
+        joined = posixpath.normpath(home_directory(env) + "/" + directory[1:])
+        # normpath keeps a leading "//" (POSIX allows it a meaning); Go's Clean does not.
+        directory = "/" + joined.lstrip("/") if joined.startswith("//") else joined
     return expand_env(directory, env)
 
 

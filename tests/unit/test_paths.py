@@ -20,13 +20,20 @@ ENV = {"HOME": "/home/ada", "PROJECT": "engine", "EMPTY": ""}
         ("~/src/$PROJECT", "/home/ada/src/engine"),
         ("/srv/$UNSET/x", "/srv//x"),  # unset variables expand to "" (os.ExpandEnv)
         ("/data/~", "/data/~"),  # only a leading ~ is the home directory
-        ("~ada", "~ada"),  # ~user is not expanded (Coder does not either)
+        ("~ada", "/home/ada/ada"),  # any leading ~ is home (Coder: Join(home, dir[1:]))
+        ("~/", "/home/ada"),  # the ~ branch is cleaned, as filepath.Join does
+        ("~/a/../b/", "/home/ada/b"),
         ("/price$", "/price$"),  # a lone $ stays
         ("$EMPTY/x", "/x"),
     ],
 )
 def test_expand_directory(raw: str, expanded: str) -> None:
     assert expand_directory(raw, ENV) == expanded
+
+
+def test_root_home() -> None:
+    assert expand_directory("~", {"HOME": "/"}) == "/"
+    assert expand_directory("~/x", {"HOME": "/"}) == "/x"
 
 
 def test_home_falls_back_to_passwd_when_home_is_unset() -> None:
