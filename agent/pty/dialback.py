@@ -105,8 +105,9 @@ class DialBackHandler:
             log.warning("pty.start_failed", pty_id=init.id, error=str(exc))
             await self._close(ws, EndReason(CLOSE_INTERNAL, str(exc)))
             return
-        with structlog.contextvars.bound_contextvars(pty_id=init.id, conn=conn.conn_id):
-            await self._pump(ws, decoder, session, conn, first)
+        # No bound_contextvars here: the session's reader callbacks are (re)registered from
+        # this task and would carry one attachment's fields into every later session log.
+        await self._pump(ws, decoder, session, conn, first)
 
     async def _read_init(
         self, ws: ClientConnection, decoder: DialBackDecoder
@@ -142,7 +143,12 @@ class DialBackHandler:
         if isinstance(end, EndReason):
             await self._close(ws, end)
         elif isinstance(end, TimeoutError):
-            log.warning("pty.reader_stalled", seconds=self._stall_timeout)
+            log.warning(
+                "pty.reader_stalled",
+                pty_id=session.id,
+                conn=conn.conn_id,
+                seconds=self._stall_timeout,
+            )
             reason = f"terminal output was not read for {self._stall_timeout:g}s; reconnect"
             await self._close(ws, EndReason(CLOSE_POLICY, reason))
         elif isinstance(failure, DecodeError):

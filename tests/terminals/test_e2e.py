@@ -309,3 +309,41 @@ async def test_agent_shutdown_stops_session_processes(term: Setup) -> None:
     assert Path(f"/proc/{pid}").exists()
     assert await term.agent.terminate() == 0
     await poll_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=5)
+
+
+async def test_yes_does_not_starve_keystrokes_or_the_coordinate_socket(term: Setup) -> None:
+    flood = await term.open(command="yes")
+    received = 0
+
+    async def drain() -> None:
+        nonlocal received
+        async for message in flood.ws:
+            received += len(message)
+
+    reader = asyncio.create_task(drain())
+    try:
+        await poll_until(lambda: received > 4 << 20, timeout=10)  # `yes` is flowing
+        other = await term.open(command="sh")
+        latencies = []
+        for i in range(20):
+            started = time.monotonic()
+            await other.type(f"echo k-$(({i}+500))\r")
+            await other.expect(rf"k-{i + 500}\r\n".encode(), timeout=5)
+            latencies.append(time.monotonic() - started)
+        # The coordinate socket answers too: listening ports are asked over it.
+        async with httpx.AsyncClient(base_url=term.cp.url, timeout=10) as client:
+            started = time.monotonic()
+            ports = await client.get(
+                f"/api/v2/workspaceagents/{term.agent_id}/listening-ports",
+                headers={"Coder-Session-Token": term.token},
+            )
+            ports_seconds = time.monotonic() - started
+        assert ports.status_code == 200, ports.text
+        before = received
+        await poll_until(lambda: received > before, timeout=5)  # still flowing
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    assert sorted(latencies)[len(latencies) // 2] < 0.2, latencies
+    assert max(latencies) < 1.0, latencies
+    assert ports_seconds < 2.0
