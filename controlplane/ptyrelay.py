@@ -126,8 +126,12 @@ async def pty(request: web.Request) -> web.StreamResponse:
     with structlog.contextvars.bound_contextvars(agent_id=agent.id, pty_id=init.id):
         log.info("pty.relay_started", user=user.name)
         try:
-            await agent_ws.send_bytes(init.encode_frame())
-            await _pipe(user_ws, agent_ws)
+            try:
+                await agent_ws.send_bytes(init.encode_frame())
+            except (ConnectionError, RuntimeError) as exc:
+                await _close(user_ws, WSCloseCode.INTERNAL_ERROR, f"dial workspace agent: {exc}")
+            else:
+                await _pipe(user_ws, agent_ws)
         finally:
             relays.discard(user_ws)
             relays.discard(agent_ws)
@@ -179,7 +183,11 @@ async def _pipe(user_ws: web.WebSocketResponse, agent_ws: web.WebSocketResponse)
     other = to_agent if first is to_user else to_user
     other.cancel()
     await asyncio.gather(other, return_exceptions=True)
-    code, reason = first.result() if not first.cancelled() else (None, "")
+    try:
+        code, reason = first.result()
+    except Exception as exc:  # a relay bug must still close both sockets
+        log.exception("pty.relay_failed")
+        code, reason = WSCloseCode.INTERNAL_ERROR, f"relay failed: {type(exc).__name__}"
     target = user_ws if first is to_user else agent_ws
     source = agent_ws if first is to_user else user_ws
     await _close(target, sendable_code(code), reason)
