@@ -4,6 +4,7 @@ the real daemon as a subprocess, all on 127.0.0.1 with real PTYs."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 import uuid
@@ -212,6 +213,8 @@ async def test_stalled_reader_holds_memory_flat_and_others_respond(term: Setup) 
     # Let every buffer on the path fill up, then measure.
     await asyncio.sleep(1.0)
     before = _rss_kib(pid)
+    # The control plane runs in this process: its relay must not buffer either.
+    server_before = _rss_kib(os.getpid())
     latencies = []
     for i in range(20):
         started = time.monotonic()
@@ -220,7 +223,9 @@ async def test_stalled_reader_holds_memory_flat_and_others_respond(term: Setup) 
         latencies.append(time.monotonic() - started)
         await asyncio.sleep(0.1)
     after = _rss_kib(pid)
+    server_after = _rss_kib(os.getpid())
     assert after - before < 4096, f"agent RSS grew from {before} to {after} KiB"
+    assert server_after - server_before < 4096, (server_before, server_after)
     assert max(latencies) < 1.0, latencies
     stalled_ws.transport.abort()
 
