@@ -188,3 +188,16 @@ async def test_stalled_reader_pauses_session_and_others_stay_responsive() -> Non
         assert pty_id in agent.manager.sessions
         await _wait_for(lambda: not session.paused, timeout=2)
         del stalled
+
+
+async def test_every_attachment_gets_all_output_before_the_exit_close() -> None:
+    async with agentish() as agent:
+        pty_id = _id()
+        first = await agent.open(pty_id, command="sh")
+        second = await agent.open(pty_id)
+        await first.type("seq 1 20000; exit 4\r")
+        for term in (first, second):
+            code, reason = await term.closed()
+            assert (code, reason) == (1000, "process exited with code 4")
+            assert term.output.endswith(b"19999\r\n20000\r\n")
+            assert b"\r\n10000\r\n" in term.output
