@@ -81,6 +81,7 @@ class Agent:
         self._first_connection_done = False
         self._stats_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.task_restart_delay = TASK_RESTART_DELAY
         self._throttle = FailureThrottle()
         self._hook_throttle = FailureThrottle()
         # Connection bookkeeping for the log: see _on_connected.
@@ -127,7 +128,7 @@ class Agent:
             except Exception as exc:  # a component's bug must not take the agent down
                 if throttle.failure(error_key(exc), time.monotonic()) is not None:
                     log.error("agent.task_crashed", task=name, error=str(exc), exc_info=exc)
-            await asyncio.sleep(TASK_RESTART_DELAY)
+            await asyncio.sleep(self.task_restart_delay)
 
     async def _static_token(self) -> str:
         return self.config.token
