@@ -59,7 +59,7 @@ async def test_second_signal_exits_at_once(
     sent = time.monotonic()
     daemon.signal(signal.SIGINT)
     assert await daemon.wait_exit(2.0) == 128 + signal.SIGINT
-    assert time.monotonic() - sent < 0.5
+    assert time.monotonic() - sent < 1.0  # the deaf close alone would take longer
 
 
 async def test_sigterm_stops_a_stubborn_startup_script_group_within_5s(
