@@ -118,7 +118,9 @@ async def prepare(data_dir: Path, agents: int) -> tuple[str, list[str]]:
     return user_token, tokens
 
 
-async def start_server(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_server(
+    data_dir: Path, durability: str = "normal"
+) -> tuple[asyncio.subprocess.Process, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "WSAGENT_"))}
     env["PYTHONUNBUFFERED"] = "1"
     proc = await asyncio.create_subprocess_exec(
@@ -132,6 +134,8 @@ async def start_server(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]
         "127.0.0.1:0",
         "--stats-interval",
         "600s",
+        "--durability",
+        durability,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
@@ -260,7 +264,7 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="wsagent-bench-") as tmp:
         data_dir = Path(tmp)
         _, tokens = await prepare(data_dir, args.agents)
-        proc, url = await start_server(data_dir)
+        proc, url = await start_server(data_dir, args.durability)
         try:
             agent = {"Coder-Session-Token": tokens[0]}
             stats = {
@@ -317,6 +321,7 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"control plane load: {os.cpu_count()} cores, concurrency {args.concurrency}, "
         f"median of {args.rounds} interleaved rounds of {args.seconds:g} s, "
+        f"durability {args.durability}, "
         f"Python {sys.version.split()[0]}"
     )
     for phase in results:
@@ -345,5 +350,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--max-requests", type=int, default=200_000)
+    parser.add_argument("--durability", choices=("normal", "full"), default="normal")
     parser.add_argument("--idle-seconds", type=float, default=9.0, help="3 connection refreshes")
     asyncio.run(main(parser.parse_args()))
