@@ -87,11 +87,16 @@ class HttpProbe:
         self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
 
     async def __call__(self, url: str, limit: float) -> bool:
+        # One deadline for the whole probe (httpx's bounds each read), and the body is
+        # never read: only the status counts, however much the app sends.
         try:
-            response = await self._client.get(url, timeout=limit)
+            async with (
+                asyncio.timeout(limit),
+                self._client.stream("GET", url, timeout=limit) as response,
+            ):
+                return response.status_code < 500
         except Exception:  # no answer, whatever the reason, is "unhealthy"
             return False
-        return response.status_code < 500
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -184,3 +184,50 @@ async def test_reporter_restarts_with_the_apps_of_each_attempt(
         assert len(web_app.hits) - hits <= 1  # at most one probe was already in flight
     finally:
         await broken.stop()
+
+
+async def test_http_probe_statuses_deadline_and_refusal(unused_port_url: str) -> None:
+    """Below 500 is healthy; 5xx, a reply slower than the limit (even one that keeps
+    dripping bytes) and a refused connection are not."""
+    from agent.apphealth import HttpProbe
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=int(request.match_info["code"]))
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b".")
+            await asyncio.sleep(0.05)
+        return response
+
+    async def slow_headers(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/status/{code}", status)
+    app.router.add_get("/drip", drip)
+    app.router.add_get("/slow", slow_headers)
+    runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert isinstance(server, asyncio.base_events.Server)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    probe = HttpProbe()
+    try:
+        results = {
+            code: await probe(f"{base}/status/{code}", 1.0) for code in (200, 302, 404, 500, 503)
+        }
+        assert results == {200: True, 302: True, 404: True, 500: False, 503: False}
+        assert await probe(f"{base}/drip", 1.0) is True  # the status came in time; body ignored
+        started = time.monotonic()
+        assert await probe(f"{base}/slow", 0.3) is False
+        assert time.monotonic() - started < 1.0
+        assert await probe(unused_port_url, 1.0) is False
+    finally:
+        await probe.aclose()
+        await runner.cleanup()
