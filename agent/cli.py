@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
@@ -30,6 +29,10 @@ def run_agent(argv: Sequence[str]) -> int:
     # Until the event loop takes over the signals, remember them instead of dying with
     # the default action: a SIGTERM during start-up still means a clean stop and exit 0.
     early = _catch_early_signals()
+
+    # Imported only now: as PID 1 the process above is the reaper for the container's
+    # lifetime, and asyncio (with ssl) alone would add ~9 MiB to it.
+    import asyncio
 
     from agent import logs
     from agent.app import Agent, run_until_signalled
