@@ -4,6 +4,7 @@ the real daemon as a subprocess, all on 127.0.0.1 with real PTYs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -352,3 +353,56 @@ async def test_yes_does_not_starve_keystrokes_or_the_coordinate_socket(term: Set
     assert sorted(latencies)[len(latencies) // 2] < 0.2, latencies
     assert max(latencies) < 1.0, latencies
     assert ports_seconds < 2.0
+
+
+async def test_wsagent_terminal_on_a_tty_resizes_on_sigwinch(term: Setup) -> None:
+    import sys
+
+    from ptyprocess import PtyProcess
+
+    from tests.conftest import REPO
+
+    argv = [sys.executable, "-m", "wsagent", "terminal", "--url", term.cp.url]
+    argv += ["--token", term.token, "--agent", term.agent_id, "--command", "sh"]
+    client = PtyProcess.spawn(argv, cwd=str(REPO), dimensions=(24, 80))
+    os.set_blocking(client.fd, False)
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(client.fd, readable.set)
+    output = bytearray()
+
+    async def expect(pattern: bytes, since: int = 0) -> None:
+        deadline = loop.time() + 15
+        while not re.search(pattern, output[since:]):
+            remaining = deadline - loop.time()
+            assert remaining > 0, f"{pattern!r} not in {bytes(output[-300:])!r}"
+            readable.clear()
+            try:
+                output.extend(os.read(client.fd, 65536))
+            except BlockingIOError:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(readable.wait(), remaining)
+            except OSError:
+                return
+
+    try:
+        # Type only once the remote prompt is there: going raw flushes pending input.
+        await expect(rb"[#$] $")
+        os.write(client.fd, b"stty size\r")
+        await expect(rb"\b24 80\r\n[#$] $")
+        client.setwinsize(31, 101)  # the kernel sends SIGWINCH to the client
+        # The signal and the keys race inside the client; ask until the new size shows.
+        for _ in range(50):
+            mark = len(output)
+            os.write(client.fd, b"stty size\r")
+            await expect(rb"\b\d+ \d+\r\n[#$] $", since=mark)
+            if re.search(rb"\b31 101\r\n", output[mark:]):
+                break
+        else:
+            raise AssertionError(f"no resize: {bytes(output[-300:])!r}")
+        os.write(client.fd, b"exit 7\r")
+        await expect(rb"re-attach with --reconnect")
+    finally:
+        loop.remove_reader(client.fd)
+    await poll_until(lambda: not client.isalive(), timeout=10)
+    assert client.exitstatus == 7, bytes(output[-600:])
