@@ -211,8 +211,9 @@ async def test_stalled_reader_holds_memory_flat_and_others_respond(term: Setup) 
     other = await term.open(command="sh")
     await other.type("echo warm-$((1))\r")
     await other.expect(rb"warm-1\r\n")
-    # Let every buffer on the path fill up, then measure.
-    await asyncio.sleep(1.0)
+    # Measure once the client has stopped reading (its one-message queue is full): from
+    # then on only bounded buffers can fill.
+    await poll_until(lambda: stalled_ws.recv_messages.paused, timeout=10)
     before = _rss_kib(pid)
     # The control plane runs in this process: its relay must not buffer either.
     server_before = _rss_kib(os.getpid())
