@@ -3,8 +3,14 @@ agent. Kept apart from app.py so each component's wiring is one small function h
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
 from agent.app import Agent
 from agent.config import AUTH_TOKEN
+
+if TYPE_CHECKING:
+    from agent.sdk.extensions import PTYRequest
 
 
 def wire_components(agent: Agent) -> None:
@@ -101,7 +107,26 @@ def wire_app_health(agent: Agent) -> None:
 
 
 def wire_terminals(agent: Agent) -> None:
-    """Reconnecting terminals: dial back to the control plane for each PTYRequest."""
+    """Reconnecting terminals: dial back to the control plane for each PTYRequest.
+
+    agent.pty (and with it websockets and ptyprocess) is imported on the first request, so
+    terminals cost nothing at start-up and nothing to an agent that never opens one."""
+    from agent.coordinator import CoordinatorSession
+    from agent.sdk.extensions import Extension, PTYRequest
+
+    built: list[Callable[[PTYRequest], Awaitable[None]]] = []
+
+    async def serve(request: Extension, session: CoordinatorSession) -> None:
+        del session
+        assert isinstance(request, PTYRequest)
+        if not built:
+            built.append(_terminal_handler(agent))
+        await built[0](request)
+
+    agent.handle_extension(PTYRequest, serve)
+
+
+def _terminal_handler(agent: Agent) -> Callable[[PTYRequest], Awaitable[None]]:
     import os
     from collections.abc import Mapping
     from urllib.parse import urlencode
@@ -110,9 +135,9 @@ def wire_terminals(agent: Agent) -> None:
 
     from agent import motd, paths, sessionenv
     from agent.client import API_PREFIX
-    from agent.coordinator import CoordinatorSession, dial
+    from agent.coordinator import dial
     from agent.pty import CommandBuilder, DialBackHandler, SessionManager
-    from agent.sdk.extensions import PTY_DIAL_PATH, Extension, PTYRequest
+    from agent.sdk.extensions import PTY_DIAL_PATH
 
     executable = sessionenv.wsagent_executable()
 
@@ -152,11 +177,4 @@ def wire_terminals(agent: Agent) -> None:
         url = agent.client.websocket_url(path, urlencode({"session": session_id}))
         return await dial(url, agent.client.websocket_headers(), agent.client.verify)
 
-    handler = DialBackHandler(manager, dial_back, agent.stats)
-
-    async def serve(request: Extension, session: CoordinatorSession) -> None:
-        del session
-        assert isinstance(request, PTYRequest)
-        await handler.handle(request)
-
-    agent.handle_extension(PTYRequest, serve)
+    return DialBackHandler(manager, dial_back, agent.stats).handle
