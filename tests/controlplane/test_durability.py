@@ -17,7 +17,9 @@ from tests.controlplane.cli import admin, cli_env
 from tests.controlplane.conftest import ME
 
 
-async def start_server_process(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_server_process(
+    data_dir: Path, *extra: str
+) -> tuple[asyncio.subprocess.Process, str]:
     """Run ``wsagent server`` on a free port; its URL comes from the ``server.listening``
     log line (JSON on stdout when stdout is not a terminal)."""
     proc = await asyncio.create_subprocess_exec(
@@ -29,6 +31,7 @@ async def start_server_process(data_dir: Path) -> tuple[asyncio.subprocess.Proce
         str(data_dir),
         "--address",
         "127.0.0.1:0",
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=cli_env(),
@@ -226,3 +229,41 @@ async def test_the_server_never_logs_a_token(tmp_path: Path) -> None:
     assert "http.request_failed" in output  # the failures were logged ...
     for secret in (token, session, bogus):
         assert secret not in output  # ... without the tokens
+
+
+async def test_server_applies_a_workspace_file_at_start(tmp_path: Path) -> None:
+    spec = tmp_path / "ws.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "users": [{"name": "alice"}],
+                "workspaces": [{"owner": "alice", "name": "dev", "agents": [{"name": "main"}]}],
+            }
+        )
+    )
+    proc, url = await start_server_process(tmp_path / "data", "--apply", str(spec))
+    try:
+        assert proc.stdout is not None
+        printed, line = "", ""
+        async with asyncio.timeout(10):
+            while line != "}\n":  # the indented JSON document ends with "}" at column 0
+                line = (await proc.stdout.readline()).decode()
+                assert line, "server exited"
+                if line == "{\n" or printed:
+                    printed += line
+        applied = json.loads(printed)
+        token = applied["agents"][0]["token"]
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            metadata = await client.get(f"{ME}/metadata", headers={"Coder-Session-Token": token})
+            me = await client.get(
+                "/api/v2/users/me", headers={"Coder-Session-Token": applied["users"]["alice"]}
+            )
+        assert metadata.status_code == 200 and me.json()["username"] == "alice"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
