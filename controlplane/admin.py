@@ -35,6 +35,21 @@ def _expect(value: object, kind: type | tuple[type, ...], where: str) -> Any:
     return value
 
 
+# Coder's rule for user, workspace and agent names. They become DNS labels in
+# vscode_port_proxy_uri (<port>--<agent>--<workspace>--<owner>.<wildcard host>).
+_NAME = re.compile(r"[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*")
+MAX_NAME_LENGTH = 32
+
+
+def valid_name(name: str, where: str) -> str:
+    if len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
+        raise SpecError(
+            f"{where}: {name[:40]!r} must be 1 to {MAX_NAME_LENGTH} letters, digits and"
+            " single hyphens between them"
+        )
+    return name
+
+
 def app_spec(raw: dict[str, Any], where: str) -> AppSpec:
     _expect(raw, dict, where)
     slug = _expect(raw.get("slug", ""), str, f"{where}.slug")
@@ -66,7 +81,7 @@ def app_spec(raw: dict[str, Any], where: str) -> AppSpec:
 def agent_spec(raw: dict[str, Any], where: str = "agent") -> AgentSpec:
     """Build an AgentSpec from a declaration (workspace file, CLI flags or tests)."""
     _expect(raw, dict, where)
-    name = _expect(raw.get("name", "main"), str, f"{where}.name")
+    name = valid_name(_expect(raw.get("name", "main"), str, f"{where}.name"), f"{where}.name")
     auth = _expect(raw.get("auth", "token"), str, f"{where}.auth")
     if auth not in AUTH_KINDS:
         raise SpecError(f"{where}.auth: must be one of {sorted(AUTH_KINDS)}")
@@ -110,13 +125,14 @@ async def require_user(store: Store, name: str) -> UserRecord:
 
 
 async def create_user(store: Store, name: str, email: str = "") -> tuple[UserRecord, str]:
-    user = await store.create_user(name, email)
+    user = await store.create_user(valid_name(name, "user name"), email)
     return user, await store.create_user_token(user.id)
 
 
 async def create_workspace(
     store: Store, owner: str, name: str, agents: list[AgentSpec]
 ) -> tuple[WorkspaceRecord, list[CreatedAgent]]:
+    valid_name(name, "workspace name")
     if not agents:
         raise SpecError("a workspace needs at least one agent")
     names = [a.name for a in agents]

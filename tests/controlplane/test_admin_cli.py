@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ControlPlane
 from tests.controlplane.cli import admin, wsagent
 from tests.controlplane.conftest import AGENTS, ME, assert_error
@@ -253,3 +255,23 @@ async def test_the_documented_workspace_file_applies(tmp_path: Path) -> None:
         }
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("user", "create", "alice.smith"),
+        ("user", "create", ""),
+        ("user", "create", "alice-"),
+        ("user", "create", "a" * 33),
+        ("workspace", "create", "--owner", "alice", "--name", "my_ws"),
+        ("workspace", "create", "--owner", "alice", "--name", "ok", "--agent-name", "a--b"),
+    ],
+)
+async def test_names_are_dns_labels(tmp_path: Path, args: tuple[str, ...]) -> None:
+    data = tmp_path / "data"
+    await admin(data, "user", "create", "alice")
+    result = await wsagent("admin", "--data-dir", str(data), *args)
+    assert result.code == 1 and "letters, digits and single hyphens" in result.stderr, result
+    assert [u["name"] for u in await admin(data, "user", "list")] == ["alice"]
+    assert await admin(data, "workspace", "list") == []
