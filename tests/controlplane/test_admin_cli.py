@@ -138,6 +138,11 @@ async def test_gitauth_and_token_rotation(make_control_plane: Any, tmp_path: Pat
         assert (await client.get(f"{ME}/metadata")).status_code == 200
     key = await admin(data, "gitsshkey", "show", "--user", "alice")
     assert key["public_key"].startswith("ssh-ed25519 ")
+    fresh = await admin(data, "gitsshkey", "regenerate", "--user", "alice")
+    assert fresh["public_key"].startswith("ssh-ed25519 ") and fresh != key
+    async with cp.http(rotated["token"]) as client:
+        served = (await client.get(f"{ME}/gitsshkey")).json()
+    assert served["public_key"].strip() == fresh["public_key"]
 
 
 async def test_apply_a_workspace_file_twice_is_idempotent(

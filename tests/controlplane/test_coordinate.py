@@ -235,3 +235,17 @@ async def test_a_failing_extension_handler_keeps_the_agent_socket(world: World) 
         await agent.send(agent_node)
         assert await client.recv_nodes() == [agent_node]
         assert coordinator.is_connected(world.agent_id)
+
+
+async def test_invalid_client_message_closes_only_the_client(world: World) -> None:
+    async with as_agent(world) as agent, as_client(world) as client:
+        await poll_until(lambda: _agent_registered(world), timeout=5)
+        await client.ws.send_bytes(b'{"key": 1}')
+        msg = await asyncio.wait_for(client.ws.receive(), 5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert client.ws.close_code == 1007
+        # The agent's socket is untouched.
+        async with as_client(world) as other:
+            n = node()
+            await other.send(n)
+            assert await agent.recv_nodes() == [n]
