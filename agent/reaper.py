@@ -39,6 +39,10 @@ def run_as_init(argv: Sequence[str]) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - replaced by exec
         try:
+            # Its own process group: a signal sent to PID 1's group (Ctrl-C on the
+            # container's terminal) then reaches the agent once, forwarded by us, and
+            # not twice, which the agent would take for "exit at once".
+            os.setpgid(0, 0)
             os.execv(child_argv[0], child_argv)
         finally:
             os._exit(127)

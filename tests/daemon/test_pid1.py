@@ -111,3 +111,21 @@ async def test_pid1_does_not_steal_the_agents_child_exit_codes(
     await until(lambda: children_of(init) == [agent], within=5.0)
     os.kill(init, signal.SIGTERM)
     assert await daemon.wait_exit(5.0) == 0
+
+
+async def test_a_signal_to_pid1s_process_group_reaches_the_agent_once(
+    fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str
+) -> None:
+    """Ctrl-C on a container's terminal signals PID 1's whole group. The agent must see it
+    once (forwarded), and stop gracefully rather than take it for a second signal."""
+    daemon = await spawn_daemon(
+        fake_cp.url, agent_token, prefix=("unshare", "--pid", "--fork", "--mount-proc")
+    )
+    await fake_cp.wait_for(lambda: fake_cp.open_sockets == 1)
+    [init] = children_of(daemon.proc.pid)
+    [agent] = children_of(init)
+    assert os.getpgid(agent) != os.getpgid(init)
+    os.killpg(os.getpgid(init), signal.SIGINT)  # also hits unshare, which is fine
+    await daemon.wait_for_event("agent.stopped")
+    assert len(daemon.named("agent.signal_received")) == 1
+    assert not daemon.named("agent.forced_exit")
