@@ -1,6 +1,8 @@
 """The real ``wsagent agent`` against the real server: what it reports is stored and
 visible through ``GET /workspaceagents/{id}``. (Status connecting -> connected ->
-disconnected is in tests/e2e/test_agent_control_plane.py.)"""
+disconnected is in tests/e2e/test_agent_control_plane.py; every lifecycle outcome in
+tests/workspace_start/test_lifecycle_e2e.py; stats from terminal traffic in
+tests/terminals/test_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -71,20 +73,3 @@ async def test_lifecycle_version_and_app_health_reach_the_api(
     assert body["expanded_directory"] == str(tmp_path)
     record = await control_plane.store.get_agent(agent_id)
     assert (record.lifecycle_state, record.version) == ("ready", body["version"])
-
-
-async def test_failing_startup_script_is_reported_as_start_error(
-    control_plane: ControlPlane, start_agent: Any, tmp_path: Path
-) -> None:
-    _, user_token = await control_plane.create_user("alice")
-    agents = await control_plane.create_workspace(
-        "alice", "dev", [{"name": "main", "startup_script": "exit 3"}]
-    )
-    agent_id, agent_token = agents["main"]
-    await start_agent(agent_env(control_plane.url, agent_token, tmp_path / "logs"))
-
-    async def errored() -> bool:
-        body = await control_plane.get_agent_json(agent_id, user_token)
-        return bool(body["lifecycle_state"] == "start_error")
-
-    await poll_until(errored, timeout=15, message="start_error never reported")
