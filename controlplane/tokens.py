@@ -13,7 +13,12 @@ _TOKEN_SHAPE: Final = re.compile(r"[A-Za-z0-9_\-]{32,128}")
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    # A token starting with "-" would be taken for a flag on command lines
+    # (`wsagent terminal --token -abc...`), so draw again; 256 random bits either way.
+    while True:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        if token[0] != "-":
+            return token
 
 
 def hash_token(token: str) -> str:
