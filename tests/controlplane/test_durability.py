@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from controlplane.store.sqlite import DB_NAME, SQLiteStore
 from tests.conftest import REPO, poll_until
@@ -259,6 +260,39 @@ async def test_server_applies_a_workspace_file_at_start(tmp_path: Path) -> None:
                 "/api/v2/users/me", headers={"Coder-Session-Token": applied["users"]["alice"]}
             )
         assert metadata.status_code == 200 and me.json()["username"] == "alice"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_server_serves_tls_with_the_given_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    from tests.e2e.test_tls import make_ca_and_server_cert
+
+    ca, cert, key = make_ca_and_server_cert(tmp_path)
+    data_dir = tmp_path / "data"
+    await admin(data_dir, "user", "create", "alice")
+    created = await admin(data_dir, "workspace", "create", "--owner", "alice", "--name", "dev")
+    token = created["agents"][0]["token"]
+    proc, url = await start_server_process(data_dir, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        assert url.startswith("https://127.0.0.1:")
+        verify = ssl.create_default_context(cafile=str(ca))
+        async with httpx.AsyncClient(base_url=url, verify=verify, timeout=5) as client:
+            metadata = await client.get(f"{ME}/metadata", headers={"Coder-Session-Token": token})
+        assert metadata.status_code == 200
+        # The embedded DERP node is reached over TLS too.
+        node = next(iter(metadata.json()["derpmap"]["Regions"].values()))["Nodes"][0]
+        assert "ForceHTTP" not in node and node["DERPPort"] == int(url.rsplit(":", 1)[1])
+        async with httpx.AsyncClient(base_url=url, timeout=5) as untrusting:
+            with pytest.raises(httpx.ConnectError):
+                await untrusting.get("/healthz")  # not a publicly trusted certificate
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
