@@ -197,13 +197,6 @@ async def _status_disconnected(world: World) -> bool:
     return bool((await world.agent_json())["status"] == "disconnected")
 
 
-async def test_client_of_an_agent_that_never_connected_waits(world: World) -> None:
-    async with as_client(world) as client:
-        await client.send(node())
-        with pytest.raises(TimeoutError):
-            await client.recv(timeout=0.3)
-
-
 async def test_get_agent_reports_derp_latency_from_the_agent_node(world: World) -> None:
     async with as_agent(world) as agent:
         latency = {"999-v4": 0.012, "999-v6": 0.02, "7-v4": 0.1}
