@@ -259,7 +259,8 @@ async def pty_dial(request: web.Request) -> web.StreamResponse:
 
 
 async def _close_relays(app: web.Application) -> None:
-    sockets = list(app[RELAYS])
+    relays: set[web.WebSocketResponse] = app[RELAYS]
+    sockets = list(relays)
     await asyncio.gather(
         *(_close(ws, WSCloseCode.GOING_AWAY, "server shutting down") for ws in sockets),
         return_exceptions=True,
