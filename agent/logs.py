@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import queue
+import select
 import sys
 import threading
 from collections.abc import Iterable, MutableMapping
@@ -146,26 +147,34 @@ class RotatingFile:
 
 
 class BackgroundWriter:
-    """Writes log lines to a stream from a thread of its own.
+    """Writes log lines to a stream without ever blocking the caller.
 
     A reader that stops reading (a stalled journald or log shipper, ``wsagent agent | less``)
     fills the pipe, and a plain write would then block the event loop, and with it the
-    whole agent. Here the loop only queues the line; at most ``max_pending`` wait, past
-    that lines are dropped for this stream (the log file still gets them) and counted.
+    whole agent. So a line is written at once only when nothing is queued and the
+    descriptor can take it without blocking (``poll``, and at most ``PIPE_BUF`` bytes, which
+    a pipe takes in one piece); otherwise it is queued for a thread of its own. At most
+    ``max_pending`` lines wait; past that they are dropped for this stream (the log file
+    still gets them) and counted. Order is kept either way.
 
-    The thread writes with ``os.write`` on the stream's descriptor, not through the
-    stream's buffer: a thread stuck in a full pipe must not hold the lock that the
-    interpreter's exit-time flush of ``sys.stdout`` needs.
+    Writes use ``os.write`` on the stream's descriptor, not the stream's buffer: a thread
+    stuck in a full pipe must not hold the lock that the interpreter's exit-time flush of
+    ``sys.stdout`` needs.
     """
 
     def __init__(self, stream: TextIO, max_pending: int = 4096) -> None:
         self._stream = stream
+        self._poll: select.poll | None = None
         try:
             stream.flush()
             self._fd: int | None = stream.fileno()
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLOUT)
         except (AttributeError, OSError, ValueError):
-            self._fd = None  # no descriptor (StringIO in tests): write through the stream
+            self._fd = None  # no descriptor (StringIO in tests): the thread writes through it
         self._queue: queue.Queue[str | None] = queue.Queue(max_pending)
+        self._lock = threading.Lock()
+        self._pending = 0  # queued or being written by the thread
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
@@ -174,14 +183,37 @@ class BackgroundWriter:
         return self._stream.isatty()
 
     def write(self, text: str) -> int:
+        if self._write_now(text):
+            return len(text)
+        with self._lock:
+            self._pending += 1
         try:
             self._queue.put_nowait(text)
         except queue.Full:
             self.dropped += 1
+            with self._lock:
+                self._pending -= 1
         return len(text)
 
+    def _write_now(self, text: str) -> bool:
+        if self._poll is None or self._fd is None:
+            return False
+        data = text.encode("utf-8", "replace")
+        if len(data) > select.PIPE_BUF:
+            return False
+        with self._lock:
+            if self._pending:
+                return False  # behind queued lines: keep the order
+            try:
+                if not self._poll.poll(0):
+                    return False
+                os.write(self._fd, data)
+            except (OSError, ValueError):
+                pass  # stdout closed (daemonised, broken pipe): the file has the line
+        return True
+
     def flush(self) -> None:
-        """Nothing to do: the thread writes each line as soon as it can."""
+        """Nothing to do: every line is written as soon as it can be."""
 
     def _run(self) -> None:
         while (text := self._queue.get()) is not None:
@@ -189,6 +221,9 @@ class BackgroundWriter:
                 self._emit(text)
             except (OSError, ValueError):
                 pass  # stdout closed (daemonised, broken pipe): the file has the line
+            finally:
+                with self._lock:
+                    self._pending -= 1
 
     def _emit(self, text: str) -> None:
         if self._fd is None:

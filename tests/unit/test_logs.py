@@ -241,3 +241,16 @@ def test_background_writer_drops_past_its_cap_instead_of_blocking(tmp_path: Path
         assert writer.dropped > 0
         writer.close(timeout=0.1)  # gives up: the thread is stuck in the full pipe
     os.close(read_end)
+
+
+def test_background_writer_writes_at_once_when_the_pipe_has_room() -> None:
+    """With room in the pipe a line is on the reader's side when write() returns."""
+    from agent.logs import BackgroundWriter
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stream:
+        writer = BackgroundWriter(stream)
+        writer.write('{"event": "x"}\n')
+        assert os.read(read_end, 100) == b'{"event": "x"}\n'
+        writer.close(timeout=1)
+    os.close(read_end)
