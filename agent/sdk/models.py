@@ -233,21 +233,23 @@ class Metadata:
 
     @classmethod
     def from_json(cls, value: object, endpoint: str) -> Metadata:
+        # Like Go's decoder, a missing field takes its zero value; a field that is present
+        # must have the right type (null only where Go encodes nil slices and maps).
         o = Obj(value, endpoint)
         derp = o.opt_obj("derpmap")
-        timeout = o.integer("startup_script_timeout")
+        timeout = o.integer("startup_script_timeout", 0)
         if timeout < 0:
             raise DecodeError(endpoint, "$.startup_script_timeout", "negative duration")
         return cls(
-            git_auth_configs=o.integer("git_auth_configs"),
-            vscode_port_proxy_uri=o.text("vscode_port_proxy_uri"),
+            git_auth_configs=o.integer("git_auth_configs", 0),
+            vscode_port_proxy_uri=o.text("vscode_port_proxy_uri", ""),
             apps=tuple(_apps(o, "apps")),
             derpmap=DERPMap.from_obj(derp) if derp is not None else DERPMap(),
             environment_variables=o.text_map("environment_variables"),
-            startup_script=o.text("startup_script"),
+            startup_script=o.text("startup_script", ""),
             startup_script_timeout_ns=timeout,
-            directory=o.text("directory"),
-            motd_file=o.text("motd_file"),
+            directory=o.text("directory", ""),
+            motd_file=o.text("motd_file", ""),
         )
 
     @property

@@ -304,3 +304,12 @@ def test_extensions_roundtrip() -> None:
     ):
         assert decode_extension(json.loads(json.dumps(ext.to_json()))) == ext
     assert decode_extension({"type": "future_thing"}) == "future_thing"
+
+
+def test_metadata_missing_fields_take_zero_values_like_go() -> None:
+    """A partial body decodes (Go's zero values); a present field must still be typed."""
+    md = Metadata.from_json({"directory": "~/src"}, "t")
+    assert md == Metadata(directory="~/src")
+    with pytest.raises(DecodeError) as info:
+        Metadata.from_json({"directory": "~/src", "motd_file": 3}, "t")
+    assert info.value.path == "$.motd_file"
