@@ -114,7 +114,6 @@ class ControlPlaneClient:
         *,
         body: dict[str, Any] | None = None,
         params: str = "",
-        expect: int = 200,
         auth: bool = True,
         request_timeout: float | object | None = httpx.USE_CLIENT_DEFAULT,
     ) -> bytes:
@@ -160,7 +159,9 @@ class ControlPlaneClient:
             raise TransportError(
                 method, full_url, f"response body larger than {MAX_RESPONSE_BYTES} bytes"
             )
-        if response.status_code != expect:
+        # Coder answers 200 (or 204 for report-lifecycle); any 2xx is a success, so a
+        # proxy or another server implementation that picks the other one still works.
+        if not 200 <= response.status_code < 300:
             raise _api_error(method, full_url, response, data)
         return data
 
@@ -188,7 +189,6 @@ class ControlPlaneClient:
             "POST",
             "/workspaceagents/me/report-lifecycle",
             body=PostLifecycleRequest(state).to_json(),
-            expect=204,
         )
 
     async def post_app_health(self, healths: dict[str, str]) -> None:
