@@ -41,7 +41,7 @@ def wire_listening_ports(agent: Agent) -> None:
     from agent.coordinator import CoordinatorSession
     from agent.ports import PortScanner
     from agent.sdk.extensions import Extension, ListeningPortsRequest, ListeningPortsResponse
-    from agent.sdk.models import ListeningPort
+    from agent.sdk.workspaceagents import ListeningPort
 
     scanner = PortScanner()
 

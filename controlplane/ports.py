@@ -21,7 +21,7 @@ from agent.sdk.extensions import (
     ListeningPortsRequest,
     ListeningPortsResponse,
 )
-from agent.sdk.models import ListeningPortsResponse as PortsBody
+from agent.sdk.workspaceagents import ListeningPortsResponse as PortsBody
 from controlplane.appkeys import COORDINATOR, STORE
 from controlplane.auth import authenticate_user, owned_agent
 from controlplane.coordinator import AgentNotConnected

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from agent.sdk.models import WorkspaceAgent, WorkspaceAgentConnectionInfo
+from agent.sdk.workspaceagents import WorkspaceAgent, WorkspaceAgentConnectionInfo
 from controlplane.appkeys import CONFIG, COORDINATOR, STORE
 from controlplane.auth import authenticate_user, owned_agent
 from controlplane.config import derp_map_for

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent.sdk.models import DERPRegionLatency
 from agent.sdk.tailnet import DERPMap
+from agent.sdk.workspaceagents import DERPRegionLatency
 from controlplane.store.records import AgentRecord
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agent.sdk.codec import Obj
-from agent.sdk.models import ListeningPort
+from agent.sdk.workspaceagents import ListeningPort
 
 COORDINATE_ENDPOINT: Final = "coordinate message"
 PTY_DIAL_PATH: Final = "/api/v2/workspaceagents/me/pty-dial"

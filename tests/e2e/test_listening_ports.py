@@ -98,7 +98,7 @@ async def _connected(cp: ControlPlane, agent_id: str, token: str) -> bool:
 
 def test_server_filters_ignored_app_and_low_ports() -> None:
     from agent.sdk.extensions import ListeningPortsResponse
-    from agent.sdk.models import ListeningPort
+    from agent.sdk.workspaceagents import ListeningPort
     from controlplane.ports import app_ports, filter_ports
 
     reply = ListeningPortsResponse(

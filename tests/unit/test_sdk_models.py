@@ -27,22 +27,18 @@ from agent.sdk.models import (
     GitSSHKey,
     GoogleInstanceIdentityToken,
     Healthcheck,
-    ListeningPort,
     Metadata,
     PostAppHealthsRequest,
     PostLifecycleRequest,
     PostStartupRequest,
     Stats,
     StatsResponse,
-    WorkspaceAgent,
-    WorkspaceAgentConnectionInfo,
     WorkspaceApp,
-)
-from agent.sdk.models import (
-    ListeningPortsResponse as PortsResponse,
 )
 from agent.sdk.pty import ReconnectingPTYInit, ReconnectingPTYRequest
 from agent.sdk.tailnet import DERPMap, DERPNode, DERPRegion, Node
+from agent.sdk.workspaceagents import ListeningPort, WorkspaceAgent, WorkspaceAgentConnectionInfo
+from agent.sdk.workspaceagents import ListeningPortsResponse as PortsResponse
 
 APP_ID = "497f6eca-6276-4993-bfeb-53cbbbba6f08"
 NOW = datetime(2023, 3, 2, 12, 0, 0, 123456, tzinfo=UTC)
