@@ -166,3 +166,13 @@ def unused_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test():  # type: ignore[no-untyped-def]
+    """Unclosed sockets warn when collected; collect now, so a leak is blamed on the test
+    that made it rather than on whichever test happens to run next."""
+    yield
+    import gc
+
+    gc.collect()

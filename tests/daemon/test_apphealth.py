@@ -114,12 +114,12 @@ async def test_health_is_probed_reported_and_stored(
             message="healthy/unhealthy never stored",
         )
 
-        # Rate: count the probes of one app over a 3 s window.
+        # Rate: count the probes of one app over a 2 s window.
         start = time.monotonic()
         before = len(web_app.hits)
-        await asyncio.sleep(3.0)  # the rate itself is what is measured, so this is on the clock
+        await asyncio.sleep(2.0)  # the rate itself is what is measured, so this is on the clock
         probes = len(web_app.hits) - before
-        assert 2 <= probes <= 2 * (time.monotonic() - start), probes
+        assert 1 <= probes <= 2 * (time.monotonic() - start), probes
 
         web_app.status = 503
         await poll_until(lambda: _is(stored, {"web": "unhealthy"}), timeout=10)
