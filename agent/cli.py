@@ -43,6 +43,7 @@ def run_agent(argv: Sequence[str]) -> int:
         log_file = logs.configure(
             log_file=config.log_dir / "coder-agent.log",
             max_bytes=config.log_max_bytes,
+            backups=config.log_backups,
             level=os.environ.get("CODER_AGENT_LOG_LEVEL", "info"),
             background=True,
         )
