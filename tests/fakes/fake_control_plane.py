@@ -58,6 +58,7 @@ class FakeControlPlane:
         self.requests: list[Recorded] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._changed = asyncio.Condition()
 
@@ -81,13 +82,19 @@ class FakeControlPlane:
         site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
         self._runner = runner
+        self._site = site
         if self.port == 0:
             server = site._server  # the only way aiohttp exposes the bound socket
             assert isinstance(server, asyncio.base_events.Server)
             self.port = server.sockets[0].getsockname()[1]
 
     async def down(self) -> None:
-        """Close every socket and stop listening, like a crashed or restarting server."""
+        """Stop listening and close every socket, like a crashed or restarting server."""
+        # Stop accepting first: a connection the agent opens while the others are being
+        # closed would otherwise slip in and be left behind by the cleanup.
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
         await self.drop_coordinate()
         if self._runner is not None:
             await self._runner.cleanup()
