@@ -160,3 +160,28 @@ async def test_a_stdout_nobody_reads_does_not_stall_the_agent(
     file_text = (tmp_path / "logs" / "coder-agent.log").read_text()
     assert file_text.count('"agent.connected"') >= 40
     assert '"agent.stopped"' in file_text
+
+
+async def test_log_file_rotates_at_its_size_cap(
+    fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str
+) -> None:
+    """With CODER_AGENT_LOG_MAX_SIZE=4KiB and chatty debug logging the file is rotated to
+    ``coder-agent.log.1``; neither outgrows the cap, both stay 0600."""
+    fake_cp.coordinate_mode = "drop_at_once"
+    daemon = await spawn_daemon(
+        fake_cp.url,
+        agent_token,
+        CODER_AGENT_LOG_MAX_SIZE="4KiB",
+        CODER_AGENT_LOG_LEVEL="debug",
+        CODER_AGENT_RECONNECT_MAX_DELAY="20ms",
+    )
+    rotated = daemon.log_dir / "coder-agent.log.1"
+    await fake_cp.wait_for(lambda: len(fake_cp.coordinate_opens) >= 30, within=20)
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait_exit(5.0) == 0
+    assert rotated.exists()
+    for path in (daemon.log_file, rotated):
+        assert 0 < path.stat().st_size <= 4096
+        assert path.stat().st_mode & 0o777 == 0o600
+        for line in path.read_text().splitlines():
+            json.loads(line)  # rotation happens between lines, never inside one
