@@ -202,6 +202,7 @@ class LifecycleReporter:
         )
         self._wake = asyncio.Event()
         self._throttle = FailureThrottle()
+        self._last_reported: str | None = None
         self.stopped = False
 
     def notify(self) -> None:
@@ -240,7 +241,13 @@ class LifecycleReporter:
             self._throttle.success()
             self._backoff.reset()
             self.lifecycle.posted(state)
-            log.info("lifecycle.reported", state=state)
+            # A re-post after a reconnect is routine: one info line per real transition,
+            # so a flapping socket does not add a line per retry.
+            if state == self._last_reported:
+                log.debug("lifecycle.reported", state=state, repost=True)
+            else:
+                log.info("lifecycle.reported", state=state)
+            self._last_reported = state
 
 
 class WorkspaceStart:

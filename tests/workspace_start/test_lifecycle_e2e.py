@@ -201,7 +201,9 @@ async def test_not_rerun_after_reconnect_and_state_reposted(
     with capture_logs() as logs:
         await control_plane.restart()
         await poll_until(lambda: _server_states(logs, agent_id) == ["ready"], timeout=15)
-    assert len(agent.find("lifecycle.reported", state="ready")) >= 2
+    # The re-post is routine, so the agent logs it at debug: the server's record above is
+    # the proof it landed. No second info line for the same state.
+    assert len(agent.find("lifecycle.reported", state="ready")) == 1
     assert (tmp_path / "home" / "runs.txt").read_text() == "run\n"
     assert len(agent.find("startup.script_started")) == 1
 
