@@ -78,6 +78,13 @@ def app_spec(raw: dict[str, Any], where: str) -> AppSpec:
     )
 
 
+def _timeout_seconds(value: object, where: str) -> float:
+    seconds = _expect(value, (int, float), where)
+    if isinstance(seconds, bool) or seconds < 0 or seconds != seconds or seconds > 86400 * 365:
+        raise SpecError(f"{where}: must be a number of seconds between 0 and one year")
+    return int(seconds) if float(seconds).is_integer() else float(seconds)
+
+
 def agent_spec(raw: dict[str, Any], where: str = "agent") -> AgentSpec:
     """Build an AgentSpec from a declaration (workspace file, CLI flags or tests)."""
     _expect(raw, dict, where)
@@ -98,7 +105,7 @@ def agent_spec(raw: dict[str, Any], where: str = "agent") -> AgentSpec:
         auth=auth,
         instance_id=instance_id,
         startup_script=_expect(raw.get("startup_script", ""), str, f"{where}.startup_script"),
-        startup_script_timeout_seconds=_expect(timeout, int, f"{where}.startup_script_timeout"),
+        startup_script_timeout_seconds=_timeout_seconds(timeout, f"{where}.startup_script_timeout"),
         directory=_expect(raw.get("directory", ""), str, f"{where}.directory"),
         environment_variables=dict(env),
         motd_file=_expect(raw.get("motd_file", ""), str, f"{where}.motd_file"),

@@ -200,7 +200,7 @@ def admin_parser() -> argparse.ArgumentParser:
     c.add_argument("--auth", default="token")
     c.add_argument("--instance-id", default="")
     c.add_argument("--startup-script", default="")
-    c.add_argument("--startup-script-timeout", type=int, default=0, help="seconds; 0 = none")
+    c.add_argument("--startup-script-timeout", type=float, default=0, help="seconds; 0 = none")
     c.add_argument("--directory", default="")
     c.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--motd-file", default="")

@@ -108,7 +108,7 @@ async def metadata(request: web.Request) -> web.Response:
         derpmap=derp_map_for(access_url(request)),
         environment_variables=dict(spec.environment_variables),
         startup_script=spec.startup_script,
-        startup_script_timeout_ns=spec.startup_script_timeout_seconds * NANOS_PER_SECOND,
+        startup_script_timeout_ns=round(spec.startup_script_timeout_seconds * NANOS_PER_SECOND),
         directory=spec.directory,
         motd_file=spec.motd_file,
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -61,7 +62,8 @@ async def agent_model(request: web.Request, agent: AgentRecord) -> WorkspaceAgen
         apps=tuple(app_model(a) for a in apps),
         connection_timeout_seconds=spec.connection_timeout_seconds,
         troubleshooting_url=spec.troubleshooting_url or config.troubleshooting_url,
-        startup_script_timeout_seconds=spec.startup_script_timeout_seconds,
+        # Coder's field is whole seconds; a sub-second timeout shows as 1.
+        startup_script_timeout_seconds=math.ceil(spec.startup_script_timeout_seconds),
         login_before_ready=spec.login_before_ready,
         latency=derp_latency(
             request.app[COORDINATOR].agent_node(agent.id),

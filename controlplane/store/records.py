@@ -60,7 +60,8 @@ class AgentSpec:
     auth: str = "token"
     instance_id: str = ""
     startup_script: str = ""
-    startup_script_timeout_seconds: int = 0
+    # Seconds; fractions are allowed (the wire carries nanoseconds), 0 means none.
+    startup_script_timeout_seconds: float = 0
     directory: str = ""
     environment_variables: dict[str, str] = field(default_factory=dict)
     motd_file: str = ""

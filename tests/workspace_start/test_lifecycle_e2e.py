@@ -83,10 +83,13 @@ async def test_false_goes_start_error(
 async def test_timeout_then_ready(
     control_plane: ControlPlane, start_agent: Any, tmp_path: Path
 ) -> None:
-    """A script outliving its timeout → start_timeout while it runs, then ready at exit 0."""
+    """`sleep 5` with a 100 ms timeout → start_timeout while it runs, then ready at exit 0."""
     agent_id, token, user_token = await _workspace(
-        control_plane, "carol", startup_script="sleep 3", startup_script_timeout_seconds=1
+        control_plane, "carol", startup_script="sleep 5", startup_script_timeout_seconds=0.1
     )
+    async with control_plane.http(token) as agent_http:
+        metadata = (await agent_http.get("/api/v2/workspaceagents/me/metadata")).json()
+    assert metadata["startup_script_timeout"] == 100_000_000  # integer nanoseconds
     with capture_logs() as logs:
         agent = await _start(start_agent, control_plane, token, tmp_path)
         await _wait_state(control_plane, agent_id, user_token, "start_timeout")
