@@ -1,8 +1,15 @@
 """Traffic statistics: a pure per-window collector and the report-stats loop.
 
 The first post learns ``report_interval`` (integer nanoseconds); the loop re-arms when the
-server changes it. Idle windows are not posted (Coder posts them for nothing), except a
-periodic heartbeat so a changed interval is still learned.
+server changes it. Two fixes over Coder (issue 7):
+
+* A window without traffic is not posted after the first post: the server stores nothing
+  for zero rx and tx bytes anyway, and the requests cost it load (coder/coder#8064). A
+  changed interval is therefore learned at the next window with traffic, which is the
+  only kind of window the interval matters for.
+* A window whose post failed is merged into the next one and posted with it, never
+  dropped (Coder drops samples when its hand-off channel is full). So every byte of
+  traffic is reported once: a post either landed, or its counts ride along with the next.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Final
 
 import structlog
@@ -25,7 +33,45 @@ log = structlog.get_logger()
 DEFAULT_INTERVAL: Final = 300.0
 MIN_INTERVAL: Final = 0.1
 MAX_INTERVAL: Final = 24 * 3600.0
-HEARTBEAT_EVERY_WINDOWS: Final = 6
+
+
+@dataclass
+class Window:
+    """One window's counters, with the sessions seen in it (so a merge counts each once)."""
+
+    sessions: dict[str, str] = field(default_factory=dict)
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        # The server stores nothing without bytes (reference §3.6), so neither do we post.
+        return self.rx_bytes == 0 and self.tx_bytes == 0
+
+    def merge(self, later: Window) -> Window:
+        """This window followed by ``later``, as one. Pure."""
+        return Window(
+            {**self.sessions, **later.sessions},
+            self.rx_bytes + later.rx_bytes,
+            self.tx_bytes + later.tx_bytes,
+            self.rx_packets + later.rx_packets,
+            self.tx_packets + later.tx_packets,
+        )
+
+    def to_stats(self) -> Stats:
+        by_proto: dict[str, int] = {}
+        for proto in self.sessions.values():
+            by_proto[proto] = by_proto.get(proto, 0) + 1
+        return Stats(
+            conns_by_proto=by_proto,
+            num_comms=len(self.sessions),
+            rx_packets=self.rx_packets,
+            rx_bytes=self.rx_bytes,
+            tx_packets=self.tx_packets,
+            tx_bytes=self.tx_bytes,
+        )
 
 
 class StatsCollector:
@@ -57,25 +103,25 @@ class StatsCollector:
         self.tx_bytes += nbytes
         self.tx_packets += messages
 
-    def take_window(self) -> Stats:
+    def take(self) -> Window:
         """Return this window's deltas and start a new window.
 
-        ``num_comms`` counts sessions active at any time during the window.
+        A window's sessions are those active at any time during it.
         """
-        by_proto: dict[str, int] = {}
-        for proto in self._window_sessions.values():
-            by_proto[proto] = by_proto.get(proto, 0) + 1
-        stats = Stats(
-            conns_by_proto=by_proto,
-            num_comms=len(self._window_sessions),
-            rx_packets=self.rx_packets,
-            rx_bytes=self.rx_bytes,
-            tx_packets=self.tx_packets,
-            tx_bytes=self.tx_bytes,
+        window = Window(
+            self._window_sessions,
+            self.rx_bytes,
+            self.tx_bytes,
+            self.rx_packets,
+            self.tx_packets,
         )
         self._reset()
         self._window_sessions = dict(self._active)
-        return stats
+        return window
+
+    def take_window(self) -> Stats:
+        """``take()`` as the wire model."""
+        return self.take().to_stats()
 
 
 def interval_from_response(
@@ -110,35 +156,49 @@ class StatsReporter:
         self.interval: float | None = None
         self._throttle = FailureThrottle()
 
-    async def _post_with_retry(self, stats: Stats) -> None:
+    def _learn(self, response: StatsResponse) -> None:
+        interval, warning = interval_from_response(response, self.interval)
+        if warning:
+            log.warning("stats.interval_ignored", reason=warning)
+        if interval != self.interval:
+            log.info("stats.interval_set", seconds=interval)
+            self.interval = interval
+
+    def _failed(self, exc: WsagentError) -> None:
+        if self._throttle.failure(error_key(exc), time.monotonic()) is not None:
+            log.warning("stats.post_failed", error=str(exc))
+
+    async def _learn_interval(self) -> None:
+        """The first post: an empty sample, retried (100 ms to 1 min) until it lands."""
         backoff = Backoff(0.1, 60.0, rng=self._rng)
         while True:
             try:
-                response = await self._post(stats)
+                response = await self._post(Stats())
             except WsagentError as exc:
-                if self._throttle.failure(error_key(exc), time.monotonic()) is not None:
-                    log.warning("stats.post_failed", error=str(exc))
+                self._failed(exc)
                 await self._sleep(backoff.next_delay())
                 continue
             self._throttle.success()
-            interval, warning = interval_from_response(response, self.interval)
-            if warning:
-                log.warning("stats.interval_ignored", reason=warning)
-            if interval != self.interval:
-                log.info("stats.interval_set", seconds=interval)
-                self.interval = interval
+            self._learn(response)
             return
 
     async def run(self) -> None:
-        await self._post_with_retry(Stats())
-        idle_windows = 0
+        await self._learn_interval()
+        # What was taken but has not landed yet; merged into each next window.
+        unsent = Window()
         while True:
             assert self.interval is not None
             await self._sleep(self.interval)
-            window = self._collector.take_window()
-            if window.is_idle and window.num_comms == 0:
-                idle_windows += 1
-                if idle_windows < HEARTBEAT_EVERY_WINDOWS:
-                    continue
-            idle_windows = 0
-            await self._post_with_retry(window)
+            window = unsent.merge(self._collector.take())
+            if window.is_empty:
+                unsent = Window()  # sessions without bytes: the server would store nothing
+                continue
+            try:
+                response = await self._post(window.to_stats())
+            except WsagentError as exc:
+                self._failed(exc)
+                unsent = window
+                continue
+            self._throttle.success()
+            unsent = Window()
+            self._learn(response)

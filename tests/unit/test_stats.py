@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from agent.errors import TransportError
 from agent.sdk.models import Stats, StatsResponse
-from agent.stats import DEFAULT_INTERVAL, HEARTBEAT_EVERY_WINDOWS, StatsCollector, StatsReporter
+from agent.stats import DEFAULT_INTERVAL, StatsCollector, StatsReporter, Window
 
 S = 1_000_000_000  # nanoseconds per second
 
@@ -97,7 +97,7 @@ async def test_bad_first_interval_falls_back_to_the_default() -> None:
     assert sleep.calls == [DEFAULT_INTERVAL]
 
 
-async def test_failed_post_is_retried_with_backoff_and_logged_once() -> None:
+async def test_failed_first_post_is_retried_with_backoff_and_logged_once() -> None:
     down = TransportError("POST", "http://cp/api/v2/workspaceagents/me/report-stats", "refused")
     server = FakeServer(down, down, down, down, 4 * S)
     with capture_logs() as logs:
@@ -110,13 +110,80 @@ async def test_failed_post_is_retried_with_backoff_and_logged_once() -> None:
     assert [e["event"] for e in logs].count("stats.post_failed") == 1
 
 
-async def test_idle_windows_are_skipped_but_a_heartbeat_still_learns_changes() -> None:
-    server = FakeServer(5 * S, 9 * S)
-    _, sleep = await run(server, limit=HEARTBEAT_EVERY_WINDOWS + 2, busy=False)
-    # Only the first post and one heartbeat after HEARTBEAT_EVERY_WINDOWS idle windows.
-    assert len(server.posted) == 2
-    assert sleep.calls[:HEARTBEAT_EVERY_WINDOWS] == [5.0] * HEARTBEAT_EVERY_WINDOWS
-    assert sleep.calls[HEARTBEAT_EVERY_WINDOWS] == 9.0
+async def test_no_post_for_an_empty_window_after_the_first() -> None:
+    server = FakeServer(5 * S)
+    _, sleep = await run(server, limit=20, busy=False)
+    assert server.posted == [Stats()]  # only the post that learns the interval
+    assert sleep.calls == [5.0] * 20
+
+
+class Traffic:
+    """A fake sleep that adds a scripted amount of traffic in each window."""
+
+    def __init__(self, collector: StatsCollector, per_window: list[int]) -> None:
+        self.collector = collector
+        self.per_window = per_window
+        self.calls = 0
+
+    async def __call__(self, seconds: float) -> None:
+        if self.calls >= len(self.per_window):
+            raise Done
+        nbytes = self.per_window[self.calls]
+        self.calls += 1
+        if nbytes:
+            self.collector.session_opened(f"s{self.calls}", "reconnecting_pty")
+            self.collector.record_rx(nbytes)
+            self.collector.record_tx(2 * nbytes, messages=2)
+            self.collector.session_closed(f"s{self.calls}")
+
+
+async def traffic_run(server: FakeServer, per_window: list[int]) -> None:
+    collector = StatsCollector()
+    sleep = Traffic(collector, per_window)
+    reporter = StatsReporter(server.post, collector, rng=random.Random(0), sleep=sleep)
+    with pytest.raises(Done):
+        await reporter.run()
+
+
+def landed(server: FakeServer, answers: list[int | Exception]) -> list[Stats]:
+    """The posts that succeeded (answers are consumed in order)."""
+    return [s for s, a in zip(server.posted, answers, strict=False) if isinstance(a, int)]
+
+
+async def test_traffic_in_a_window_is_reported_once_exactly() -> None:
+    per_window = [10, 0, 20, 30, 0, 0, 40]
+    server = FakeServer(5 * S)
+    await traffic_run(server, per_window)
+    posted = server.posted[1:]
+    assert [s.rx_bytes for s in posted] == [10, 20, 30, 40]  # empty windows are skipped
+    assert [s.tx_bytes for s in posted] == [20, 40, 60, 80]
+    assert [s.tx_packets for s in posted] == [2, 2, 2, 2]
+    assert all(s.num_comms == 1 and s.conns_by_proto == {"reconnecting_pty": 1} for s in posted)
+    assert sum(s.rx_bytes for s in posted) == sum(per_window)
+
+
+async def test_a_failed_post_is_merged_into_the_next_window_never_dropped() -> None:
+    down = TransportError("POST", "http://cp/api/v2/workspaceagents/me/report-stats", "refused")
+    answers: list[int | Exception] = [5 * S, 5 * S, down, down, 5 * S, down, 5 * S]
+    server = FakeServer(*answers)
+    per_window = [1, 10, 100, 0, 1000, 10000]
+    await traffic_run(server, per_window)
+    ok = landed(server, answers)[1:]
+    # Window 1 lands; 2 fails, 3 (2+3) fails, 4 is empty but carries 2+3, lands; 5 fails;
+    # 6 carries 5 and lands. Every byte is reported once.
+    assert [s.rx_bytes for s in ok] == [1, 110, 11000]
+    assert sum(s.rx_bytes for s in ok) == sum(per_window)
+    assert [s.num_comms for s in ok] == [1, 2, 2]  # a merge counts each session once
+    assert [s.conns_by_proto for s in ok] == [{"reconnecting_pty": n} for n in (1, 2, 2)]
+
+
+def test_window_merge_counts_a_session_seen_in_both_once() -> None:
+    first = Window({"a": "ssh", "b": "ssh"}, rx_bytes=1, tx_bytes=2, rx_packets=1, tx_packets=1)
+    later = Window({"b": "ssh", "c": "reconnecting_pty"}, rx_bytes=3, tx_bytes=4)
+    merged = first.merge(later)
+    assert merged == Window({"a": "ssh", "b": "ssh", "c": "reconnecting_pty"}, 4, 6, 1, 1)
+    assert merged.to_stats().conns_by_proto == {"ssh": 2, "reconnecting_pty": 1}
+    assert Window({"a": "ssh"}).is_empty and not later.is_empty
 
 
 def test_collector_windows_are_deltas_and_count_sessions() -> None:
