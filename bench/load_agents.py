@@ -1,0 +1,375 @@
+"""Many agents against one control plane: a protocol-level load generator.
+
+    .venv/bin/python bench/load_agents.py [--steps 250,500,1000,2000] [--step-seconds 20]
+                                          [--stats-interval 10] [--health-interval 30]
+
+Each simulated agent does what the daemon does on the wire (reference §3, §6.2), without
+running anything: token auth, ``GET /me/metadata``, ``POST /me/startup``,
+``POST /me/report-lifecycle`` (starting, ready), then it holds ``/me/coordinate`` open with
+one agent node, posts ``/me/report-stats`` (non-zero traffic) every ``--stats-interval``
+and flips its app's health every ``--health-interval`` on average. Every agent has its own
+workspace with one app carrying a health check URL.
+
+The server is a real ``wsagent server`` process (SQLite in a temp dir) on loopback; this
+process is the generator: one aiohttp session, one connection pool. The fleet ramps up in
+steps, new agents starting at ``--spawn-rate`` per second. After each ramp the step is
+measured for ``--step-seconds``: latency per endpoint (the start-up endpoints' figures come
+from that step's ramp), the server's RSS and CPU (``/proc/<pid>/{status,stat}``, all
+threads) and errors; then every agent's status is read through the API
+(``GET /api/v2/workspaceagents/{id}``), which must say ``connected`` and ``ready``.
+The whole run is bounded by ``--max-seconds`` and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import signal
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from controlplane_load import cpu_seconds, rss_bytes, start_server  # noqa: E402
+
+ME = "/api/v2/workspaceagents/me"
+MIB = 1 << 20
+TOKEN_HEADER = "Coder-Session-Token"
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+@dataclass
+class SimAgent:
+    id: str
+    token: str
+
+
+@dataclass
+class Step:
+    agents: int
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    requests: int = 0  # every successful request of the step, ramp included
+    window_seconds: float = 0.0
+    window_requests: int = 0  # those of the measured window
+    server_cpu: float = 0.0  # CPU seconds the server used over the window
+    client_cpu: float = 0.0
+    rss: int = 0
+    connected: int = 0
+    ready: int = 0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def all_latencies(self) -> list[float]:
+        return [v for lat in self.latencies.values() for v in lat]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
+class Load:
+    def __init__(self, url: str, args: argparse.Namespace) -> None:
+        self.url = url
+        self.args = args
+        self.stop = asyncio.Event()
+        self.step = Step(0)
+        self.error_samples: list[str] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.running = 0  # agents past start-up, socket open
+        # One pool; websockets hold their connection for good, so no per-host cap.
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            timeout=REQUEST_TIMEOUT,
+        )
+
+    def error(self, endpoint: str, message: str) -> None:
+        self.step.errors[endpoint] += 1
+        if len(self.error_samples) < 10:
+            self.error_samples.append(f"{endpoint}: {message}")
+
+    async def call(
+        self, endpoint: str, method: str, path: str, token: str, body: Any = None
+    ) -> Any:
+        """One request, timed; returns the decoded body or None on any failure."""
+        headers = {TOKEN_HEADER: token}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        step = self.step
+        started = time.perf_counter()
+        try:
+            async with self.session.request(
+                method, self.url + path, data=data, headers=headers
+            ) as response:
+                raw = await response.read()
+                if response.status >= 300:
+                    self.error(endpoint, f"HTTP {response.status} {raw[:200]!r}")
+                    return None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.error(endpoint, repr(exc))
+            return None
+        step.latencies[endpoint].append(time.perf_counter() - started)
+        step.requests += 1
+        return json.loads(raw) if raw else {}
+
+    async def agent(self, sim: SimAgent) -> None:
+        from agent.sdk.tailnet import Node
+
+        meta = await self.call("GET metadata", "GET", f"{ME}/metadata", sim.token)
+        if meta is None:
+            return
+        apps = [a["id"] for a in meta.get("apps", []) if a.get("healthcheck", {}).get("url")]
+        startup = {"version": "v0.1.0", "expanded_directory": "/home/coder"}
+        await self.call("POST startup", "POST", f"{ME}/startup", sim.token, startup)
+        for state in ("starting", "ready"):
+            body = {"state": state}
+            await self.call(
+                "POST report-lifecycle", "POST", f"{ME}/report-lifecycle", sim.token, body
+            )
+        started = time.perf_counter()
+        step = self.step
+        try:
+            ws = await self.session.ws_connect(
+                f"{self.url}{ME}/coordinate", headers={TOKEN_HEADER: sim.token}, autoping=True
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.error("WS coordinate", repr(exc))
+            return
+        step.latencies["WS coordinate"].append(time.perf_counter() - started)
+        self.running += 1
+        try:
+            await ws.send_bytes(json.dumps(Node.new_agent_node(999).to_json()).encode())
+            reader = asyncio.create_task(self.read_socket(ws))
+            try:
+                await self.report_loop(sim, apps)
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        finally:
+            self.running -= 1
+            await ws.close()
+
+    async def read_socket(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        # Reading answers the server's pings; a close before the end is an error.
+        async for _ in ws:
+            pass
+        if not self.stop.is_set():
+            self.error("WS coordinate", f"closed by the server: {ws.close_code}")
+
+    async def report_loop(self, sim: SimAgent, apps: list[str]) -> None:
+        args = self.args
+        rng = random.Random(sim.id)
+        stats_at = time.monotonic() + rng.uniform(0, args.stats_interval)
+        health_at = time.monotonic() + rng.uniform(0, 2 * args.health_interval)
+        healthy = False
+        while not self.stop.is_set():
+            now = time.monotonic()
+            wake = min(stats_at, health_at)
+            if wake > now:
+                try:
+                    await asyncio.wait_for(self.stop.wait(), wake - now)
+                    return
+                except TimeoutError:
+                    pass
+            now = time.monotonic()
+            if now >= stats_at:
+                stats_at += args.stats_interval
+                stats = {
+                    "conns_by_proto": {"ssh": 1},
+                    "num_comms": 1,
+                    "rx_packets": rng.randint(1, 50),
+                    "rx_bytes": rng.randint(100, 50_000),
+                    "tx_packets": rng.randint(1, 50),
+                    "tx_bytes": rng.randint(100, 50_000),
+                }
+                await self.call("POST report-stats", "POST", f"{ME}/report-stats", sim.token, stats)
+            if now >= health_at and apps:
+                health_at += rng.uniform(0, 2 * args.health_interval)
+                healthy = not healthy
+                body = {"Healths": {apps[0]: "healthy" if healthy else "unhealthy"}}
+                await self.call("POST app-health", "POST", f"{ME}/app-health", sim.token, body)
+
+    async def verify(self, user_token: str, agents: list[SimAgent]) -> tuple[int, int]:
+        """(connected, ready) as the API reports them, read for every agent."""
+        counts = [0, 0]
+        limit = asyncio.Semaphore(16)
+
+        async def one(sim: SimAgent) -> None:
+            async with (
+                limit,
+                self.session.get(
+                    f"{self.url}/api/v2/workspaceagents/{sim.id}",
+                    headers={TOKEN_HEADER: user_token},
+                ) as response,
+            ):
+                body = await response.json()
+            counts[0] += body.get("status") == "connected"
+            counts[1] += body.get("lifecycle_state") == "ready"
+
+        await asyncio.gather(*(one(a) for a in agents))
+        return counts[0], counts[1]
+
+    async def run(self, user_token: str, agents: list[SimAgent], pid: int) -> list[Step]:
+        args = self.args
+        steps: list[Step] = []
+        started = 0
+        for target in args.steps:
+            self.step = step = Step(target)
+            steps.append(step)
+            # Ramp: start the new agents at --spawn-rate per second.
+            t0 = time.monotonic()
+            for i in range(started, target):
+                due = t0 + (i - started) / args.spawn_rate
+                if due > time.monotonic():
+                    await asyncio.sleep(due - time.monotonic())
+                self.tasks.append(asyncio.create_task(self.agent(agents[i])))
+            started = target
+            deadline = time.monotonic() + 60
+            while self.running < target and time.monotonic() < deadline:
+                if step.error_count:
+                    break
+                await asyncio.sleep(0.1)
+            # Measure the steady state.
+            cpu0, own0, rss0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
+            requests0 = step.requests
+            await asyncio.sleep(args.step_seconds)
+            step.window_seconds = time.perf_counter() - rss0
+            step.server_cpu = cpu_seconds(pid) - cpu0
+            step.client_cpu = cpu_seconds(os.getpid()) - own0
+            step.window_requests = step.requests - requests0
+            step.rss = rss_bytes(pid)
+            step.connected, step.ready = await self.verify(user_token, agents[:target])
+            print(step_row(step), flush=True)
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.session.close()
+        return steps
+
+
+def step_row(step: Step) -> str:
+    lat = step.all_latencies()
+    cpu = 100 * step.server_cpu / max(step.window_seconds, 1e-9)
+    per_request = 1e6 * step.server_cpu / max(1, step.window_requests)
+    return (
+        f"{step.agents:>6} agents: p50 {pct(lat, 0.5):6.2f} ms  p95 {pct(lat, 0.95):7.2f} ms"
+        f"  p99 {pct(lat, 0.99):7.2f} ms  RSS {step.rss / MIB:6.1f} MiB"
+        f"  server CPU {cpu:3.0f} % ({per_request:.0f} us/request)"
+        f"  client CPU {100 * step.client_cpu / max(step.window_seconds, 1e-9):3.0f} %"
+        f"  errors {step.error_count}  connected {step.connected}/{step.agents}"
+        f"  ready {step.ready}/{step.agents}"
+    )
+
+
+def report(steps: list[Step], baseline_rss: int, args: argparse.Namespace) -> None:
+    print(
+        f"\nload: {os.cpu_count()} cores, stats every {args.stats_interval:g} s, health flip every"
+        f" ~{args.health_interval:g} s, window {args.step_seconds:g} s per step,"
+        f" Python {sys.version.split()[0]}; server RSS with no agent {baseline_rss / MIB:.1f} MiB"
+    )
+    for step in steps:
+        print(f"\n{step.agents} agents  ({step.window_requests / step.window_seconds:.0f} req/s)")
+        print(f"  {'endpoint':<22} {'count':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} errors")
+        for name in sorted(set(step.latencies) | set(step.errors)):
+            lat = step.latencies.get(name, [])
+            print(
+                f"  {name:<22} {len(lat):>6} {pct(lat, 0.5):8.2f} {pct(lat, 0.95):8.2f}"
+                f" {pct(lat, 0.99):8.2f} {step.errors.get(name, 0)}"
+            )
+        per_agent = (step.rss - baseline_rss) / step.agents / 1024
+        print(f"  memory per agent: {per_agent:.1f} KiB   " + step_row(step).split(": ", 1)[1])
+    ok = [s.agents for s in steps if pct(s.all_latencies(), 0.95) < 200 and not s.error_count]
+    print(f"\nlargest N with p95 < 200 ms and no errors: {max(ok) if ok else 'none'}")
+
+
+def raise_nofile(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def prepare(data_dir: Path, count: int) -> tuple[str, list[SimAgent]]:
+    """A user, and one workspace per agent with one health-checked app."""
+    from controlplane.admin import agent_spec, create_user, create_workspace
+    from controlplane.store.sqlite import SQLiteStore
+
+    store = await SQLiteStore.open(data_dir)
+    try:
+        _, user_token = await create_user(store, "load")
+        spec = agent_spec(
+            {
+                "name": "main",
+                "apps": [{"slug": "web", "healthcheck": {"url": "http://localhost:1/"}}],
+            }
+        )
+        agents = []
+        for i in range(count):
+            _, created = await create_workspace(store, "load", f"ws{i}", [spec])
+            agents.append(SimAgent(created[0].record.id, created[0].token))
+    finally:
+        await store.close()
+    return user_token, agents
+
+
+async def run_load(args: argparse.Namespace) -> tuple[list[Step], int, list[str]]:
+    """Run the ramp; returns the steps, the server's idle RSS and sample error messages."""
+    # Both sides hold one socket per agent (the server inherits this limit), plus the pool.
+    raise_nofile(2 * max(args.steps) + 1024)
+    with tempfile.TemporaryDirectory(prefix="wsagent-load-") as tmp:
+        data_dir = Path(tmp)
+        user_token, agents = await prepare(data_dir, max(args.steps))
+        proc, url = await start_server(data_dir)
+        try:
+            baseline_rss = rss_bytes(proc.pid)
+            load = Load(url, args)
+            async with asyncio.timeout(args.max_seconds):
+                steps = await load.run(user_token, agents, proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    return steps, baseline_rss, load.error_samples
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--steps", type=lambda s: [int(x) for x in s.split(",")], default=[250, 500, 1000, 2000]
+    )
+    parser.add_argument("--step-seconds", type=float, default=20.0, help="measured window")
+    parser.add_argument("--stats-interval", type=float, default=10.0)
+    parser.add_argument("--health-interval", type=float, default=30.0, help="mean, per agent")
+    parser.add_argument("--spawn-rate", type=float, default=100.0, help="new agents per second")
+    parser.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on the run")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    result, idle_rss, samples = asyncio.run(run_load(arguments))
+    report(result, idle_rss, arguments)
+    for sample in samples:
+        print("error:", sample)
