@@ -7,8 +7,14 @@ An app turns unhealthy on the (threshold+1)-th consecutive failure; one success 
 healthy again. Every second the map is compared with the last one reported and, on any
 change, posted whole as ``{"Healths": {...}}``.
 
-One fix over Coder: a failed post is retried on the next tick instead of being dropped
-until the next change (issue 7).
+Fixes over Coder (issue 7):
+
+* A failed post is retried (backoff 1 s to 30 s, throttled logs) until one lands, instead
+  of being dropped until the next change.
+* ``resend()`` posts the current map again; the agent calls it after each reconnect, so a
+  server that missed a post (or lost its state) catches up.
+* ``update(apps)`` adds and removes probers to match new metadata; an app whose check is
+  unchanged keeps its prober and its health.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Final
 import httpx
 import structlog
 
+from agent.backoff import Backoff
 from agent.errors import WsagentError
 from agent.logs import FailureThrottle, error_key
 from agent.sdk.models import WorkspaceApp
@@ -32,6 +39,8 @@ HEALTHY: Final = "healthy"
 UNHEALTHY: Final = "unhealthy"
 DISABLED: Final = "disabled"
 REPORT_EVERY: Final = 1.0
+RETRY_FLOOR: Final = 1.0
+RETRY_CEILING: Final = 30.0
 
 PostHealths = Callable[[dict[str, str]], Awaitable[None]]
 # probe(url, limit) -> True when the app answered below 500 within limit seconds.
@@ -64,6 +73,11 @@ class HealthCounter:
         self.health = new
         self.changed_at = now
         return new
+
+
+def tracked_apps(apps: Sequence[WorkspaceApp]) -> list[WorkspaceApp]:
+    """The apps in the reported map: every app whose health is not ``disabled``."""
+    return [app for app in apps if app.health != DISABLED]
 
 
 def probed_apps(apps: Sequence[WorkspaceApp]) -> list[WorkspaceApp]:
@@ -103,7 +117,11 @@ class HttpProbe:
 
 
 class AppHealthReporter:
-    """Probes the apps of one metadata snapshot and reports their health until cancelled."""
+    """Probes the apps and reports their health until cancelled.
+
+    Long-lived: ``update`` swaps the apps in place and ``resend`` re-posts the map, so the
+    agent keeps one reporter across reconnects.
+    """
 
     def __init__(
         self,
@@ -114,35 +132,98 @@ class AppHealthReporter:
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
         report_every: float = REPORT_EVERY,
+        backoff: Backoff | None = None,
     ) -> None:
-        tracked = [app for app in apps if app.health != DISABLED]
         # The map starts with the server's values, so nothing is posted until a change.
-        self.healths: dict[str, str] = {app.id: app.health for app in tracked}
-        self._reported = dict(self.healths)
-        self._apps = probed_apps(tracked)
+        self.healths: dict[str, str] = {}
+        self._reported: dict[str, str] = {}
+        self._checks: dict[str, tuple[str, int, int]] = {}
+        self._probers: dict[str, asyncio.Task[None]] = {}
         self._post = post
         self._probe = probe
         self._sleep = sleep
         self._clock = clock
         self._report_every = report_every
+        self._backoff = backoff or Backoff(RETRY_FLOOR, RETRY_CEILING)
+        self._retry_at: float | None = None
+        self._resend = False
+        self._running = False
         self._throttle = FailureThrottle()
+        self._apps: dict[str, WorkspaceApp] = {}
+        self.update(apps)
+
+    @property
+    def probed(self) -> set[str]:
+        """Ids of the apps that have a prober."""
+        return {app_id for app_id in self._apps if app_id in self._checks}
+
+    def update(self, apps: Sequence[WorkspaceApp]) -> None:
+        """Match the probers to ``apps``: start new ones, stop removed or changed ones.
+
+        An app that stays keeps its current health (newer than the server's copy); a new
+        app starts from the server's value.
+        """
+        tracked = {app.id: app for app in tracked_apps(apps)}
+        probed = {app.id for app in probed_apps(apps)}
+        for app_id in list(self._apps):
+            if app_id not in tracked:
+                self.healths.pop(app_id, None)
+                self._reported.pop(app_id, None)
+        for app_id, app in tracked.items():
+            if app_id not in self.healths:
+                self.healths[app_id] = app.health
+                self._reported[app_id] = app.health  # the server's own value: no news
+        self._apps = tracked
+        for app_id in list(self._checks):
+            kept = tracked.get(app_id)
+            if kept is None or app_id not in probed or _check_key(kept) != self._checks[app_id]:
+                del self._checks[app_id]
+                task = self._probers.pop(app_id, None)
+                if task is not None:
+                    task.cancel()
+        for app_id in probed:
+            if app_id not in self._checks:
+                self._checks[app_id] = _check_key(tracked[app_id])
+        if self._running:
+            self._start_probers()
+
+    def resend(self) -> None:
+        """Post the current map again at the next tick, even if unchanged (a reconnect)."""
+        self._resend = True
+        self._retry_at = None  # the server is reachable again: no need to wait out a backoff
+        self._backoff.reset()
 
     async def run(self) -> None:
-        if not self._apps:
-            return
-        log.info("apphealth.started", apps=len(self._apps))
+        log.info("apphealth.started", apps=len(self._checks))
         own_probe = None
         if self._probe is None:
             self._probe = own_probe = HttpProbe()
+        self._running = True
         try:
-            async with asyncio.TaskGroup() as group:
-                for app in self._apps:
-                    group.create_task(self._probe_loop(app))
-                group.create_task(self._report_loop())
+            self._start_probers()
+            # Let the probers arm their first tick before the report ticker arms its own, so
+            # a change made at a tick they share is reported at that same tick.
+            await asyncio.sleep(0)
+            while True:
+                await self._sleep(self._report_every)
+                if self._retry_at is None or self._clock() >= self._retry_at:
+                    await self.report_if_changed()
         finally:
+            self._running = False
+            for task in self._probers.values():
+                task.cancel()
+            if self._probers:
+                await asyncio.wait(list(self._probers.values()))
+            self._probers.clear()
             if own_probe is not None:
                 self._probe = None
                 await own_probe.aclose()
+
+    def _start_probers(self) -> None:
+        for app_id in self._checks:
+            if app_id not in self._probers:
+                task = asyncio.create_task(self._probe_loop(self._apps[app_id]))
+                self._probers[app_id] = task
 
     async def _probe_loop(self, app: WorkspaceApp) -> None:
         check = app.healthcheck
@@ -156,26 +237,34 @@ class AppHealthReporter:
             assert self._probe is not None
             ok = await self._probe(check.url, interval)
             changed = counter.observe(ok, self._clock())
-            if changed is not None:
+            if changed is not None and app.id in self.healths:
                 self.healths[app.id] = changed
                 log.info("apphealth.changed", app=app.slug or app.id, health=changed)
 
-    async def _report_loop(self) -> None:
-        while True:
-            await self._sleep(self._report_every)
-            await self.report_if_changed()
-
     async def report_if_changed(self) -> bool:
-        """Post the whole map if it differs from the last one that landed."""
-        if self.healths == self._reported:
+        """Post the whole map if it differs from the last one that landed (or a resend is
+        due). True when a post landed; a failure schedules a retry after a backoff."""
+        if not self.healths:
+            self._resend = False  # the server rejects an empty map; there is nothing to say
+            return False
+        if self.healths == self._reported and not self._resend:
             return False
         snapshot = dict(self.healths)
         try:
             await self._post(snapshot)
         except WsagentError as exc:
+            self._retry_at = self._clock() + self._backoff.next_delay()
             if self._throttle.failure(error_key(exc), self._clock()) is not None:
                 log.warning("apphealth.post_failed", error=str(exc))
             return False
         self._throttle.success()
+        self._backoff.reset()
+        self._retry_at = None
+        self._resend = False
         self._reported = snapshot
         return True
+
+
+def _check_key(app: WorkspaceApp) -> tuple[str, int, int]:
+    check = app.healthcheck
+    return (check.url, check.interval, check.threshold)

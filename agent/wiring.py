@@ -85,23 +85,30 @@ def wire_workspace_start(agent: Agent) -> None:
 
 
 def wire_app_health(agent: Agent) -> None:
-    """Probe the apps' health checks; restarted with the new apps on every attempt."""
-    import asyncio
+    """Probe the apps' health checks with one long-lived reporter.
 
+    Each attempt's metadata updates the probers in place (added apps are probed, removed
+    ones stop) and re-posts the map, so a server that missed a post catches up after a
+    reconnect. Nothing is imported or started until some app has a health check.
+    """
     from agent.sdk.models import Metadata
 
-    current: list[asyncio.Task[None]] = []
+    if TYPE_CHECKING:
+        from agent.apphealth import AppHealthReporter
+
+    reporters: list[AppHealthReporter] = []
 
     async def on_metadata(metadata: Metadata, first: bool) -> None:
         del first
-        for task in current:
-            task.cancel()
-        current.clear()
         from agent.apphealth import AppHealthReporter, probed_apps
 
-        if probed_apps(metadata.apps):
+        if reporters:
+            reporters[0].update(metadata.apps)
+            reporters[0].resend()
+        elif probed_apps(metadata.apps):
             reporter = AppHealthReporter(metadata.apps, agent.client.post_app_health)
-            current.append(agent.start_task("apphealth", reporter.run))
+            reporters.append(reporter)
+            agent.start_task("apphealth", reporter.run)
 
     agent.add_metadata_hook(on_metadata)
 

@@ -149,11 +149,12 @@ def fake_app(app_id: str, slug: str, url: str) -> dict[str, Any]:
     }
 
 
-async def test_reporter_restarts_with_the_apps_of_each_attempt(
+async def test_probers_follow_metadata_and_the_map_is_reposted_after_a_reconnect(
     fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str, web_app: App
 ) -> None:
-    """Each attempt's metadata replaces the probers: an added app is probed and reported
-    (the whole map, under the ``Healths`` key); a removed one is no longer probed."""
+    """Each attempt's metadata updates the probers: an added app is probed and reported
+    (the whole map, under the ``Healths`` key); a removed one is no longer probed. After a
+    reconnect the current map is posted again even though nothing changed."""
     broken = App()
     broken.status = 500
     await broken.start()
@@ -167,23 +168,61 @@ async def test_reporter_restarts_with_the_apps_of_each_attempt(
             return [r.body["Healths"] for r in fake_cp.of("POST", "/me/app-health")]
 
         await fake_cp.wait_for(lambda: {a["id"]: "healthy"} in posted())
+        await fake_cp.wait_for(lambda: fake_cp.open_sockets == 1)
+
+        # Same apps, new connection: the unchanged map is posted again.
+        count = len(posted())
+        await fake_cp.drop_coordinate()
+        await fake_cp.wait_for(lambda: len(posted()) > count, within=5)
+        assert posted()[count] == {a["id"]: "healthy"}
 
         fake_cp.apps = [a, b]
+        await fake_cp.wait_for(lambda: fake_cp.open_sockets == 1)
         await fake_cp.drop_coordinate()
         await fake_cp.wait_for(
             lambda: {a["id"]: "healthy", b["id"]: "unhealthy"} in posted(), within=10
         )
 
         fake_cp.apps = [b]
+        opens = len(fake_cp.coordinate_opens)
         await fake_cp.drop_coordinate()
         await fake_cp.wait_for(
-            lambda: len(fake_cp.coordinate_opens) == 3 and fake_cp.open_sockets == 1
+            lambda: len(fake_cp.coordinate_opens) > opens and fake_cp.open_sockets == 1
         )
+        await fake_cp.wait_for(lambda: posted()[-1] == {b["id"]: "unhealthy"}, within=5)
         hits = len(web_app.hits)
         await asyncio.sleep(2.0)  # an absence can only be seen over time
         assert len(web_app.hits) - hits <= 1  # at most one probe was already in flight
     finally:
         await broken.stop()
+
+
+class FlakyHealthControlPlane(FakeControlPlane):
+    """The fake control plane whose first ``failures`` app-health posts answer 500."""
+
+    failures = 2
+
+    async def _app_health(self, request: web.Request) -> web.StreamResponse:
+        if self.failures:
+            self.failures -= 1
+            await self._record(request, "POST", await self._json_body(request))
+            return web.json_response({"message": "db on fire"}, status=500)
+        return await super()._app_health(request)
+
+
+async def test_a_failed_health_post_is_retried_until_it_lands(
+    spawn_daemon: SpawnDaemon, agent_token: str, web_app: App
+) -> None:
+    a = fake_app("00000000-0000-4000-8000-00000000000a", "a", web_app.url)
+    async with FlakyHealthControlPlane(agent_token, apps=[a]) as cp:
+        daemon = await spawn_daemon(cp.url, agent_token)
+        await cp.wait_for(lambda: len(cp.of("POST", "/me/app-health")) == 3, within=10)
+        assert all(
+            r.body == {"Healths": {a["id"]: "healthy"}} for r in cp.of("POST", "/me/app-health")
+        )
+        assert cp.failures == 0
+        # Two failures of one kind: logged once (throttled), not once per retry.
+        assert len(daemon.named("apphealth.post_failed")) == 1
 
 
 async def test_http_probe_statuses_deadline_and_refusal(unused_port_url: str) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import random
 from collections.abc import Callable
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.apphealth import AppHealthReporter, HealthCounter, probed_apps
+from agent.backoff import Backoff
 from agent.errors import TransportError
 from agent.sdk.models import Healthcheck, WorkspaceApp
 
@@ -171,14 +174,100 @@ async def test_recovery_is_reported() -> None:
     assert [h[A] for _, h in posts.landed] == ["unhealthy", "healthy"]
 
 
-async def test_a_failed_post_is_retried_until_it_lands() -> None:
+async def test_a_failed_post_is_retried_with_backoff_until_it_lands() -> None:
     clock = FakeClock()
     probes = Probes(clock, {"http://app": lambda n: True})
-    posts = Posts(clock, failures=3)
+    posts = Posts(clock, failures=4)
+    backoff = Backoff(1.0, 30.0, rng=random.Random(0))
+    reporter = AppHealthReporter(
+        [app(A)], posts, probe=probes, sleep=clock.sleep, clock=clock, backoff=backoff
+    )
+    with capture_logs() as logs:
+        await run_reporter(reporter, clock, 60.0)
+    assert posts.tried == 5
+    assert posts.landed and posts.landed[0][1] == {A: "healthy"}
+    # Backed off (1, 2, 4, 8 s ceilings with equal jitter) rather than once a tick.
+    assert 1.0 + 0.5 + 1 + 2 + 4 <= posts.landed[0][0] <= 1.0 + 1 + 2 + 4 + 8 + 4
+    assert [e["event"] for e in logs].count("apphealth.post_failed") == 1  # throttled
+    assert posts.tried == 5  # and never posted again once it landed
+
+
+async def test_resend_posts_the_current_map_again_within_a_second() -> None:
+    """A reconnect calls resend(): the unchanged map is posted again, cutting any backoff."""
+    clock = FakeClock()
+    probes = Probes(clock, {"http://app": lambda n: True})
+    posts = Posts(clock)
     reporter = AppHealthReporter([app(A)], posts, probe=probes, sleep=clock.sleep, clock=clock)
-    await run_reporter(reporter, clock, 10.0)
+    task = asyncio.create_task(reporter.run())
+    await clock.advance_to(5.0)
+    assert posts.landed == [(1.0, {A: "healthy"})]
+    reporter.resend()
+    await clock.advance_to(6.0)
+    assert posts.landed[1:] == [(6.0, {A: "healthy"})]
+    await clock.advance_to(10.0)
+    assert len(posts.landed) == 2  # once per resend
+
+    posts.failures = 2  # the server is down: backing off
+    reporter.healths[A] = "unhealthy"
+    await clock.advance_to(13.0)
     assert posts.tried == 4
-    assert posts.landed == [(4.0, {A: "healthy"})]
+    reporter.resend()  # reconnected: post at the next tick, not after the backoff
+    await clock.advance_to(14.0)
+    assert posts.tried == 5 and posts.landed[-1][1] == {A: "unhealthy"}
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_update_adds_and_removes_probers_to_match_metadata() -> None:
+    clock = FakeClock()
+    probes = Probes(
+        clock, {"http://a": lambda n: True, "http://b": lambda n: False, "http://c": lambda n: True}
+    )
+    posts = Posts(clock)
+    a, b = app(A, "http://a"), app(B, "http://b")
+    reporter = AppHealthReporter([a], posts, probe=probes, sleep=clock.sleep, clock=clock)
+    task = asyncio.create_task(reporter.run())
+    await clock.advance_to(3.5)
+    assert posts.landed == [(1.0, {A: "healthy"})]
+
+    reporter.update([a, b])  # an app added by a metadata change is probed
+    assert reporter.probed == {A, B}
+    await clock.advance_to(6.0)
+    # Unhealthy at its second failure (5.5), posted at the next tick: within 1 s.
+    assert posts.landed[1:] == [(6.0, {A: "healthy", B: "unhealthy"})]
+    probed_b = [t for url, t, _ in probes.calls if url == "http://b"]
+    assert probed_b == [4.5, 5.5]  # one interval after it was added
+
+    reporter.update([b])  # A removed: no longer probed, no longer in the map
+    a_probes = sum(1 for url, _, _ in probes.calls if url == "http://a")
+    await clock.advance_to(10.0)
+    assert sum(1 for url, _, _ in probes.calls if url == "http://a") == a_probes
+    assert reporter.healths == {B: "unhealthy"}
+
+    # A changed check restarts its prober with the new URL; the health is kept.
+    reporter.update([app(B, "http://c", interval=2)])
+    await clock.advance_to(12.5)
+    assert [t for url, t, _ in probes.calls if url == "http://c"] == [12.0]
+    assert posts.landed[-1] == (12.0, {B: "healthy"})
+
+    reporter.update([app(B, health="disabled")])  # disabled: dropped, nothing posted
+    tried = posts.tried
+    await clock.advance_to(20.0)
+    assert reporter.probed == set() and posts.tried == tried
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_at_most_two_probes_a_second_at_interval_one() -> None:
+    """Coder's NotSpamming case, under the virtual clock: even a probe that fails at once
+    does not make the ticker catch up or spin."""
+    clock = FakeClock()
+    probes = Probes(clock, {"http://app": lambda n: False})
+    reporter = AppHealthReporter(
+        [app(A, interval=1)], Posts(clock), probe=probes, sleep=clock.sleep, clock=clock
+    )
+    await run_reporter(reporter, clock, 10.5)
+    assert len(probes.calls) == 10
 
 
 async def test_unchanged_server_values_are_not_posted() -> None:
@@ -193,8 +282,11 @@ async def test_unchanged_server_values_are_not_posted() -> None:
 
 
 @pytest.mark.parametrize("apps", [[], [app(A, health="disabled")], [app(A, url="")]])
-async def test_nothing_to_probe_returns_at_once(apps: list[WorkspaceApp]) -> None:
+async def test_nothing_to_probe_means_no_probe_and_no_post(apps: list[WorkspaceApp]) -> None:
     clock = FakeClock()
-    reporter = AppHealthReporter(apps, Posts(clock), sleep=clock.sleep, clock=clock)
-    async with asyncio.timeout(1):
-        await reporter.run()
+    probes = Probes(clock, {})
+    posts = Posts(clock)
+    reporter = AppHealthReporter(apps, posts, probe=probes, sleep=clock.sleep, clock=clock)
+    reporter.resend()  # even a reconnect has nothing to post: an empty map is rejected
+    await run_reporter(reporter, clock, 10.0)
+    assert probes.calls == [] and posts.tried == (1 if apps and apps[0].health != "disabled" else 0)
