@@ -1,0 +1,134 @@
+"""agent.ports without the network: the /proc/net/tcp parser (fuzzed) and the scanner's
+process-name cache over a fake /proc tree (real files and symlinks in a temp dir)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.ports import Listener, Port, PortScanner, parse_proc_net_tcp
+
+HEADER = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout "
+    "inode\n"
+)
+
+
+def row(sl: int, port: int, inode: int, state: str = "0A", v6: bool = False) -> str:
+    addr = "0" * 32 if v6 else "0100007F"
+    return (
+        f"{sl:4d}: {addr}:{port:04X} {addr}:0000 {state} 00000000:00000000 00:00000000 "
+        f"00000000  1000        0 {inode} 1 0000000000000000 100 0 0 10 0\n"
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_text_gives_a_list_and_never_an_exception(text: str) -> None:
+    listeners = parse_proc_net_tcp(text)
+    assert isinstance(listeners, list)
+    assert all(0 <= x.port <= 0xFFFF and x.inode >= 0 for x in listeners)
+
+
+TOKENS = st.sampled_from(
+    ["0A", "01", ":", " ", "\t", "\n", "0100007F", "1F90", "FFFFFFFFFF", "-1", "12", "x", "socket"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(TOKENS, max_size=60).map("".join))
+def test_near_miss_tables_give_a_list_and_never_an_exception(text: str) -> None:
+    assert all(0 <= x.port <= 0xFFFF for x in parse_proc_net_tcp(HEADER + text))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 0xFFFF),
+            st.integers(0, 2**32),
+            st.sampled_from(["0A", "01", "06", "08"]),
+            st.booleans(),
+        ),
+        max_size=30,
+    )
+)
+def test_well_formed_tables_keep_exactly_the_listen_rows(
+    rows: list[tuple[int, int, str, bool]],
+) -> None:
+    text = HEADER + "".join(row(i, p, n, s, v6) for i, (p, n, s, v6) in enumerate(rows))
+    expected = [Listener(p, n) for p, n, s, _ in rows if s == "0A"]
+    assert parse_proc_net_tcp(text) == expected
+
+
+def test_the_real_tables_parse() -> None:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            text = Path(table).read_text()
+            listening = sum(1 for line in text.splitlines()[1:] if line.split()[3] == "0A")
+            assert len(parse_proc_net_tcp(text)) == listening
+
+
+class FakeProc:
+    """A /proc tree: net/tcp{,6} tables and <pid>/fd symlinks to "socket:[inode]"."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "net").mkdir(parents=True)
+        self.rows: dict[int, tuple[int, bool]] = {}  # inode -> (port, v6)
+        self.write()
+
+    def write(self) -> None:
+        for name, v6 in (("tcp", False), ("tcp6", True)):
+            rows = [(n, p) for n, (p, six) in self.rows.items() if six == v6]
+            body = "".join(row(i, p, n, v6=v6) for i, (n, p) in enumerate(rows))
+            (self.root / "net" / name).write_text(HEADER + body)
+
+    def listen(
+        self, port: int, inode: int, pid: int | None, comm: str = "", v6: bool = False
+    ) -> None:
+        self.rows[inode] = (port, v6)
+        self.write()
+        if pid is not None:
+            fd = self.root / str(pid) / "fd"
+            fd.mkdir(parents=True, exist_ok=True)
+            (self.root / str(pid) / "comm").write_text(comm + "\n")
+            os.symlink(f"socket:[{inode}]", fd / str(len(os.listdir(fd)) + 3))
+
+    def close(self, inode: int) -> None:
+        del self.rows[inode]
+        self.write()
+
+
+def test_process_names_are_cached_and_only_new_listeners_walk_proc(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path)
+    proc.listen(8080, 101, pid=10, comm="node")
+    proc.listen(8081, 102, pid=11, comm="python3", v6=True)
+    proc.listen(9090, 103, pid=None)  # another user's: no visible owner
+    scanner = PortScanner(tmp_path, cache_seconds=0)
+    assert scanner.scan() == [Port(8080, "node"), Port(8081, "python3"), Port(9090, "")]
+    assert scanner.fd_walks == 1
+
+    for _ in range(3):  # nothing new: no walk, not even for the ownerless one
+        assert len(scanner.scan()) == 3
+    assert scanner.fd_walks == 1
+
+    proc.listen(3000, 104, pid=12, comm="vite")
+    assert Port(3000, "vite") in scanner.scan()
+    assert scanner.fd_walks == 2
+
+    proc.close(101)
+    assert [p.port for p in scanner.scan()] == [3000, 8081, 9090]
+    assert scanner.fd_walks == 2
+
+
+def test_results_are_cached_for_the_cache_period(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path)
+    proc.listen(8080, 101, pid=10, comm="node")
+    scanner = PortScanner(tmp_path, cache_seconds=3600)
+    first = scanner.scan()
+    proc.listen(8081, 102, pid=10, comm="node")
+    assert scanner.scan() is first  # within the period: the same answer, nothing read
