@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,13 +48,33 @@ async def _ports(cp: ControlPlane, agent_id: str, token: str) -> tuple[int, Any]
     return response.status_code, response.json()
 
 
+def _listen(family: socket.AddressFamily, host: str, port: int = 0) -> socket.socket | None:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:  # a fixed port someone else holds: that case is simply not checked
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
 async def test_listening_ports_end_to_end(
     control_plane: ControlPlane, start_agent: Any, tmp_path: Any
 ) -> None:
-    """A new IPv4 and a new IPv6 listener are listed once; a closed one disappears."""
+    """New IPv4 and IPv6 listeners are listed once, with this process's name, within the
+    1 s cache; filtered ports (ignore list, app ports) never appear; a closed one
+    disappears; another user gets 404; the server answers fast on loopback."""
+    app_sock = _listen(socket.AF_INET, "127.0.0.1")
+    assert app_sock is not None
+    app_port = app_sock.getsockname()[1]
     _, token = await control_plane.create_user("alice")
     _, other_token = await control_plane.create_user("mallory")
-    agents = await control_plane.create_workspace("alice", "dev")
+    agents = await control_plane.create_workspace(
+        "alice",
+        "dev",
+        [{"name": "main", "apps": [{"slug": "web", "url": f"http://127.0.0.1:{app_port}/"}]}],
+    )
     agent_id, agent_token = agents["main"]
 
     status, body = await _ports(control_plane, agent_id, token)
@@ -61,35 +84,65 @@ async def test_listening_ports_end_to_end(
     await poll_until(
         lambda: _connected(control_plane, agent_id, token), timeout=15, message="never connected"
     )
+    status, _ = await _ports(control_plane, agent_id, token)  # fills the agent's 1 s cache
+    assert status == 200
+    ignored = [s for s in (_listen(socket.AF_INET, "127.0.0.1", p) for p in (27018, 28017)) if s]
     v4 = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    v6_sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    v6_sock.bind(("::1", 0))
-    v6_sock.listen()
+    v6_sock = _listen(socket.AF_INET6, "::1")
+    assert v6_sock is not None
     port4 = v4.sockets[0].getsockname()[1]
     port6 = v6_sock.getsockname()[1]
+    opened = time.monotonic()
+    me = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
     try:
-        status, body = await _ports(control_plane, agent_id, token)
-        assert status == 200, body
+        seen: dict[str, Any] = {}
+
+        async def both_listed() -> bool:
+            code, data = await _ports(control_plane, agent_id, token)
+            seen["body"] = data
+            listed = [p["port"] for p in data["ports"]] if code == 200 else []
+            return port4 in listed and port6 in listed
+
+        await poll_until(both_listed, timeout=5, message="new listeners never listed")
+        # The agent caches for 1 s, so a new listener shows within that plus one round trip.
+        assert time.monotonic() - opened < 2.0
+        body = seen["body"]
         listed = [p["port"] for p in body["ports"]]
         assert listed.count(port4) == 1 and listed.count(port6) == 1
         server_port = int(control_plane.url.rsplit(":", 1)[1])
         assert server_port in listed
-        entry = next(p for p in body["ports"] if p["port"] == port4)
-        assert entry["network"] == "tcp" and entry["process_name"]
+        for port in (port4, port6):
+            entry = next(p for p in body["ports"] if p["port"] == port)
+            assert entry == {"process_name": me, "network": "tcp", "port": port}
         assert all(p["port"] >= 9 for p in body["ports"])
+        assert app_port not in listed  # used by an app
+        assert not {s.getsockname()[1] for s in ignored} & set(listed)  # Coder's ignore list
 
         status, _ = await _ports(control_plane, agent_id, other_token)
         assert status == 404
+
+        # Answer time on loopback (the issue's goal is 100 ms; a generous bound here, as
+        # the machine is shared; docs/benchmarks.md has the measured figure).
+        took = []
+        for _ in range(5):
+            started = time.monotonic()
+            status, _ = await _ports(control_plane, agent_id, token)
+            took.append(time.monotonic() - started)
+        assert status == 200 and sorted(took)[2] < 0.5, took
     finally:
         v4.close()
         await v4.wait_closed()
         v6_sock.close()
+        app_sock.close()
+        for sock in ignored:
+            sock.close()
 
     async def gone() -> bool:
         code, data = await _ports(control_plane, agent_id, token)
-        return code == 200 and port4 not in [p["port"] for p in data["ports"]]
+        listed = [p["port"] for p in data["ports"]] if code == 200 else [port4]
+        return port4 not in listed and port6 not in listed
 
-    await poll_until(gone, timeout=5, message="closed listener still listed")
+    await poll_until(gone, timeout=5, message="closed listeners still listed")
 
 
 async def _connected(cp: ControlPlane, agent_id: str, token: str) -> bool:
