@@ -10,21 +10,24 @@ nothing is scanned unless someone asks (DESIGN.md decision 5).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import socket
+import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 TCP_LISTEN: Final = "0A"
 CACHE_SECONDS: Final = 1.0
 MIN_PORT: Final = 9
 
 
-@dataclass(frozen=True, slots=True)
-class Listener:
+class Listener(NamedTuple):
+    # A tuple, not a dataclass: a scan builds one per listening socket (10,000s), and a
+    # tuple is several times cheaper to create.
     port: int
     inode: int
 
@@ -50,6 +53,90 @@ def parse_proc_net_tcp(text: str) -> list[Listener]:
         for port, inode in _LISTEN_ROW.findall(text)
         if int(port, 16) <= 0xFFFF
     ]
+
+
+# sock_diag (linux/inet_diag.h, linux/sock_diag.h): ask the kernel for TCP sockets in LISTEN
+# state only; established sockets are skipped in the kernel, not copied and parsed here.
+NETLINK_SOCK_DIAG: Final = 4
+SOCK_DIAG_BY_FAMILY: Final = 20
+NLM_F_REQUEST: Final = 0x1
+NLM_F_DUMP: Final = 0x300
+NLMSG_ERROR: Final = 2
+NLMSG_DONE: Final = 3
+TCP_LISTEN_STATE: Final = 10
+_NLMSG_HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+# inet_diag_req_v2: family, protocol, ext, pad, states; then a zeroed inet_diag_sockid.
+_DIAG_REQUEST = struct.Struct("=BBBxI48x")
+# One unpack per message: nlmsg_len, nlmsg_type, then inet_diag_msg's sport (big-endian,
+# read little-endian and swapped) and inode.
+_DIAG_MSG = struct.Struct("=IH14xH62xI")
+_FIRST_LENGTH = struct.Struct("=I")
+NETLINK_TIMEOUT: Final = 2.0
+
+
+class NetlinkError(OSError):
+    """The kernel refused or garbled a sock_diag dump."""
+
+
+@functools.cache
+def _uniform_layout(length: int) -> struct.Struct:
+    return struct.Struct(f"{_DIAG_MSG.format}{length - _DIAG_MSG.size}x")
+
+
+def parse_diag_messages(data: bytes) -> tuple[list[Listener], bool]:
+    """Parse one recv() of a sock_diag dump. Returns (listeners, done). Pure."""
+    # Fast path: the kernel fills a chunk with same-size messages (same attributes), so
+    # one iter_unpack in C does the whole chunk; checked row by row, else the slow walk.
+    if len(data) >= _DIAG_MSG.size:
+        (first,) = _FIRST_LENGTH.unpack_from(data)
+        if first >= _DIAG_MSG.size and first % 4 == 0 and len(data) % first == 0:
+            rows = list(_uniform_layout(first).iter_unpack(data))
+            if all(row[0] == first and row[1] == SOCK_DIAG_BY_FAMILY for row in rows):
+                return [Listener(((p & 0xFF) << 8) | (p >> 8), i) for _, _, p, i in rows], False
+    listeners: list[Listener] = []
+    offset = 0
+    header = _NLMSG_HEADER.size
+    unpack_header = _NLMSG_HEADER.unpack_from
+    while offset + header <= len(data):
+        length, kind, _, _, _ = unpack_header(data, offset)
+        if length < header or offset + length > len(data):
+            raise NetlinkError(f"truncated netlink message ({length} bytes at {offset})")
+        if kind == NLMSG_DONE:
+            return listeners, True
+        if kind == NLMSG_ERROR:
+            (errno,) = struct.unpack_from("=i", data, offset + header)
+            raise NetlinkError(-errno, f"sock_diag: {os.strerror(-errno)}")
+        if kind == SOCK_DIAG_BY_FAMILY and length >= _DIAG_MSG.size:
+            _, _, port, inode = _DIAG_MSG.unpack_from(data, offset)
+            listeners.append(Listener(((port & 0xFF) << 8) | (port >> 8), inode))
+        offset += (length + 3) & ~3  # NLMSG_ALIGN
+    return listeners, False
+
+
+def netlink_listeners() -> list[Listener]:
+    """TCP listeners of both families via netlink sock_diag with a LISTEN state filter.
+
+    Cheaper than /proc/net/tcp when most sockets are not listening; raises OSError where
+    sock_diag is unavailable (then the caller reads /proc).
+    """
+    listeners: list[Listener] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as sock:
+        sock.settimeout(NETLINK_TIMEOUT)
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
+            request = _DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN_STATE)
+            header = _NLMSG_HEADER.pack(
+                _NLMSG_HEADER.size + len(request),
+                SOCK_DIAG_BY_FAMILY,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                seq,
+                0,
+            )
+            sock.sendall(header + request)
+            done = False
+            while not done:
+                found, done = parse_diag_messages(sock.recv(1 << 20))
+                listeners += found
+    return listeners
 
 
 def unique_ports(listeners: Iterable[Listener]) -> dict[int, list[int]]:
@@ -93,25 +180,44 @@ def _process_names(inodes: set[int], proc: Path) -> dict[int, str]:
     return names
 
 
-@dataclass(frozen=True, slots=True)
-class Port:
+class Port(NamedTuple):
     port: int
     process_name: str
     network: str = "tcp"
 
 
 class PortScanner:
-    def __init__(self, proc: Path = Path("/proc"), cache_seconds: float = CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        proc: Path = Path("/proc"),
+        cache_seconds: float = CACHE_SECONDS,
+        *,
+        netlink: bool | None = None,
+    ) -> None:
         self._proc = proc
         self._cache_seconds = cache_seconds
+        # sock_diag reads the kernel's own tables, so it is only right for the real /proc.
+        self._netlink = (proc == Path("/proc")) if netlink is None else netlink
         self._cached: tuple[float, list[Port]] | None = None
         # inode -> process name ("" when no visible process holds it, e.g. another user's),
         # for the listeners of the last scan only, so it never outgrows the socket table.
         self._names: dict[int, str] = {}
+        # The raw listeners of the last scan and its answer (both as big as the listener
+        # table): an unchanged table skips the whole mapping.
+        self._last: tuple[list[Listener], list[Port]] | None = None
         self.fd_walks = 0  # how many scans had to walk /proc/<pid>/fd (for tests, bench)
 
     def read_listeners(self) -> list[Listener]:
-        """The LISTEN rows of both tables (IPv4 and IPv6)."""
+        """The listening TCP sockets of both families (IPv4 and IPv6).
+
+        netlink sock_diag when available (the kernel filters on LISTEN), else the LISTEN
+        rows of /proc/net/tcp{,6}.
+        """
+        if self._netlink:
+            try:
+                return netlink_listeners()
+            except OSError:
+                self._netlink = False  # e.g. seccomp or an old kernel: /proc from now on
         listeners: list[Listener] = []
         for table in ("tcp", "tcp6"):
             try:
@@ -124,17 +230,39 @@ class PortScanner:
         now = time.monotonic()
         if self._cached is not None and now - self._cached[0] < self._cache_seconds:
             return self._cached[1]
-        ports = unique_ports(self.read_listeners())
-        inodes = {i for found in ports.values() for i in found}
-        unknown = inodes - self._names.keys()
+        listeners = self.read_listeners()
+        if self._last is not None and listeners == self._last[0]:
+            # The same sockets as last time (the common case): same owners, same answer.
+            self._cached = (now, self._last[1])
+            return self._last[1]
+        known = self._names
+        names: dict[int, str] = {}
+        by_port: dict[int, int] = {}  # port -> the inode whose process name is shown
+        duplicates: list[Listener] = []  # same port again (IPv4 + IPv6, SO_REUSEPORT)
+        unknown: set[int] = set()
+        for listener in listeners:
+            port, inode = listener
+            if port < MIN_PORT:
+                continue
+            name = known.get(inode)
+            if name is None:
+                unknown.add(inode)
+            else:
+                names[inode] = name
+            if port in by_port:
+                duplicates.append(listener)
+            else:
+                by_port[port] = inode
         if unknown:
             self.fd_walks += 1
             found = _process_names(unknown, self._proc)
-            self._names.update({inode: found.get(inode, "") for inode in unknown})
-        self._names = {inode: self._names[inode] for inode in inodes}
-        result = [
-            Port(port, next((self._names[i] for i in found if self._names[i]), ""))
-            for port, found in sorted(ports.items())
-        ]
+            for inode in unknown:
+                names[inode] = found.get(inode, "")
+        for port, inode in duplicates:
+            if not names[by_port[port]] and names[inode]:
+                by_port[port] = inode  # show a name when any socket of the port has one
+        self._names = names
+        result = [Port(port, names[inode]) for port, inode in sorted(by_port.items())]
         self._cached = (now, result)
+        self._last = (listeners, result)
         return result

@@ -3,13 +3,25 @@ process-name cache over a fake /proc tree (real files and symlinks in a temp dir
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import struct
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.ports import Listener, Port, PortScanner, parse_proc_net_tcp
+from agent.ports import (
+    Listener,
+    NetlinkError,
+    Port,
+    PortScanner,
+    netlink_listeners,
+    parse_diag_messages,
+    parse_proc_net_tcp,
+)
 
 HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout "
@@ -132,3 +144,73 @@ def test_results_are_cached_for_the_cache_period(tmp_path: Path) -> None:
     first = scanner.scan()
     proc.listen(8081, 102, pid=10, comm="node")
     assert scanner.scan() is first  # within the period: the same answer, nothing read
+
+
+# ---------------------------------------------------------------- netlink sock_diag
+
+
+def diag(port: int, inode: int, attrs: bytes = b"") -> bytes:
+    """One SOCK_DIAG_BY_FAMILY message as the kernel lays it out (inet_diag_msg + attrs)."""
+    body = (
+        struct.pack("=BBBB", socket.AF_INET, 10, 0, 0)
+        + struct.pack(">HH", port, 0)
+        + bytes(32 + 4 + 8)  # addresses, interface, cookie
+        + struct.pack("=IIIII", 0, 0, 128, 1000, inode)
+        + attrs
+    )
+    return struct.pack("=IHHII", 16 + len(body), 20, 2, 1, 0) + body
+
+
+DONE = struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0)
+
+
+def test_diag_messages_uniform_chunk_mixed_chunk_and_done() -> None:
+    attrs = struct.pack("=HHB3x", 5, 8, 0)  # an INET_DIAG_SHUTDOWN-like attribute
+    uniform = b"".join(diag(p, 100 + p, attrs) for p in (22, 8080, 65535))
+    assert parse_diag_messages(uniform) == (
+        [Listener(22, 122), Listener(8080, 8180), Listener(65535, 65635)],
+        False,
+    )
+    mixed = diag(3000, 7) + diag(3001, 8, attrs) + DONE  # not uniform: the slow walk
+    assert parse_diag_messages(mixed) == ([Listener(3000, 7), Listener(3001, 8)], True)
+    assert parse_diag_messages(DONE) == ([], True)
+
+
+def test_diag_error_and_truncation_raise_oserror() -> None:
+    error = struct.pack("=IHHIIi", 36, 2, 0, 1, 0, -errno.EPERM) + bytes(16)
+    with pytest.raises(NetlinkError) as caught:
+        parse_diag_messages(error)
+    assert caught.value.errno == errno.EPERM
+    with pytest.raises(OSError):
+        parse_diag_messages(diag(8080, 1)[:-8] + struct.pack("=I", 999))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_give_listeners_or_an_oserror(data: bytes) -> None:
+    try:
+        listeners, _ = parse_diag_messages(data)
+    except OSError:
+        return
+    assert all(0 <= x.port <= 0xFFFF for x in listeners)
+
+
+def test_netlink_and_proc_agree_on_real_ipv4_and_ipv6_listeners() -> None:
+    socks = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((host, 0))
+        sock.listen()
+        socks.append(sock)
+    idle = socket.socket()  # bound, not listening: in neither list
+    idle.bind(("127.0.0.1", 0))
+    try:
+        ours = {s.getsockname()[1] for s in socks}
+        from_netlink = {x for x in netlink_listeners() if x.port in ours}
+        from_proc = {x for x in PortScanner(netlink=False).read_listeners() if x.port in ours}
+        assert from_netlink == from_proc and {x.port for x in from_netlink} == ours
+        assert idle.getsockname()[1] not in {x.port for x in netlink_listeners()}
+    finally:
+        idle.close()
+        for sock in socks:
+            sock.close()

@@ -1,0 +1,142 @@
+"""Listening-port scan cost, beside psutil and the bare read of /proc/net/tcp{,6}.
+
+    .venv/bin/python bench/port_scan.py [--listeners 10000] [--established 5000] [--runs 20]
+
+A child process opens the sockets on 127.0.0.1 (raising RLIMIT_NOFILE) and holds them
+while this process measures, in the same run and on the same sockets:
+
+* ``read``      the bare read of /proc/net/tcp and /proc/net/tcp6 (the kernel's share);
+* ``parse``     read + ``parse_proc_net_tcp`` (LISTEN rows only);
+* ``netlink``   ``netlink_listeners()``: sock_diag with a LISTEN state filter;
+* ``scan``      ``PortScanner.scan()`` as the agent runs it, cache off, names warm
+                (the inode->name map is kept between scans);
+* ``scan-cold`` the same with a new scanner each time (walks /proc/<pid>/fd);
+* ``psutil``    ``psutil.net_connections("tcp")`` filtered to LISTEN (psutil is a dev
+                dependency only).
+
+Two cases (DESIGN.md decision 5): N listeners, and 50 listeners among M established
+connections (each connection is two ESTABLISHED rows, both ends being local).
+Figures are the median and the best of ``--runs`` runs, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from agent.ports import PortScanner, netlink_listeners, parse_proc_net_tcp
+
+CHILD = r"""
+import resource, socket, sys
+listeners, connections = int(sys.argv[1]), int(sys.argv[2])
+need = listeners + 2 * connections + 1 + 64
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft < need:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+held = []
+for _ in range(listeners):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    held.append(s)
+if connections:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4096)
+    held.append(server)
+    port = server.getsockname()[1]
+    for _ in range(connections):
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = server.accept()
+        held += [c, a]
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def timed(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    fn()  # warm up
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1000, min(samples) * 1000
+
+
+def bare_read() -> None:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        Path(table).read_bytes()
+
+
+def parse_both() -> int:
+    return sum(
+        len(parse_proc_net_tcp(Path(t).read_text())) for t in ("/proc/net/tcp", "/proc/net/tcp6")
+    )
+
+
+def psutil_listeners() -> int:
+    return sum(1 for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN)
+
+
+def case(listeners: int, established: int, runs: int) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(listeners), str(established)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        warm = PortScanner(cache_seconds=0)
+        found = len(warm.scan())
+        counts = {
+            "parse": parse_both(),
+            "netlink": len(netlink_listeners()),
+            "scan": found,
+            "psutil": psutil_listeners(),
+        }
+        print(f"\n{listeners} listeners, {established} established connections; found {counts}")
+        rows = {
+            "read": timed(bare_read, runs),
+            "parse": timed(parse_both, runs),
+            "netlink": timed(netlink_listeners, runs),
+            "scan": timed(warm.scan, runs),
+            "scan-cold": timed(lambda: PortScanner(cache_seconds=0).scan(), max(3, runs // 4)),
+            "psutil": timed(psutil_listeners, max(3, runs // 4)),
+        }
+        base = rows["psutil"][0]
+        print(f"{'':10} {'median ms':>10} {'best ms':>9} {'psutil/x':>9}")
+        for name, (median, best) in rows.items():
+            print(f"{name:10} {median:10.2f} {best:9.2f} {base / median:9.1f}")
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--listeners", type=int, default=10_000)
+    parser.add_argument("--established", type=int, default=5_000)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    print(
+        f"python {sys.version.split()[0]}, {psutil.cpu_count()} CPUs, RLIMIT_NOFILE {soft}/{hard}"
+    )
+    case(args.listeners, 0, args.runs)
+    if args.established:
+        case(50, args.established, args.runs)
+
+
+if __name__ == "__main__":
+    main()
