@@ -119,8 +119,9 @@ async def prepare(data_dir: Path, agents: int) -> tuple[str, list[str]]:
 
 
 async def start_server(
-    data_dir: Path, durability: str = "normal"
+    data_dir: Path, durability: str = "normal", *extra: str
 ) -> tuple[asyncio.subprocess.Process, str]:
+    """A ``wsagent server`` process on a free loopback port; ``extra``: more flags."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "WSAGENT_"))}
     env["PYTHONUNBUFFERED"] = "1"
     proc = await asyncio.create_subprocess_exec(
@@ -136,6 +137,7 @@ async def start_server(
         "600s",
         "--durability",
         durability,
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,

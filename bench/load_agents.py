@@ -338,7 +338,9 @@ async def run_load(args: argparse.Namespace) -> tuple[list[Step], int, list[str]
     with tempfile.TemporaryDirectory(prefix="wsagent-load-") as tmp:
         data_dir = Path(tmp)
         user_token, agents = await prepare(data_dir, max(args.steps))
-        proc, url = await start_server(data_dir)
+        proc, url = await start_server(
+            data_dir, "normal", "--heartbeat-interval", f"{args.heartbeat_interval:g}s"
+        )
         try:
             baseline_rss = rss_bytes(proc.pid)
             load = Load(url, args)
@@ -363,6 +365,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stats-interval", type=float, default=10.0)
     parser.add_argument("--health-interval", type=float, default=30.0, help="mean, per agent")
     parser.add_argument("--spawn-rate", type=float, default=100.0, help="new agents per second")
+    parser.add_argument(
+        "--heartbeat-interval", type=float, default=3.0, help="the server's (its default)"
+    )
     parser.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on the run")
     return parser.parse_args(argv)
 

@@ -30,6 +30,7 @@ from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
 from controlplane.auth import authenticate_agent, request_token
 from controlplane.config import derp_map_for
 from controlplane.gitauth import link_usable, match_provider, response_for
+from controlplane.heartbeats import HEARTBEATS, HeartbeatBatcher
 from controlplane.httpapi import HTTPError, decode_body, read_json, respond
 from controlplane.store.records import AgentRecord, AppRecord, WorkspaceRecord
 
@@ -265,7 +266,7 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
                     await ws.close(code=1008, message=b"agent token revoked or expired")
                     return
                 if coordinator.is_current(agent.id, peer):
-                    await store.agent_heartbeat(agent.id, datetime.now(UTC))
+                    await request.app[HEARTBEATS].refresh(agent.id)
             except Exception as exc:
                 # A store hiccup (a lock held too long by another writer) must not end the
                 # refreshes for good: the agent would look disconnected with its socket open.
@@ -285,6 +286,12 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
+    app[HEARTBEATS] = HeartbeatBatcher(app[STORE], app[CONFIG].agent_heartbeat_interval)
+
+    async def close_heartbeats(app: web.Application) -> None:
+        await app[HEARTBEATS].close()
+
+    app.on_cleanup.append(close_heartbeats)
     app.router.add_get(f"{ME}/metadata", metadata)
     app.router.add_post(f"{ME}/startup", post_startup)
     app.router.add_post(f"{ME}/report-lifecycle", report_lifecycle)

@@ -42,6 +42,17 @@ class ReportStore(SQLiteBase):
     async def agent_heartbeat(self, agent_id: str, now: datetime) -> None:
         await self._update_agent(agent_id, "last_connected_at=?", _ts(now))
 
+    async def agent_heartbeats(self, agent_ids: list[str], now: datetime) -> None:
+        stamp = _ts(now)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE agents SET last_connected_at=?, updated_at=? WHERE id=?",
+                [(stamp, stamp, agent_id) for agent_id in agent_ids],
+            )
+
+        await self._run(self._tx, op)
+
     async def agent_disconnected(self, agent_id: str, now: datetime) -> None:
         await self._update_agent(agent_id, "disconnected_at=?", _ts(now))
 

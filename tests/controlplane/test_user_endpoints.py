@@ -191,16 +191,16 @@ async def test_a_failed_refresh_does_not_stop_the_refreshes(
     """Fault injection in the store (not in the handler under test): one heartbeat write
     fails, the next ones still land and the agent stays connected."""
     w: World = await world_factory(heartbeat_interval=0.1)
-    real = w.cp.store.agent_heartbeat
+    real = w.cp.store.agent_heartbeats  # the sockets' refreshes are written in batches
     calls: list[datetime] = []
 
-    async def flaky(agent_id: str, now: datetime) -> None:
+    async def flaky(agent_ids: list[str], now: datetime) -> None:
         calls.append(now)
         if len(calls) == 1:
             raise OSError("disk I/O error (injected)")
-        await real(agent_id, now)
+        await real(agent_ids, now)
 
-    monkeypatch.setattr(w.cp.store, "agent_heartbeat", flaky)
+    monkeypatch.setattr(w.cp.store, "agent_heartbeats", flaky)
     async with agent_socket(w):
         await poll_until(lambda: len(calls) >= 4, timeout=5, message="refreshes stopped")
         body = await poll_until(lambda: _status_is(w, "connected"), timeout=5)
