@@ -45,6 +45,12 @@ TASK_STOP_TIMEOUT: Final = 0.5
 # A background task that crashes is restarted after this long (and logged, throttled).
 TASK_RESTART_DELAY: Final = 5.0
 
+# Connection states, as the metrics endpoint labels them.
+STATE_CONNECTING: Final = "connecting"
+STATE_CONNECTED: Final = "connected"
+STATE_BACKOFF: Final = "backoff"
+CONNECTION_STATES: Final = (STATE_CONNECTING, STATE_CONNECTED, STATE_BACKOFF)
+
 TokenExchange = Callable[[], Awaitable[str]]
 MetadataHook = Callable[[Metadata, bool], Awaitable[None]]
 ExtensionHook = Callable[[Extension, CoordinatorSession], Awaitable[None]]
@@ -88,11 +94,19 @@ class Agent:
         self._connected_at: float | None = None
         self._failed_attempts = 0
         self._last_attempt_flapped = False
+        # Read-only counters for the metrics endpoint and status lines (agent/metrics.py).
+        self.connection_state = STATE_CONNECTING
+        self.attempts_total = 0
+        self.connections_total = 0
+        self.token_exchanges_total = 0
+        self.token_exchange_failures_total = 0
+        self._exchanges_tokens = False
 
     # -------------------------------------------------------------- wiring
 
     def set_token_exchange(self, exchange: TokenExchange) -> None:
         self._exchange = exchange
+        self._exchanges_tokens = True
 
     def add_metadata_hook(self, hook: MetadataHook) -> None:
         """``hook(metadata, first)`` runs after every successful startup post."""
@@ -148,6 +162,8 @@ class Agent:
         backoff = Backoff(min(RUN_BACKOFF_FLOOR, ceiling), ceiling, rng=self._rng)
         while not stop.is_set():
             self._connected_at = None
+            self.connection_state = STATE_CONNECTING
+            self.attempts_total += 1
             attempt = asyncio.create_task(self._attempt(), name="agent.attempt")
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({attempt, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -155,6 +171,7 @@ class Agent:
                 await _cancel(attempt, ATTEMPT_STOP_TIMEOUT)
                 break
             stopper.cancel()
+            self.connection_state = STATE_BACKOFF
             exc = None if attempt.cancelled() else attempt.exception()
             if isinstance(exc, ConfigError):
                 raise exc  # e.g. CODER_AGENT_AUTH=auto found no cloud: retrying cannot help
@@ -201,6 +218,8 @@ class Agent:
     def _on_connected(self, expanded: str, first: bool) -> None:
         """One info line per real (re)connection; a socket that flaps logs at debug."""
         self._connected_at = time.monotonic()
+        self.connection_state = STATE_CONNECTED
+        self.connections_total += 1
         fields: dict[str, object] = {
             "version": agent_version(),
             "expanded_directory": expanded,
@@ -215,7 +234,12 @@ class Agent:
             log.debug("agent.connected", **fields)
 
     async def _attempt(self) -> None:
-        token = await self._exchange()
+        try:
+            token = await self._exchange()
+        except Exception:
+            self.token_exchange_failures_total += self._exchanges_tokens
+            raise
+        self.token_exchanges_total += self._exchanges_tokens
         if token != self.tokens.token:
             REDACTOR.add(token)
             self.tokens.token = token

@@ -81,6 +81,21 @@ def parse_bool(text: str, setting: str) -> bool:
     raise ConfigError(setting, f"invalid boolean {text!r}")
 
 
+DEFAULT_METRICS_ADDRESS: Final = "127.0.0.1:2113"
+
+
+def parse_listen_address(text: str, setting: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` too) to listen on; empty or ``off`` means disabled."""
+    text = text.strip()
+    if text.lower() in ("", "off", "false", "no", "0"):
+        return None
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(setting, f"expected host:port or off, got {text!r}")
+    return host, int(port_text)
+
+
 def validate_url(text: str, setting: str) -> str:
     if not text:
         raise ConfigError(
@@ -125,6 +140,8 @@ class AgentConfig:
     google_audience: str = "coder"
     metadata_timeout: float = 2.0
     askpass_deadline: float = 300.0
+    # (host, port) of the Prometheus endpoint; None is off. load_config defaults it on.
+    metrics_address: tuple[str, int] | None = None
 
     @property
     def uses_token_auth(self) -> bool:
@@ -259,4 +276,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
         google_audience=_env_or(env, "CODER_AGENT_GOOGLE_AUDIENCE", "coder"),
         metadata_timeout=duration("CODER_AGENT_METADATA_TIMEOUT", 2.0),
         askpass_deadline=duration("CODER_AGENT_GIT_ASKPASS_DEADLINE", 300.0),
+        metrics_address=parse_listen_address(
+            env.get("CODER_AGENT_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
+            "CODER_AGENT_METRICS_ADDRESS",
+        ),
     )

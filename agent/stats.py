@@ -80,6 +80,9 @@ class StatsCollector:
     def __init__(self) -> None:
         self._reset()
         self._active: dict[str, str] = {}
+        # Since start, never reset: read by the metrics endpoint.
+        self.rx_bytes_total = 0
+        self.tx_bytes_total = 0
 
     def _reset(self) -> None:
         self.rx_bytes = 0
@@ -98,10 +101,12 @@ class StatsCollector:
     def record_rx(self, nbytes: int, messages: int = 1) -> None:
         self.rx_bytes += nbytes
         self.rx_packets += messages
+        self.rx_bytes_total += nbytes
 
     def record_tx(self, nbytes: int, messages: int = 1) -> None:
         self.tx_bytes += nbytes
         self.tx_packets += messages
+        self.tx_bytes_total += nbytes
 
     def take(self) -> Window:
         """Return this window's deltas and start a new window.
