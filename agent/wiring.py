@@ -3,24 +3,108 @@ agent. Kept apart from app.py so each component's wiring is one small function h
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sized
 from typing import TYPE_CHECKING
 
 from agent.app import Agent
 from agent.config import AUTH_TOKEN
 
 if TYPE_CHECKING:
+    from agent.metrics import AgentMetrics
     from agent.sdk.extensions import PTYRequest
 
 
 def wire_components(agent: Agent) -> None:
     """Attach every component to ``agent``. Components never import each other."""
     on_lifecycle = wire_systemd(agent)
+    metrics = wire_metrics(agent)
     wire_identity(agent)
-    wire_workspace_start(agent, on_lifecycle=on_lifecycle)
+    wire_workspace_start(agent, metrics, on_lifecycle=on_lifecycle)
     wire_listening_ports(agent)
-    wire_app_health(agent)
-    wire_terminals(agent)
+    wire_app_health(agent, metrics)
+    wire_terminals(agent, metrics)
+
+
+def wire_metrics(agent: Agent) -> AgentMetrics | None:
+    """The Prometheus endpoint (CODER_AGENT_METRICS_ADDRESS), or None when it is off.
+
+    Agent-level series are registered here; the components' own are registered by their
+    wire_* functions through the returned object. A port that cannot be bound is logged
+    once and the agent runs on without metrics.
+    """
+    address = agent.config.metrics_address
+    if address is None:
+        return None
+    import asyncio
+
+    from agent.app import CONNECTION_STATES, agent_version
+    from agent.metrics import AgentMetrics, MetricsServer
+    from agent.sdk.promtext import COUNTER, GAUGE, Family, gauge
+
+    metrics = AgentMetrics()
+
+    def agent_families() -> list[Family]:
+        state = agent.connection_state
+        exchanges = (
+            ((("result", "ok"),), agent.token_exchanges_total),
+            ((("result", "error"),), agent.token_exchange_failures_total),
+        )
+        relayed = (
+            ((("direction", "rx"),), agent.stats.rx_bytes_total),
+            ((("direction", "tx"),), agent.stats.tx_bytes_total),
+        )
+        return [
+            gauge("wsagent_agent_info", "Agent version.", 1, (("version", agent_version()),)),
+            gauge(
+                "wsagent_agent_connected",
+                "1 while the coordinate socket is up.",
+                int(state == "connected"),
+            ),
+            Family(
+                "wsagent_agent_connection_state",
+                GAUGE,
+                "Connection state of the run loop (1 for the current one).",
+                [("", (("state", s),), int(s == state)) for s in CONNECTION_STATES],
+            ),
+            Family(
+                "wsagent_agent_connection_attempts_total",
+                COUNTER,
+                "Connection attempts of the run loop.",
+                [("", (), agent.attempts_total)],
+            ),
+            Family(
+                "wsagent_agent_reconnects_total",
+                COUNTER,
+                "Successful connections after the first.",
+                [("", (), max(0, agent.connections_total - 1))],
+            ),
+            Family(
+                "wsagent_agent_token_exchanges_total",
+                COUNTER,
+                "Instance-identity token exchanges (0 with token auth).",
+                [("", labels, value) for labels, value in exchanges],
+            ),
+            Family(
+                "wsagent_agent_relayed_bytes_total",
+                COUNTER,
+                "Bytes relayed by terminal sessions (rx: from the client).",
+                [("", labels, value) for labels, value in relayed],
+            ),
+        ]
+
+    metrics.add(agent_families)
+    server = MetricsServer(address[0], address[1], metrics.render)
+
+    async def serve() -> None:
+        if not await server.start():
+            return
+        try:
+            await asyncio.Event().wait()  # until shutdown cancels the task
+        finally:
+            await server.close()
+
+    agent.start_task("metrics", serve)
+    return metrics
 
 
 def wire_systemd(agent: Agent) -> Callable[[str], None]:
@@ -89,6 +173,8 @@ def wire_listening_ports(agent: Agent) -> None:
     from agent.sdk.workspaceagents import ListeningPort
 
     scanner = PortScanner()
+    # The agent's own metrics port is not the workspace's to forward (Coder hides its own).
+    own_port = agent.config.metrics_address[1] if agent.config.metrics_address else -1
 
     async def answer(request: Extension, session: CoordinatorSession) -> None:
         assert isinstance(request, ListeningPortsRequest)
@@ -97,7 +183,11 @@ def wire_listening_ports(agent: Agent) -> None:
         except OSError as exc:
             reply = ListeningPortsResponse(request.request_id, error=f"scan failed: {exc}")
         else:
-            found = tuple(ListeningPort(p.process_name, p.network, p.port) for p in ports)
+            found = tuple(
+                ListeningPort(p.process_name, p.network, p.port)
+                for p in ports
+                if p.port != own_port
+            )
             reply = ListeningPortsResponse(request.request_id, found)
         await session.send_json(reply.to_json())
 
@@ -106,6 +196,7 @@ def wire_listening_ports(agent: Agent) -> None:
 
 def wire_workspace_start(
     agent: Agent,
+    metrics: AgentMetrics | None = None,
     *,
     on_lifecycle: Callable[[str], None] | None = None,
 ) -> None:
@@ -136,9 +227,30 @@ def wire_workspace_start(
     )
     agent.add_metadata_hook(start.on_metadata)
     agent.add_shutdown_hook(start.close)
+    if metrics is not None:
+        from agent import lifecycle
+        from agent.sdk.promtext import GAUGE, Family
+
+        states = (
+            lifecycle.CREATED,
+            lifecycle.STARTING,
+            lifecycle.START_TIMEOUT,
+            lifecycle.START_ERROR,
+            lifecycle.READY,
+        )
+        metrics.add(
+            lambda: [
+                Family(
+                    "wsagent_agent_lifecycle_state",
+                    GAUGE,
+                    "Lifecycle state of the workspace start (1 for the current one).",
+                    [("", (("state", s),), int(s == start.lifecycle.state)) for s in states],
+                )
+            ]
+        )
 
 
-def wire_app_health(agent: Agent) -> None:
+def wire_app_health(agent: Agent, metrics: AgentMetrics | None = None) -> None:
     """Probe the apps' health checks with one long-lived reporter.
 
     Each attempt's metadata updates the probers in place (added apps are probed, removed
@@ -165,9 +277,20 @@ def wire_app_health(agent: Agent) -> None:
             agent.start_task("apphealth", reporter.run)
 
     agent.add_metadata_hook(on_metadata)
+    if metrics is not None:
+        from agent.sdk.promtext import GAUGE, Family
+
+        def app_families() -> list[Family]:
+            counts = dict.fromkeys(("initializing", "healthy", "unhealthy", "disabled"), 0)
+            for health in reporters[0].healths.values() if reporters else ():
+                counts[health] = counts.get(health, 0) + 1
+            samples = [("", (("health", h),), n) for h, n in counts.items()]
+            return [Family("wsagent_agent_apps", GAUGE, "Apps by health.", samples)]
+
+        metrics.add(app_families)
 
 
-def wire_terminals(agent: Agent) -> None:
+def wire_terminals(agent: Agent, metrics: AgentMetrics | None = None) -> None:
     """Reconnecting terminals: dial back to the control plane for each PTYRequest.
 
     agent.pty (and with it websockets and ptyprocess) is imported on the first request, so
@@ -176,18 +299,27 @@ def wire_terminals(agent: Agent) -> None:
     from agent.sdk.extensions import Extension, PTYRequest
 
     built: list[Callable[[PTYRequest], Awaitable[None]]] = []
+    sessions: list[Sized] = []
+    if metrics is not None:
+        metrics.add_gauge(
+            "wsagent_agent_pty_sessions",
+            "Open terminal sessions.",
+            lambda: len(sessions[0]) if sessions else 0,
+        )
 
     async def serve(request: Extension, session: CoordinatorSession) -> None:
         del session
         assert isinstance(request, PTYRequest)
         if not built:
-            built.append(_terminal_handler(agent))
+            built.append(_terminal_handler(agent, sessions.append))
         await built[0](request)
 
     agent.handle_extension(PTYRequest, serve)
 
 
-def _terminal_handler(agent: Agent) -> Callable[[PTYRequest], Awaitable[None]]:
+def _terminal_handler(
+    agent: Agent, expose: Callable[[Sized], None] = lambda sessions: None
+) -> Callable[[PTYRequest], Awaitable[None]]:
     import os
     from collections.abc import Mapping
     from urllib.parse import urlencode
@@ -232,6 +364,7 @@ def _terminal_handler(agent: Agent) -> Callable[[PTYRequest], Awaitable[None]]:
         register_group=agent.children.add,
         unregister_group=agent.children.discard,
     )
+    expose(manager.sessions)
 
     async def dial_back(session_id: str) -> ClientConnection:
         path = PTY_DIAL_PATH.removeprefix(API_PREFIX)
