@@ -135,9 +135,7 @@ def wire_systemd(agent: Agent) -> Callable[[str], None]:
         return on_lifecycle
 
     def status() -> str:
-        # The run loop keeps the connection state; read it, never import it.
-        connection = getattr(agent, "connection_state", "running")
-        return f"connection: {connection}; lifecycle: {lifecycle[0]}"
+        return f"connection: {agent.connection_state}; lifecycle: {lifecycle[0]}"
 
     async def run() -> None:
         import asyncio
