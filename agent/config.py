@@ -260,6 +260,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
         insecure_skip_verify=insecure,
         ca_file=ca_file,
         log_max_bytes=size("CODER_AGENT_LOG_MAX_SIZE", 5 * MIB),
+        log_backups=positive_int("CODER_AGENT_LOG_BACKUPS", 1),
         startup_log_max_bytes=size("CODER_AGENT_STARTUP_LOG_MAX_SIZE", 5 * MIB),
         shutdown_grace=duration("CODER_AGENT_SHUTDOWN_GRACE", 3.0),
         reconnect_max_delay=positive_duration("CODER_AGENT_RECONNECT_MAX_DELAY", 10.0),
