@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,6 +73,7 @@ _DIAG_REQUEST = struct.Struct("=BBBxI48x")
 _DIAG_MSG = struct.Struct("=IH14xH62xI")
 _FIRST_LENGTH = struct.Struct("=I")
 NETLINK_TIMEOUT: Final = 2.0
+NETLINK_RECV_BYTES: Final = 65536
 
 
 class NetlinkError(OSError):
@@ -113,15 +115,43 @@ def parse_diag_messages(data: bytes) -> tuple[list[Listener], bool]:
     return listeners, False
 
 
-def netlink_listeners() -> list[Listener]:
-    """TCP listeners of both families via netlink sock_diag with a LISTEN state filter.
+class NetlinkListeners:
+    """Reads listeners through sock_diag, remembering the last dump chunk by chunk.
 
-    Cheaper than /proc/net/tcp when most sockets are not listening; raises OSError where
-    sock_diag is unavailable (then the caller reads /proc).
+    The kernel sends an unchanged table as the same bytes, so an unchanged chunk costs a
+    memcmp instead of a parse, and ``changed`` tells the caller it may reuse its answer.
+    The netlink socket stays open between reads: replies carry its port id, which must not
+    change for the bytes to repeat. Memory is bounded by the listener table (~124 B each).
     """
-    listeners: list[Listener] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as sock:
-        sock.settimeout(NETLINK_TIMEOUT)
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._last: list[tuple[bytes, list[Listener], bool]] = []
+        self.changed = True
+
+    def read(self) -> list[Listener]:
+        """TCP listeners of both families; OSError where sock_diag is unavailable."""
+        try:
+            return self._read()
+        except BaseException:
+            self.close()  # a half-read dump must not leave replies queued for the next
+            raise
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._last = []
+        self.changed = True
+
+    def _read(self) -> list[Listener]:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+            self._sock.settimeout(NETLINK_TIMEOUT)
+        sock = self._sock
+        listeners: list[Listener] = []
+        chunks: list[tuple[bytes, list[Listener], bool]] = []
+        changed = False
         for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
             request = _DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN_STATE)
             header = _NLMSG_HEADER.pack(
@@ -134,9 +164,32 @@ def netlink_listeners() -> list[Listener]:
             sock.sendall(header + request)
             done = False
             while not done:
-                found, done = parse_diag_messages(sock.recv(1 << 20))
+                # The kernel's dump chunks are at most 32 KiB; a bigger buffer never truncates.
+                data = sock.recv(NETLINK_RECV_BYTES)
+                index = len(chunks)
+                if index < len(self._last) and self._last[index][0] == data:
+                    _, found, done = self._last[index]
+                else:
+                    found, done = parse_diag_messages(data)
+                    changed = True
+                chunks.append((data, found, done))
                 listeners += found
-    return listeners
+        self.changed = changed or len(chunks) != len(self._last)
+        self._last = chunks
+        return listeners
+
+
+def netlink_listeners() -> list[Listener]:
+    """TCP listeners of both families via netlink sock_diag with a LISTEN state filter.
+
+    Cheaper than /proc/net/tcp when most sockets are not listening; raises OSError where
+    sock_diag is unavailable (then the caller reads /proc).
+    """
+    reader = NetlinkListeners()
+    try:
+        return reader.read()
+    finally:
+        reader.close()
 
 
 def unique_ports(listeners: Iterable[Listener]) -> dict[int, list[int]]:
@@ -197,7 +250,8 @@ class PortScanner:
         self._proc = proc
         self._cache_seconds = cache_seconds
         # sock_diag reads the kernel's own tables, so it is only right for the real /proc.
-        self._netlink = (proc == Path("/proc")) if netlink is None else netlink
+        use_netlink = (proc == Path("/proc")) if netlink is None else netlink
+        self._netlink = NetlinkListeners() if use_netlink else None
         self._cached: tuple[float, list[Port]] | None = None
         # inode -> process name ("" when no visible process holds it, e.g. another user's),
         # for the listeners of the last scan only, so it never outgrows the socket table.
@@ -205,7 +259,22 @@ class PortScanner:
         # The raw listeners of the last scan and its answer (both as big as the listener
         # table): an unchanged table skips the whole mapping.
         self._last: tuple[list[Listener], list[Port]] | None = None
+        self._lock = threading.Lock()
         self.fd_walks = 0  # how many scans had to walk /proc/<pid>/fd (for tests, bench)
+
+    def close(self) -> None:
+        """Release the netlink socket (the next scan opens it again).
+
+        Never waits for a scan in progress (shutdown calls this on the event loop): the
+        socket then goes with the process.
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._netlink is not None:
+                self._netlink.close()
+        finally:
+            self._lock.release()
 
     def read_listeners(self) -> list[Listener]:
         """The listening TCP sockets of both families (IPv4 and IPv6).
@@ -213,11 +282,11 @@ class PortScanner:
         netlink sock_diag when available (the kernel filters on LISTEN), else the LISTEN
         rows of /proc/net/tcp{,6}.
         """
-        if self._netlink:
+        if self._netlink is not None:
             try:
-                return netlink_listeners()
+                return self._netlink.read()
             except OSError:
-                self._netlink = False  # e.g. seccomp or an old kernel: /proc from now on
+                self._netlink = None  # e.g. seccomp or an old kernel: /proc from now on
         listeners: list[Listener] = []
         for table in ("tcp", "tcp6"):
             try:
@@ -227,11 +296,18 @@ class PortScanner:
         return listeners
 
     def scan(self) -> list[Port]:
+        """The listening ports, at most ``cache_seconds`` old. Thread-safe: the agent scans
+        in a worker thread, and two requests at once must not share the netlink socket."""
+        with self._lock:
+            return self._scan()
+
+    def _scan(self) -> list[Port]:
         now = time.monotonic()
         if self._cached is not None and now - self._cached[0] < self._cache_seconds:
             return self._cached[1]
         listeners = self.read_listeners()
-        if self._last is not None and listeners == self._last[0]:
+        unchanged = self._netlink is not None and not self._netlink.changed
+        if self._last is not None and (unchanged or listeners == self._last[0]):
             # The same sockets as last time (the common case): same owners, same answer.
             self._cached = (now, self._last[1])
             return self._last[1]

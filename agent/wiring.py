@@ -190,6 +190,7 @@ def wire_listening_ports(agent: Agent) -> None:
         await session.send_json(reply.to_json())
 
     agent.handle_extension(ListeningPortsRequest, answer)
+    agent.add_shutdown_hook(scanner.close)  # its netlink socket
 
 
 def wire_workspace_start(

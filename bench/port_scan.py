@@ -17,11 +17,16 @@ while this process measures, in the same run and on the same sockets:
 Two cases (DESIGN.md decision 5): N listeners, and 50 listeners among M established
 connections (each connection is two ESTABLISHED rows, both ends being local).
 Figures are the median and the best of ``--runs`` runs, in milliseconds.
+
+``--endpoint`` adds the server's answer time on loopback: ``GET /listening-ports`` through
+a real ``wsagent server`` and ``wsagent agent`` (bench/pty_stack.py), back to back (the
+agent's 1 s cache mostly answers) and spaced 1.1 s apart (every request scans).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import resource
 import statistics
 import subprocess
@@ -83,6 +88,12 @@ def parse_both() -> int:
     )
 
 
+def cold_scan() -> None:
+    scanner = PortScanner(cache_seconds=0)
+    scanner.scan()
+    scanner.close()
+
+
 def psutil_listeners() -> int:
     return sum(1 for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN)
 
@@ -94,9 +105,9 @@ def case(listeners: int, established: int, runs: int) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    warm = PortScanner(cache_seconds=0)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        warm = PortScanner(cache_seconds=0)
         found = len(warm.scan())
         counts = {
             "parse": parse_both(),
@@ -110,7 +121,7 @@ def case(listeners: int, established: int, runs: int) -> None:
             "parse": timed(parse_both, runs),
             "netlink": timed(netlink_listeners, runs),
             "scan": timed(warm.scan, runs),
-            "scan-cold": timed(lambda: PortScanner(cache_seconds=0).scan(), max(3, runs // 4)),
+            "scan-cold": timed(cold_scan, max(3, runs // 4)),
             "psutil": timed(psutil_listeners, max(3, runs // 4)),
         }
         base = rows["psutil"][0]
@@ -118,9 +129,37 @@ def case(listeners: int, established: int, runs: int) -> None:
         for name, (median, best) in rows.items():
             print(f"{name:10} {median:10.2f} {best:9.2f} {base / median:9.1f}")
     finally:
+        warm.close()
         assert child.stdin is not None
         child.stdin.close()
         child.wait(timeout=30)
+
+
+async def endpoint(spaced: int) -> None:
+    import httpx
+    from pty_stack import running_stack
+
+    async with running_stack() as stack:
+        path = f"/api/v2/workspaceagents/{stack.agent_id}/listening-ports"
+        async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers) as client:
+
+            async def once() -> float:
+                started = time.perf_counter()
+                response = await client.get(path)
+                assert response.status_code == 200, response.text
+                return (time.perf_counter() - started) * 1000
+
+            await once()
+            back_to_back = sorted([await once() for _ in range(50)])
+            apart = []
+            for _ in range(spaced):
+                await asyncio.sleep(1.1)  # past the agent's cache: each request scans
+                apart.append(await once())
+    print("\nGET /listening-ports on loopback (server + agent subprocesses)")
+    print(f"back to back: median {statistics.median(back_to_back):.1f} ms, "
+          f"p99 {back_to_back[-1]:.1f} ms (50 requests)")  # fmt: skip
+    print(f"1.1 s apart:  median {statistics.median(apart):.1f} ms, "
+          f"max {max(apart):.1f} ms ({spaced} requests)")  # fmt: skip
 
 
 def main() -> None:
@@ -128,6 +167,7 @@ def main() -> None:
     parser.add_argument("--listeners", type=int, default=10_000)
     parser.add_argument("--established", type=int, default=5_000)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--endpoint", action="store_true", help="also time the server's answer")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     print(
@@ -136,6 +176,8 @@ def main() -> None:
     case(args.listeners, 0, args.runs)
     if args.established:
         case(50, args.established, args.runs)
+    if args.endpoint:
+        asyncio.run(endpoint(spaced=5))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from agent.ports import (
     Listener,
     NetlinkError,
+    NetlinkListeners,
     Port,
     PortScanner,
     netlink_listeners,
@@ -214,3 +216,28 @@ def test_netlink_and_proc_agree_on_real_ipv4_and_ipv6_listeners() -> None:
         idle.close()
         for sock in socks:
             sock.close()
+
+
+def test_netlink_reader_sees_a_new_listener_and_its_closing() -> None:
+    reader = NetlinkListeners()
+    try:
+        reader.read()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert port in {x.port for x in reader.read()} and reader.changed
+        sock.close()
+        assert port not in {x.port for x in reader.read()} and reader.changed
+    finally:
+        reader.close()
+
+
+def test_concurrent_scans_share_one_answer() -> None:
+    scanner = PortScanner()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: scanner.scan(), range(8)))
+    finally:
+        scanner.close()
+    assert all(r is results[0] for r in results)  # one scan, the rest from the 1 s cache
