@@ -90,6 +90,11 @@ def server_parser() -> argparse.ArgumentParser:
         help="SQLite synchronous mode: normal survives kill -9, full also power loss",
     )
     p.add_argument(
+        "--metrics-address",
+        default="127.0.0.1:2114",
+        help="HOST:PORT of the Prometheus endpoint; empty or off disables (default 127.0.0.1:2114)",
+    )
+    p.add_argument(
         "--apply",
         type=Path,
         action="append",
@@ -118,7 +123,18 @@ def server_config_from_args(args: argparse.Namespace) -> Any:
         agent_heartbeat_interval=args.heartbeat_interval,
         durability=args.durability,
         identity=identity_config_from_args(args),
+        metrics_address=metrics_address(args.metrics_address),
     )
+
+
+def metrics_address(text: str) -> tuple[str, int] | None:
+    from agent.config import parse_listen_address
+    from agent.errors import ConfigError
+
+    try:
+        return parse_listen_address(text, "--metrics-address")
+    except ConfigError as exc:
+        raise SystemExit(f"wsagent server: error: {exc}") from None
 
 
 def configure_logging() -> None:

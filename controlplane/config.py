@@ -33,6 +33,8 @@ class ServerConfig:
     pty_dial_timeout: float = 10.0
     durability: str = "normal"
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    # Prometheus endpoint (host, port); None is off. The CLI turns it on at 127.0.0.1:2114.
+    metrics_address: tuple[str, int] | None = None
 
     @property
     def scheme(self) -> str:

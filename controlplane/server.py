@@ -18,6 +18,7 @@ from aiohttp import web
 
 from controlplane import (
     gitauth_web,
+    metrics,
     ports,
     ptyrelay,
     routes_agent,
@@ -64,6 +65,7 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         gitauth_web.setup,
     ):
         setup(app)
+    metrics.setup(app)
 
     async def close_sockets(app: web.Application) -> None:
         await app[COORDINATOR].close()
@@ -87,12 +89,15 @@ class RunningServer:
     store: Store
     config: ServerConfig
     port: int
+    metrics_runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         return self.config.resolved_access_url()
 
     async def stop(self) -> None:
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         await self.runner.cleanup()
         await self.store.close()
 
@@ -113,7 +118,10 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     if not config.access_url:
         config.access_url = config.resolved_access_url(port)
     log.info("server.listening", url=config.access_url, address=f"{config.host}:{port}")
-    return RunningServer(app, runner, store, config, port)
+    metrics_runner = None
+    if config.metrics_address is not None:
+        metrics_runner = await metrics.start_endpoint(app, *config.metrics_address)
+    return RunningServer(app, runner, store, config, port, metrics_runner)
 
 
 @contextlib.asynccontextmanager
