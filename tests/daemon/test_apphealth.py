@@ -23,12 +23,15 @@ class App:
 
     def __init__(self) -> None:
         self.status = 200
+        self.delay = 0.0  # seconds before answering (a slow app)
         self.hits: list[float] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
 
     async def _health(self, request: web.Request) -> web.Response:
         self.hits.append(time.monotonic())
+        if self.delay:
+            await asyncio.sleep(self.delay)  # the app under test is slow on purpose
         return web.Response(status=self.status, text="ok" if self.status < 500 else "down")
 
     async def start(self) -> None:
@@ -67,11 +70,15 @@ async def healths(cp: ControlPlane, agent_id: str, token: str) -> dict[str, str]
 async def test_health_is_probed_reported_and_stored(
     control_plane: ControlPlane, spawn_daemon: SpawnDaemon, web_app: App
 ) -> None:
-    """healthy and unhealthy land in the store; the disabled app stays disabled; an app that
-    starts failing turns unhealthy; at interval 1 there are at most 2 probes a second."""
+    """healthy and unhealthy (500, and slower than the interval) land in the store; the
+    disabled app stays disabled; an app that starts failing turns unhealthy; at interval 1
+    there are at most 2 probes a second."""
     broken = App()
     broken.status = 500
     await broken.start()
+    slow = App()
+    slow.delay = 1.5  # over the 1 s interval, which is also the probe timeout
+    await slow.start()
     try:
         _, user_token = await control_plane.create_user("alice")
         check = {"interval": 1, "threshold": 1}
@@ -93,6 +100,11 @@ async def test_health_is_probed_reported_and_stored(
                             "healthcheck": {"url": broken.url, **check},
                         },
                         {"slug": "docs", "url": "http://127.0.0.1:3"},
+                        {
+                            "slug": "slow",
+                            "url": "http://127.0.0.1:4",
+                            "healthcheck": {"url": slow.url, **check},
+                        },
                     ],
                 }
             ],
@@ -102,14 +114,16 @@ async def test_health_is_probed_reported_and_stored(
             "web": "initializing",
             "api": "initializing",
             "docs": "disabled",
+            "slow": "initializing",
         }
         daemon = await spawn_daemon(control_plane.url, agent_token)
 
         async def stored() -> dict[str, str]:
             return await healths(control_plane, agent_id, user_token)
 
+        expected = {"web": "healthy", "api": "unhealthy", "docs": "disabled", "slow": "unhealthy"}
         await poll_until(
-            lambda: _is(stored, {"web": "healthy", "api": "unhealthy", "docs": "disabled"}),
+            lambda: _is(stored, expected),
             timeout=10,
             message="healthy/unhealthy never stored",
         )
@@ -128,6 +142,7 @@ async def test_health_is_probed_reported_and_stored(
         assert daemon.proc.returncode is None
     finally:
         await broken.stop()
+        await slow.stop()
 
 
 async def _is(stored: Any, expected: dict[str, str]) -> bool:
