@@ -111,3 +111,19 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 0 and not output, output
+
+
+def test_left_out_hardening_is_documented() -> None:
+    text = (UNITS / "wsagent.service").read_text()
+    docs = (REPO / "docs" / "operations.md").read_text()
+    for key in LEFT_OUT:
+        assert re.search(rf"^#\s+{key}=", text, re.MULTILINE), f"unit does not explain {key}"
+        assert f"`{key}=`" in docs, f"docs/operations.md does not explain {key}"
+
+
+def test_one_unit_name_everywhere() -> None:
+    """The old name is gone from the repository's docs and packaging."""
+    assert not (UNITS / "wsagent-agent.service").exists()
+    for path in [REPO / "README.md", *(REPO / "docs").glob("*.md"), *REPO.glob("packaging/**/*")]:
+        if path.is_file():
+            assert "wsagent-agent" not in path.read_text(errors="replace"), path
