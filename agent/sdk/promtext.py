@@ -115,7 +115,7 @@ class Histogram:
         samples: list[Sample] = []
         for labels, series in sorted(self._series.items()):
             for bound, count in zip(self.buckets, series.counts, strict=True):
-                samples.append(("_bucket", (*labels, ("le", format_value(bound))), count))
+                samples.append(("_bucket", (*labels, ("le", repr(float(bound)))), count))
             samples.append(("_bucket", (*labels, ("le", "+Inf")), series.count))
             samples.append(("_sum", labels, series.total))
             samples.append(("_count", labels, series.count))
