@@ -10,6 +10,8 @@ server changes it. Two fixes over Coder (issue 7):
 * A window whose post failed is merged into the next one and posted with it, never
   dropped (Coder drops samples when its hand-off channel is full). So every byte of
   traffic is reported once: a post either landed, or its counts ride along with the next.
+  (One case the wire cannot settle: a post the server stored whose answer was then lost
+  is sent again with the next window; Coder's Stats carry no id to de-duplicate on.)
 """
 
 from __future__ import annotations
