@@ -68,6 +68,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._status = ""
         self._warned = False
+        self.is_ready = False
         if address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             # A receiver that is not reading must never block the event loop.
@@ -98,6 +99,7 @@ class Notifier:
         return True
 
     def ready(self, status: str) -> None:
+        self.is_ready = True
         self._status = _clean(status)
         self.send(f"READY=1\nSTATUS={self._status}")
 

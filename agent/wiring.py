@@ -140,8 +140,9 @@ def wire_systemd(agent: Agent) -> Callable[[str], None]:
     async def run() -> None:
         import asyncio
 
-        await asyncio.sleep(0)  # one turn: the run loop's first attempt starts first
-        notifier.ready(status())
+        if not notifier.is_ready:  # a restarted task (after a crash) is not news
+            await asyncio.sleep(0)  # one turn: the run loop's first attempt starts first
+            notifier.ready(status())
         await notifier.run_watchdog(status)
 
     agent.start_task("sdnotify", run)

@@ -147,8 +147,7 @@ async def test_watchdog_pings_stop_while_the_loop_is_blocked(
     times = [t for t, _ in notify_socket.lines("WATCHDOG=1")]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # One gap spans the block (the interval is 0.1 s); before it the pings were regular.
-    assert max(gaps) >= BLOCK_FOR * 0.8, gaps
-    assert len([g for g in gaps if g >= 1.0]) == 1, gaps
+    assert len([g for g in gaps if g >= BLOCK_FOR * 0.8]) == 1, gaps
     assert await agent.terminate() == 0
 
 
