@@ -50,11 +50,26 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/wsagent-deb.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 if [ -z "$WHEEL" ]; then
-    # Build from a copy of the working tree, so nothing (egg-info, build/) lands in the repo.
-    mkdir "$WORK/src"
-    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
-        | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' \
-        | tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
+    # Build from a copy of the source tree, so nothing (egg-info, build/) lands in it. In a
+    # git checkout: the files git would commit; in an unpacked sdist: everything.
+    "$HOST_PYTHON" - "$REPO" "$WORK/src" <<'COPY'
+import os, shutil, subprocess, sys
+repo, dest = sys.argv[1:]
+listed = subprocess.run(
+    ["git", "-C", repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    capture_output=True,
+)
+if listed.returncode != 0:
+    skip = shutil.ignore_patterns(".git", ".venv", "dist", "build", "*.egg-info", "__pycache__")
+    shutil.copytree(repo, dest, ignore=skip, symlinks=True)
+    sys.exit(0)
+for name in filter(None, listed.stdout.decode().split("\0")):
+    source = os.path.join(repo, name)
+    if os.path.isfile(source):  # a tracked file deleted in the working tree is skipped
+        target = os.path.join(dest, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(source, target)
+COPY
     "$HOST_PYTHON" -m build --sdist --wheel --outdir "$OUT" "$WORK/src" >"$WORK/build.log" 2>&1 \
         || { cat "$WORK/build.log" >&2; exit 1; }
     VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$WORK/src/pyproject.toml")
