@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.config import parse_listen_address
+from agent.config import load_config, parse_listen_address
 from agent.errors import ConfigError
 from agent.metrics import respond
 from tests.conftest import AgentProcess, ControlPlane, agent_env, poll_until
@@ -50,6 +50,14 @@ def test_listen_address_parsing() -> None:
     for bad in ("2113", "host:", "h:99999", ":80"):
         with pytest.raises(ConfigError):
             parse_listen_address(bad, "X")
+
+
+def test_agent_default_is_on_at_loopback_2113() -> None:
+    env = {"CODER_AGENT_URL": "http://127.0.0.1:1", "CODER_AGENT_TOKEN": "t"}
+    assert load_config([], env).metrics_address == ("127.0.0.1", 2113)
+    assert load_config([], {**env, "CODER_AGENT_METRICS_ADDRESS": ""}).metrics_address is None
+    with pytest.raises(ConfigError, match="CODER_AGENT_METRICS_ADDRESS"):
+        load_config([], {**env, "CODER_AGENT_METRICS_ADDRESS": "2113"})
 
 
 def test_responder_routes() -> None:
