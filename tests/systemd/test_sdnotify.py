@@ -48,6 +48,13 @@ class NotifySocket:
     def lines(self, prefix: str) -> list[tuple[float, str]]:
         return [(t, line) for t, line in self.received if line.startswith(prefix)]
 
+    def status_since(self, index: int, *fragments: str) -> bool:
+        """Whether a STATUS= after the first ``index`` lines contains one of ``fragments``."""
+        return any(
+            line.startswith("STATUS=") and any(f in line for f in fragments)
+            for _, line in self.received[index:]
+        )
+
     def has(self, line: str) -> bool:
         return any(text == line for _, text in self.received)
 
@@ -114,6 +121,22 @@ async def test_ready_status_watchdog_stopping(
     )
     # READY=1 is sent once only.
     assert len([t for t, s in notify_socket.received if s == "READY=1"]) == 1
+
+    # The connection state follows the socket: down with the server, up again after it.
+    before = len(notify_socket.received)
+    await control_plane.stop()
+    await poll_until(
+        lambda: notify_socket.status_since(before, "connection: backoff", "connection: connecting"),
+        timeout=15,
+        message="STATUS= did not follow the disconnection",
+    )
+    before = len(notify_socket.received)
+    await control_plane.start()
+    await poll_until(
+        lambda: notify_socket.status_since(before, "connection: connected"),
+        timeout=20,
+        message="STATUS= did not follow the reconnection",
+    )
 
     agent.proc.send_signal(signal.SIGTERM)
     await poll_until(lambda: notify_socket.has("STOPPING=1"), timeout=5, message="no STOPPING=1")
@@ -223,3 +246,19 @@ def test_status_is_one_line_and_capped() -> None:
     finally:
         notifier.close()
         server.close()
+
+
+async def test_bad_settings_exit_2_without_ready(
+    start_agent: Any, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    """READY=1 means the settings are valid: a bad one exits 2 and systemd never hears it."""
+    env = agent_env(
+        "http://127.0.0.1:9",
+        "token",
+        tmp_path / "logs",
+        NOTIFY_SOCKET=notify_socket.address,
+        CODER_AGENT_RECONNECT_MAX_DELAY="-1s",
+    )
+    agent = await start_agent(env)
+    assert await asyncio.wait_for(agent.proc.wait(), 15) == 2
+    assert not notify_socket.received
