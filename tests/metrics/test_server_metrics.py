@@ -76,10 +76,15 @@ async def test_scrape_has_agents_routes_and_relayed_sessions(
     home.mkdir()
     (home / ".hushlogin").touch()
     env = agent_env(
-        cp.url, agent_token, tmp_path / "logs", HOME=str(home), CODER_AGENT_METRICS_ADDRESS="off"
+        cp.url,
+        agent_token,
+        tmp_path / "logs",
+        HOME=str(home),
+        CODER_AGENT_METRICS_ADDRESS="127.0.0.1:0",
     )
     agent = await start_agent(env)
     await agent.wait_for_event("agent.connected", timeout=15)
+    agent_metrics = (await agent.wait_for_event("metrics.listening"))["address"]
 
     async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
 
@@ -110,6 +115,17 @@ async def test_scrape_has_agents_routes_and_relayed_sessions(
                 return got.get(("wsagent_server_pty_sessions", frozenset())) == 1
 
             await poll_until(relaying, timeout=10)
+
+            # The agent's side of the same session: one PTY, bytes relayed both ways.
+            async def agent_relaying() -> bool:
+                response = await client.get(f"http://{agent_metrics}/metrics")
+                _, got = parse(response.text)
+                rx = ("wsagent_agent_relayed_bytes_total", frozenset({("direction", "rx")}))
+                tx = ("wsagent_agent_relayed_bytes_total", frozenset({("direction", "tx")}))
+                sessions = got.get(("wsagent_agent_pty_sessions", frozenset()))
+                return sessions == 1 and got.get(rx, 0) > 0 and got.get(tx, 0) > 0
+
+            await poll_until(agent_relaying, timeout=10)
         # Raw URLs with ids must not become labels: a 404 lands in "unmatched".
         await client.get(f"{cp.url}/api/v2/no-such-route/{uuid.uuid4()}")
 
