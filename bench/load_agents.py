@@ -70,6 +70,7 @@ class Step:
     rss: int = 0
     connected: int = 0
     ready: int = 0
+    listen_overflows: int = 0  # machine-wide, over the window and the check
 
     @property
     def error_count(self) -> int:
@@ -95,6 +96,7 @@ class Load:
         self.error_samples: list[str] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.running = 0  # agents past start-up, socket open
+        self.baseline_rss = 0
         # One pool; websockets hold their connection for good, so no per-host cap.
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
@@ -215,14 +217,18 @@ class Load:
         limit = asyncio.Semaphore(16)
 
         async def one(sim: SimAgent) -> None:
-            async with (
-                limit,
-                self.session.get(
-                    f"{self.url}/api/v2/workspaceagents/{sim.id}",
-                    headers={TOKEN_HEADER: user_token},
-                ) as response,
-            ):
-                body = await response.json()
+            try:
+                async with (
+                    limit,
+                    self.session.get(
+                        f"{self.url}/api/v2/workspaceagents/{sim.id}",
+                        headers={TOKEN_HEADER: user_token},
+                    ) as response,
+                ):
+                    body = await response.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                self.error("verify", repr(exc))
+                return
             counts[0] += body.get("status") == "connected"
             counts[1] += body.get("lifecycle_state") == "ready"
 
@@ -251,7 +257,7 @@ class Load:
                 await asyncio.sleep(0.1)
             # Measure the steady state.
             cpu0, own0, rss0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
-            requests0 = step.requests
+            requests0, overflows0 = step.requests, listen_overflows()
             await asyncio.sleep(args.step_seconds)
             step.window_seconds = time.perf_counter() - rss0
             step.server_cpu = cpu_seconds(pid) - cpu0
@@ -259,7 +265,8 @@ class Load:
             step.window_requests = step.requests - requests0
             step.rss = rss_bytes(pid)
             step.connected, step.ready = await self.verify(user_token, agents[:target])
-            print(step_row(step), flush=True)
+            step.listen_overflows = listen_overflows() - overflows0
+            print_step(step, self.baseline_rss)
         self.stop.set()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.session.close()
@@ -280,6 +287,32 @@ def step_row(step: Step) -> str:
     )
 
 
+def listen_overflows() -> int:
+    """SYNs dropped because an accept queue was full (all of the machine's sockets)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    return 0
+
+
+def print_step(step: Step, baseline_rss: int) -> None:
+    rate = step.window_requests / max(step.window_seconds, 1e-9)
+    per_agent = (step.rss - baseline_rss) / step.agents / 1024
+    print(
+        f"\n{step.agents} agents: {rate:.0f} req/s in the window, memory per agent"
+        f" {per_agent:.1f} KiB, listen overflows {step.listen_overflows}"
+    )
+    print(f"  {'endpoint':<22} {'count':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} errors")
+    for name in sorted(set(step.latencies) | set(step.errors)):
+        lat = step.latencies.get(name, [])
+        print(
+            f"  {name:<22} {len(lat):>6} {pct(lat, 0.5):8.2f} {pct(lat, 0.95):8.2f}"
+            f" {pct(lat, 0.99):8.2f} {step.errors.get(name, 0)}"
+        )
+    print(step_row(step), flush=True)
+
+
 def report(steps: list[Step], baseline_rss: int, args: argparse.Namespace) -> None:
     print(
         f"\nload: {os.cpu_count()} cores, stats every {args.stats_interval:g} s, health flip every"
@@ -287,18 +320,9 @@ def report(steps: list[Step], baseline_rss: int, args: argparse.Namespace) -> No
         f" Python {sys.version.split()[0]}; server RSS with no agent {baseline_rss / MIB:.1f} MiB"
     )
     for step in steps:
-        print(f"\n{step.agents} agents  ({step.window_requests / step.window_seconds:.0f} req/s)")
-        print(f"  {'endpoint':<22} {'count':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} errors")
-        for name in sorted(set(step.latencies) | set(step.errors)):
-            lat = step.latencies.get(name, [])
-            print(
-                f"  {name:<22} {len(lat):>6} {pct(lat, 0.5):8.2f} {pct(lat, 0.95):8.2f}"
-                f" {pct(lat, 0.99):8.2f} {step.errors.get(name, 0)}"
-            )
-        per_agent = (step.rss - baseline_rss) / step.agents / 1024
-        print(f"  memory per agent: {per_agent:.1f} KiB   " + step_row(step).split(": ", 1)[1])
+        print(step_row(step))
     ok = [s.agents for s in steps if pct(s.all_latencies(), 0.95) < 200 and not s.error_count]
-    print(f"\nlargest N with p95 < 200 ms and no errors: {max(ok) if ok else 'none'}")
+    print(f"largest N with p95 < 200 ms and no errors: {max(ok) if ok else 'none'}")
 
 
 def raise_nofile(needed: int) -> None:
@@ -339,11 +363,16 @@ async def run_load(args: argparse.Namespace) -> tuple[list[Step], int, list[str]
         data_dir = Path(tmp)
         user_token, agents = await prepare(data_dir, max(args.steps))
         proc, url = await start_server(
-            data_dir, "normal", "--heartbeat-interval", f"{args.heartbeat_interval:g}s"
+            data_dir,
+            "normal",
+            "--heartbeat-interval",
+            f"{args.heartbeat_interval:g}s",
+            "--metrics-address=",  # no fixed port: runs may overlap on a shared machine
         )
         try:
             baseline_rss = rss_bytes(proc.pid)
             load = Load(url, args)
+            load.baseline_rss = baseline_rss
             async with asyncio.timeout(args.max_seconds):
                 steps = await load.run(user_token, agents, proc.pid)
         finally:
