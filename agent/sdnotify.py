@@ -114,14 +114,21 @@ class Notifier:
         self._status = "stopping"
         self.send("STOPPING=1\nSTATUS=stopping")
 
-    async def run_watchdog(self, current_status: Callable[[], str]) -> None:
-        """Ping the watchdog (if on) and refresh the status, from the event loop, forever."""
-        interval = min(self.watchdog, STATUS_INTERVAL) if self.watchdog else STATUS_INTERVAL
+    async def run_watchdog(
+        self, current_status: Callable[[], str], status_interval: float = STATUS_INTERVAL
+    ) -> None:
+        """Ping the watchdog every ``self.watchdog`` s (if on) and refresh the status every
+        ``status_interval`` s, from the event loop, forever."""
+        tick = min(self.watchdog, status_interval) if self.watchdog else status_interval
+        next_ping = time.monotonic()
         while True:
-            if self.watchdog:
+            now = time.monotonic()
+            if self.watchdog and now >= next_ping:
                 self.send("WATCHDOG=1")
+                # From now, not from the schedule: after a stall, no burst of late pings.
+                next_ping = now + self.watchdog
             self.status(current_status())
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(tick, next_ping - now) if self.watchdog else tick)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -262,3 +262,36 @@ async def test_bad_settings_exit_2_without_ready(
     agent = await start_agent(env)
     assert await asyncio.wait_for(agent.proc.wait(), 15) == 2
     assert not notify_socket.received
+
+
+async def test_pings_follow_the_watchdog_interval_not_the_status_refresh() -> None:
+    """WATCHDOG_USEC/2 apart, even when STATUS= is refreshed more often."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"wsagent-test-{uuid.uuid4().hex}"
+    server.bind("\0" + name)
+    server.setblocking(False)
+    environ = {"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "600000"}  # a ping every 0.3 s
+    notifier = sdnotify.Notifier.from_environ(environ, os.getpid())
+    statuses = iter(range(1000))
+    task = asyncio.create_task(
+        notifier.run_watchdog(lambda: f"n{next(statuses)}", status_interval=0.05)
+    )
+    pings: list[float] = []
+    status_count = 0
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(10):
+            while len(pings) < 4:
+                message = (await loop.sock_recv(server, 4096)).decode()
+                if message == "WATCHDOG=1":
+                    pings.append(time.monotonic())
+                else:
+                    status_count += 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        notifier.close()
+        server.close()
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert all(g >= 0.25 for g in gaps), gaps
+    assert status_count >= 2 * len(gaps), status_count
