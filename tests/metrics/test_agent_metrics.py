@@ -73,7 +73,10 @@ async def _connected_agent(
     control_plane: ControlPlane, start_agent: StartAgent, tmp_path: Path, address: str
 ) -> AgentProcess:
     await control_plane.create_user("alice")
-    agents = await control_plane.create_workspace("alice", "ws")
+    # One app whose health check is the server's own /healthz: it turns healthy.
+    health = {"url": f"{control_plane.url}/healthz", "interval": 1, "threshold": 1}
+    app = {"slug": "web", "url": control_plane.url, "healthcheck": health}
+    agents = await control_plane.create_workspace("alice", "ws", [{"name": "main", "apps": [app]}])
     _, token = agents["main"]
     env = agent_env(
         control_plane.url, token, tmp_path / "logs", CODER_AGENT_METRICS_ADDRESS=address
@@ -98,7 +101,9 @@ async def test_scrape_parses_and_has_the_series(
             text = response.text
             got = samples(text)
             # The first scrape may precede the connection's bookkeeping: wait for it.
-            return text if got.get(("wsagent_agent_connected", frozenset())) == 1 else None
+            connected = got.get(("wsagent_agent_connected", frozenset())) == 1
+            healthy = got.get(("wsagent_agent_apps", frozenset({("health", "healthy")}))) == 1
+            return text if connected and healthy else None
 
         text = await poll_until(scrape, timeout=10)
     names = {family.name for family in text_string_to_metric_families(text)}
