@@ -103,7 +103,8 @@ async def test_scrape_parses_and_has_the_series(
             # The first scrape may precede the connection's bookkeeping: wait for it.
             connected = got.get(("wsagent_agent_connected", frozenset())) == 1
             healthy = got.get(("wsagent_agent_apps", frozenset({("health", "healthy")}))) == 1
-            return text if connected and healthy else None
+            ready = got.get(("wsagent_agent_lifecycle_state", frozenset({("state", "ready")})))
+            return text if connected and healthy and ready == 1 else None
 
         text = await poll_until(scrape, timeout=10)
     names = {family.name for family in text_string_to_metric_families(text)}
