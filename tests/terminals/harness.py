@@ -47,17 +47,14 @@ class Recorder:
         self.tx.append(nbytes)
 
 
-class Term:
-    """The server's end of one dial-back socket, used like a terminal client."""
+class Screen:
+    """One end of a reconnecting-PTY stream: type input, read output until a pattern."""
 
-    def __init__(self, ws: ServerConnection) -> None:
+    def __init__(self, ws: ServerConnection | ClientConnection) -> None:
         self.ws = ws
         self.output = bytearray()
 
-    async def start(self, pty_id: str, command: str = "", rows: int = 24, cols: int = 80) -> None:
-        await self.ws.send(ReconnectingPTYInit(pty_id, rows, cols, command).encode_frame())
-
-    async def type(self, data: str, rows: int = 0, cols: int = 0) -> None:
+    async def type(self, data: str = "", rows: int = 0, cols: int = 0) -> None:
         await self.ws.send(ReconnectingPTYRequest(data, rows, cols).encode())
 
     async def expect(self, pattern: bytes, timeout: float = 10.0) -> re.Match[bytes]:
@@ -76,13 +73,20 @@ class Term:
         return m
 
     async def closed(self, timeout: float = 10.0) -> tuple[int | None, str]:
-        """Read until the agent closes; returns (code, reason)."""
+        """Read until the other side closes; returns (code, reason)."""
         async with asyncio.timeout(timeout):
             with contextlib.suppress(ConnectionClosed):
                 async for message in self.ws:
                     self.output += message if isinstance(message, bytes) else message.encode()
         rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code, rcvd.reason) if rcvd else (None, "")
+
+
+class Term(Screen):
+    """The server's end of a dial-back socket: it also sends the init frame."""
+
+    async def start(self, pty_id: str, command: str = "", rows: int = 24, cols: int = 80) -> None:
+        await self.ws.send(ReconnectingPTYInit(pty_id, rows, cols, command).encode_frame())
 
 
 class DialBackServer:

@@ -15,11 +15,10 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
-from agent.sdk.pty import ReconnectingPTYRequest
 from tests.conftest import AgentProcess, ControlPlane, agent_env, poll_until
+from tests.terminals.harness import Screen
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -47,37 +46,8 @@ class Setup:
         return Pty(ws)
 
 
-class Pty:
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.output = bytearray()
-
-    async def type(self, data: str = "", height: int = 0, width: int = 0) -> None:
-        await self.ws.send(ReconnectingPTYRequest(data, height, width).encode())
-
-    async def expect(self, pattern: bytes, timeout: float = 10.0) -> re.Match[bytes]:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while (m := rx.search(self.output)) is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{pattern!r} not seen; got {bytes(self.output[-400:])!r}")
-            try:
-                message = await asyncio.wait_for(self.ws.recv(), remaining)
-            except TimeoutError:
-                continue
-            self.output += message if isinstance(message, bytes) else message.encode()
-        return m
-
-    async def closed(self, timeout: float = 10.0) -> tuple[int | None, str]:
-        async with asyncio.timeout(timeout):
-            try:
-                async for message in self.ws:
-                    self.output += message if isinstance(message, bytes) else message.encode()
-            except ConnectionClosed:
-                pass
-        rcvd = self.ws.protocol.close_rcvd
-        return (rcvd.code, rcvd.reason) if rcvd else (None, "")
+class Pty(Screen):
+    """A user's ``/pty`` socket."""
 
 
 async def _connected(cp: ControlPlane, agent_id: str, token: str) -> bool:
@@ -122,7 +92,7 @@ async def test_stty_size_reflects_resize(term: Setup) -> None:
     pty = await term.open(height=20, width=70, command="sh")
     await pty.type("stty size\r")
     await pty.expect(rb"\b20 70\r\n")
-    await pty.type(height=41, width=132)
+    await pty.type(rows=41, cols=132)
     await pty.type("stty size\r")
     await pty.expect(rb"\b41 132\r\n")
 
