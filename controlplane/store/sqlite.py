@@ -106,19 +106,24 @@ class SQLiteStore(ReportStore, GitStore):
         await self._run(self._tx, op)
         return token
 
+    def _live_token_row(self, sql: str, token: str) -> sqlite3.Row | None:
+        """The row a token's hash selects, unless the token has expired."""
+        row: sqlite3.Row | None = self.conn.execute(sql, (hash_token(token),)).fetchone()
+        if row is None:
+            return None
+        expires = _dt(row["token_expires"])
+        if expires is not None and expires <= _now():
+            return None
+        return row
+
     async def user_by_token(self, token: str) -> UserRecord | None:
         def op() -> UserRecord | None:
-            row = self.conn.execute(
+            row = self._live_token_row(
                 "SELECT u.*, t.expires_at AS token_expires FROM user_tokens t"
                 " JOIN users u ON u.id = t.user_id WHERE t.hash=?",
-                (hash_token(token),),
-            ).fetchone()
-            if row is None:
-                return None
-            expires = _dt(row["token_expires"])
-            if expires is not None and expires <= _now():
-                return None
-            return self._user(row)
+                token,
+            )
+            return None if row is None else self._user(row)
 
         return await self._read(op)
 
@@ -288,17 +293,12 @@ class SQLiteStore(ReportStore, GitStore):
 
     async def agent_by_token(self, token: str) -> AgentRecord | None:
         def op() -> AgentRecord | None:
-            row = self.conn.execute(
+            row = self._live_token_row(
                 "SELECT a.*, t.expires_at AS token_expires FROM agent_tokens t"
                 " JOIN agents a ON a.id = t.agent_id WHERE t.hash=?",
-                (hash_token(token),),
-            ).fetchone()
-            if row is None:
-                return None
-            expires = _dt(row["token_expires"])
-            if expires is not None and expires <= _now():
-                return None
-            return self._agent(row)
+                token,
+            )
+            return None if row is None else self._agent(row)
 
         return await self._read(op)
 
