@@ -36,23 +36,35 @@ def run_agent(argv: Sequence[str]) -> int:
 
     from agent import logs
     from agent.app import Agent, run_until_signalled
+    from agent.logfile import LogFileError, make_log_dir
     from agent.wiring import wire_components
 
+    level = os.environ.get("CODER_AGENT_LOG_LEVEL", "info")
+    refused: LogFileError | None = None
     try:
-        config.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logs.configure(
-            log_file=config.log_dir / "coder-agent.log",
-            max_bytes=config.log_max_bytes,
-            backups=config.log_backups,
-            level=os.environ.get("CODER_AGENT_LOG_LEVEL", "info"),
-            background=True,
-        )
+        make_log_dir(config.log_dir)
+        try:
+            log_file = logs.configure(
+                log_file=config.log_dir / "coder-agent.log",
+                max_bytes=config.log_max_bytes,
+                backups=config.log_backups,
+                level=level,
+                background=True,
+            )
+        except LogFileError as exc:
+            # Someone else's file or a link under the log's name: run on, logging to
+            # stdout only, and say why (a refusal to start would hand any local user a
+            # way to stop the agent).
+            refused = exc
+            log_file = logs.configure(log_file=None, level=level, background=True)
     except OSError as exc:
         print(f"wsagent agent: error: CODER_AGENT_LOG_DIR: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
     import structlog
 
+    if refused is not None:
+        structlog.get_logger().error("logs.file_refused", error=str(refused))
     structlog.get_logger().info(
         "agent.starting",
         version=f"v{__version__}",

@@ -23,6 +23,8 @@ from typing import Any, Final, TextIO
 
 import structlog
 
+from agent.logfile import make_log_dir, open_log_file
+
 REDACTED: Final = "[REDACTED]"
 SENSITIVE_KEYS: Final = frozenset(
     {
@@ -78,7 +80,10 @@ REDACTOR: Final = Redactor()
 
 
 class RotatingFile:
-    """An append-only log file created 0600, rotated to ``.1`` past ``max_bytes``."""
+    """An append-only log file created 0600, rotated to ``.1`` past ``max_bytes``.
+
+    Opened through :func:`agent.logfile.open_log_file`, so the constructor raises
+    :class:`agent.logfile.LogFileError` for a file the agent must not write."""
 
     def __init__(self, path: Path, max_bytes: int, backups: int = 1) -> None:
         self.path = path
@@ -90,9 +95,10 @@ class RotatingFile:
         self._open()
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.fchmod(self._fd, 0o600)
+        # Safe against a link or someone else's file planted under the name, on every
+        # (re)open: a rotation is a new open of the name.
+        make_log_dir(self.path.parent)
+        self._fd = open_log_file(self.path)
         self._size = os.fstat(self._fd).st_size
 
     def write(self, line: str) -> None:

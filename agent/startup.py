@@ -26,7 +26,16 @@ from typing import Final, Protocol
 import structlog
 
 from agent.backoff import Backoff
-from agent.lifecycle import EXITED_ERROR, EXITED_OK, START, TIMEOUT, Lifecycle
+from agent.lifecycle import (
+    EXITED_ERROR,
+    EXITED_OK,
+    START,
+    START_ERROR,
+    START_TIMEOUT,
+    TIMEOUT,
+    Lifecycle,
+)
+from agent.logfile import LogFileError, make_log_dir, open_log_file
 from agent.logs import FailureThrottle, error_key
 from agent.sdk.errors import WsagentError
 from agent.sdk.models import Metadata
@@ -153,11 +162,17 @@ class LogPump:
 
 
 def open_log(path: Path) -> int:
-    """Create or truncate the log file, mode 0600 even if it existed with looser bits."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
-    return fd
+    """Create or truncate the log file, mode 0600 even if it existed with looser bits.
+
+    A name the agent must not write through (a planted link, another user's file) is
+    refused with a warning, and the script's output goes nowhere: the script still runs.
+    """
+    make_log_dir(path.parent)
+    try:
+        return open_log_file(path, truncate=True)
+    except LogFileError as exc:
+        log.warning("startup.log_refused", path=str(path), error=str(exc))
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
 
 def start_watchdog(pgid: int, grace: float) -> tuple[subprocess.Popen[bytes], int]:
@@ -309,11 +324,20 @@ class WorkspaceStart:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _event(self, event: str) -> None:
+    def _event(self, event: str, exit_code: int | None = None) -> None:
         if self._closing:
             return
         state = self.lifecycle.apply(event)
-        log.info("lifecycle.changed", state=state)
+        if state in (START_ERROR, START_TIMEOUT):
+            # A failed or slow start is not routine: a warning, with where to look.
+            log.warning(
+                "lifecycle.changed",
+                state=state,
+                exit_code=exit_code,
+                log_path=str(self._log_path),
+            )
+        else:
+            log.info("lifecycle.changed", state=state)
         self.reporter.notify()
 
     async def _run_script(self, metadata: Metadata) -> None:
@@ -324,11 +348,13 @@ class WorkspaceStart:
         try:
             code = await self._execute(metadata)
         except (OSError, WsagentError) as exc:
-            log.error("startup.script_failed_to_start", error=str(exc))
+            log.error(
+                "startup.script_failed_to_start", error=str(exc), log_path=str(self._log_path)
+            )
             self._event(EXITED_ERROR)
             return
         if code is not None:
-            self._event(EXITED_OK if code == 0 else EXITED_ERROR)
+            self._event(EXITED_OK if code == 0 else EXITED_ERROR, code)
 
     async def _execute(self, metadata: Metadata) -> int | None:
         env = self._environment(metadata)
@@ -367,7 +393,12 @@ class WorkspaceStart:
             if timeout > 0:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), timeout)
         except TimeoutError:
-            log.warning("startup.script_timed_out", timeout_seconds=timeout)
+            log.warning(
+                "startup.script_timed_out",
+                timeout_seconds=timeout,
+                pid=proc.pid,
+                log_path=str(self._log_path),
+            )
             self._event(TIMEOUT)
         code = await proc.wait()
         self.pump.drain()

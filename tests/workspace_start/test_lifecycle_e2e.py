@@ -78,6 +78,11 @@ async def test_false_goes_start_error(
         await _wait_state(control_plane, agent_id, user_token, "start_error")
     assert _server_states(logs, agent_id) == ["starting", "start_error"]
     await agent.wait_for_event("startup.script_exited", exit_code=1)
+    # Not routine: a warning with the exit code and where the script's output is.
+    failed = await agent.wait_for_event("lifecycle.changed", state="start_error")
+    assert failed["level"] == "warning"
+    assert failed["exit_code"] == 1
+    assert failed["log_path"] == str(tmp_path / "logs" / "coder-startup-script.log")
 
 
 async def test_timeout_then_ready(
@@ -95,6 +100,9 @@ async def test_timeout_then_ready(
         await _wait_state(control_plane, agent_id, user_token, "start_timeout")
         # Still running: the timeout reports, it does not kill.
         assert not agent.find("startup.script_exited")
+        slow = await agent.wait_for_event("lifecycle.changed", state="start_timeout")
+        assert slow["level"] == "warning"
+        assert slow["log_path"] == str(tmp_path / "logs" / "coder-startup-script.log")
         await _wait_state(control_plane, agent_id, user_token, "ready")
     assert _server_states(logs, agent_id) == ["starting", "start_timeout", "ready"]
 
