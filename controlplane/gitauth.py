@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
 
@@ -70,9 +70,14 @@ class GitAuthNotifier:
         *,
         max_wait: float = 1800.0,
         is_closing: Callable[[], bool] | None = None,
+        still_authorized: Callable[[], Awaitable[bool]] | None = None,
     ) -> GitAuthLink | None:
         """Wait until a usable credential exists; None if the wait ended without one
-        (the caller went away, or ``max_wait`` passed)."""
+        (the caller went away, its token was revoked, or ``max_wait`` passed).
+
+        ``still_authorized`` is asked at every wake-up, before a credential is read: a
+        token revoked while the request waited must not receive a credential set later.
+        """
         key = (provider_id, user_id)
         event = asyncio.Event()
         self._waiters.setdefault(key, set()).add(event)
@@ -80,6 +85,8 @@ class GitAuthNotifier:
         deadline = loop.time() + max_wait
         try:
             while loop.time() < deadline:
+                if still_authorized is not None and not await still_authorized():
+                    return None
                 link = await store.get_gitauth_link(provider_id, user_id)
                 if link_usable(link, datetime.now(UTC)):
                     return link

@@ -8,6 +8,7 @@ provider. Saving it wakes every ``gitauth?listen`` request waiting for that user
 from __future__ import annotations
 
 import html
+import urllib.parse
 from typing import Final
 
 from aiohttp import web
@@ -55,6 +56,37 @@ def _page(provider: GitAuthProvider, user: str, status: str) -> web.Response:
     return web.Response(text=body, content_type="text/html", charset="utf-8")
 
 
+async def _read_form(request: web.Request) -> dict[str, str]:
+    """The url-encoded form, capped on the bytes actually read: a chunked body declares no
+    length, so checking ``Content-Length`` alone would let it through unbounded."""
+    too_large = HTTPError(
+        413, "Request body is too large.", f"The limit is {MAX_FORM_BYTES} bytes."
+    )
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        raise too_large
+    if request.content_type not in (
+        "application/x-www-form-urlencoded",
+        "application/octet-stream",
+    ):
+        raise HTTPError(
+            415,
+            "Unsupported form encoding.",
+            f"Send application/x-www-form-urlencoded, not {request.content_type[:64]}.",
+        )
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(4096):
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise too_large
+    try:
+        pairs = urllib.parse.parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, errors="strict", max_num_fields=16
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HTTPError(400, "Malformed form body.", str(exc)) from None
+    return dict(pairs)
+
+
 async def show(request: web.Request) -> web.Response:
     user = await authenticate_user(request)
     provider = await _provider(request)
@@ -66,12 +98,10 @@ async def show(request: web.Request) -> web.Response:
 async def save(request: web.Request) -> web.Response:
     user = await authenticate_user(request)
     provider = await _provider(request)
-    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        raise HTTPError(413, "Request body is too large.")
-    form = await request.post()
-    token = str(form.get("token", "")).strip()
-    username = str(form.get("username", "")).strip()
-    password = str(form.get("password", ""))
+    form = await _read_form(request)
+    token = form.get("token", "").strip()
+    username = form.get("username", "").strip()
+    password = form.get("password", "")
     if token:
         username, password = credential_for(provider.type, token)
     if not username and not password:

@@ -13,6 +13,7 @@ from typing import Any, Final, TypeVar
 import structlog
 from aiohttp import web
 
+from agent.sdk.codec import parse_json
 from agent.sdk.errors import DecodeError, ValidationError
 from agent.sdk.models import ErrorResponse
 
@@ -72,14 +73,9 @@ async def read_json(request: web.Request) -> object:
         if len(chunks) > limit:
             raise HTTPError(413, "Request body is too large.", f"The limit is {limit} bytes.")
     try:
-        return json.loads(chunks.decode("utf-8"), parse_constant=_reject_constant)
+        return parse_json(chunks.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise HTTPError(400, BAD_JSON, str(exc)) from None
-
-
-def _reject_constant(name: str) -> object:
-    # Python accepts NaN and Infinity; JSON (and Go's decoder) does not.
-    raise ValueError(f"invalid character {name[:1]!r} looking for beginning of value")
 
 
 def decode_body(from_json: Callable[..., T], value: object, endpoint: str) -> T:

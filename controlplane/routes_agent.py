@@ -218,13 +218,21 @@ async def git_auth(request: web.Request) -> web.Response:
         raise HTTPError(404, f'No git provider found for URL "{url}"')
     if listen:
         transport = request.transport
+        token = request_token(request)
+
+        async def still_authorized() -> bool:
+            current = await store.agent_by_token(token)
+            return current is not None and current.id == agent.id
+
         link = await request.app[GITAUTH].wait_for_link(
             store,
             provider.id,
             workspace.owner_id,
             is_closing=lambda: transport is None or transport.is_closing(),
+            still_authorized=still_authorized,
         )
         if link is None:
+            await authenticate_agent(request)  # a revoked token ends the wait with a 401
             raise HTTPError(
                 408, "Timed out waiting for git credentials.", "Poll again with listen."
             )

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-import uuid
+import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -22,17 +22,21 @@ from controlplane.store.records import AgentRecord
 AGENTS: Final = "/api/v2/workspaceagents"
 
 
+# Only the form ids are stored and printed in: other spellings (upper case, ``urn:uuid:``,
+# no hyphens, braces) would otherwise name the same agent under several URLs.
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def parse_agent_id(request: web.Request) -> str:
     raw = request.match_info["agent_id"]
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
+    if not _CANONICAL_UUID.fullmatch(raw):
         raise HTTPError(
             400,
             f'Invalid UUID "{raw[:64]}".',
-            "invalid UUID length",
+            "expected the lower-case 36-character form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
             [("workspaceagent", "invalid UUID")],
-        ) from None
+        )
+    return raw
 
 
 async def agent_model(request: web.Request, agent: AgentRecord) -> WorkspaceAgent:

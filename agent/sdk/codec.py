@@ -8,6 +8,7 @@ Every decoder in the SDK goes through :class:`Obj`, so a wrong body always raise
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -46,6 +47,50 @@ def type_name(value: object) -> str:
     return type(value).__name__
 
 
+# A ``\uD800``-``\uDFFF`` escape is the only way JSON text that is itself valid UTF-8 can
+# carry a lone surrogate; checking for it first keeps the common case to one regex scan.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class NotUTF8Error(ValueError):
+    """A JSON string holds a lone surrogate: no UTF-8 encoding exists for it."""
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` that refuses NaN/Infinity and strings that are not valid UTF-8.
+
+    Python decodes ``"\\ud800"`` to a str that cannot be encoded again, so the first store
+    write or log line holding it would fail; refusing it here covers every decoder at once.
+    """
+    value = json.loads(text, parse_constant=_reject_constant)
+    if _SURROGATE_ESCAPE.search(text):
+        _check_utf8(value)
+    return value
+
+
+def _check_utf8(value: object) -> None:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            strings: list[object] = [item]
+        elif isinstance(item, dict):
+            strings = list(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+            continue
+        else:
+            continue
+        for text in strings:
+            try:
+                str(text).encode("utf-8")
+            except UnicodeEncodeError:
+                raise NotUTF8Error(
+                    "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), not valid UTF-8"
+                ) from None
+
+
 def loads(endpoint: str, data: bytes | str) -> Any:
     """Parse JSON text, mapping every parse failure to :class:`DecodeError`."""
     try:
@@ -53,13 +98,14 @@ def loads(endpoint: str, data: bytes | str) -> Any:
     except UnicodeDecodeError as exc:
         raise DecodeError(endpoint, "$", f"body is not UTF-8: {exc.reason}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return parse_json(text)
     except (json.JSONDecodeError, ValueError, RecursionError) as exc:
         raise DecodeError(endpoint, "$", f"invalid JSON: {exc}") from None
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    # Python accepts NaN and Infinity; JSON (and Go's decoder) does not.
+    raise ValueError(f"invalid character {name[:1]!r} looking for beginning of value")
 
 
 def dumps(value: Any) -> bytes:

@@ -7,10 +7,10 @@ arrays are accepted at the top level, which makes value boundaries unambiguous.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Final
 
+from agent.sdk.codec import parse_json
 from agent.sdk.errors import DecodeError
 
 DEFAULT_MAX_VALUE_BYTES: Final = 1 << 20
@@ -98,6 +98,6 @@ class JSONStream:
 
     def _decode(self, raw: bytes) -> Any:
         try:
-            return json.loads(raw)
+            return parse_json(raw.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
             raise DecodeError(self._endpoint, "$", f"invalid JSON: {exc}") from None

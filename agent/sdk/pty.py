@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agent.sdk.codec import Obj, check_int, check_str
+from agent.sdk.codec import Obj, check_int, check_str, parse_json
 from agent.sdk.errors import DecodeError
 
 INIT_ENDPOINT: Final = "reconnecting-pty init"
@@ -70,7 +70,7 @@ class ReconnectingPTYInit:
             return None
         body = buf[2 : 2 + length]
         try:
-            value = json.loads(body)
+            value = parse_json(body.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
             raise DecodeError(INIT_ENDPOINT, "$", f"invalid JSON: {exc}") from None
         return cls.from_json(value), bytes(buf[2 + length :])

@@ -100,6 +100,58 @@ async def test_invalid_uuid_is_400(world: World, suffix: str, bad: str) -> None:
     assert error["validations"][0]["field"] == "workspaceagent"
 
 
+@pytest.mark.parametrize("suffix", ["", "/connection", "/listening-ports", "/pty"])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        str.upper,
+        lambda i: f"urn:uuid:{i}",
+        lambda i: i.replace("-", ""),
+        lambda i: i[:8].upper() + i[8:],
+    ],
+)
+async def test_other_spellings_of_an_agent_id_are_400(
+    world: World, suffix: str, spelling: Any
+) -> None:
+    """Only the canonical lower-case 36-character id names the agent."""
+    bad = spelling(world.agent_id)
+    async with world.user() as client:
+        assert (await client.get(f"{AGENTS}/{world.agent_id}")).status_code == 200
+        response = await client.get(f"{AGENTS}/{bad}{suffix}")
+    error = assert_error(response, 400)
+    assert bad in error["message"]
+    assert error["validations"] == [{"field": "workspaceagent", "detail": "invalid UUID"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (f"{ME}/startup", '{"version":"v1\\ud800"}'),
+        (f"{ME}/startup", '{"version":"v1.0.0","expanded_directory":"/w/\\udfff"}'),
+        (f"{ME}/report-lifecycle", '{"state":"ready\\ud800"}'),
+        (f"{ME}/app-health", '{"Healths":{"\\ud800":"healthy"}}'),
+        (f"{ME}/report-stats", '{"conns_by_proto":{"ssh\\udbff":1}}'),
+        ("/api/v2/workspaceagents/aws-instance-identity", '{"signature":"\\ud800","document":"x"}'),
+    ],
+)
+async def test_lone_surrogates_are_400_not_500(world: World, path: str, body: str) -> None:
+    """A ``\\ud800`` escape decodes to a string with no UTF-8 form: refused while decoding."""
+    async with world.agent() as client:
+        response = await client.post(
+            path, content=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        error = assert_error(response, 400, "Request body must be valid JSON.")
+        assert "surrogate" in error["detail"]
+        # A surrogate pair is one valid character, and an escaped backslash is no escape.
+        ok = await client.post(
+            f"{ME}/startup",
+            content=b'{"version":"v1.0.0","expanded_directory":"/w/\\ud83d\\ude00\\\\ud800"}',
+            headers={"Content-Type": "application/json"},
+        )
+    assert ok.status_code == 200, ok.text
+    assert (await world.agent_json())["expanded_directory"] == "/w/\U0001f600\\ud800"
+
+
 async def test_unknown_agent_is_404(world: World) -> None:
     async with world.user() as client:
         response = await client.get(f"{AGENTS}/6a1c2bdb-8a3b-4d4e-9b8f-6f1a4c1f2f3e")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -140,3 +141,58 @@ async def test_listen_ends_when_the_client_disconnects(world: World) -> None:
 async def test_listen_for_unknown_provider_is_404_at_once(world: World) -> None:
     response = await asyncio.wait_for(_gitauth(world, url=REPO, listen=""), 2)
     assert_error(response, 404)
+
+
+async def test_listen_of_a_revoked_agent_never_receives_a_later_credential(world: World) -> None:
+    """Revoking the agent's tokens ends its waiting ``listen`` with a 401; a credential the
+    user saves afterwards is never handed to it."""
+    await _providers(world, ("github", r"github\.com", "github"))
+    notifier = world.cp.app[GITAUTH]
+    async with world.agent() as client:
+        request = asyncio.create_task(client.get(f"{ME}/gitauth?url={REPO}&listen"))
+        await poll_until(lambda: notifier.waiting == 1, timeout=5)
+        assert await world.cp.store.revoke_agent_tokens(world.agent_id) >= 1
+        alice = await world.cp.store.get_user_by_name("alice")
+        await world.cp.store.set_gitauth_link("github", alice.id, "new-user-secret", "")
+        notifier.notify("github", alice.id)  # what the web page does on save
+        response = await asyncio.wait_for(request, 5)
+    assert_error(response, 401, "Workspace agent not authorized.")
+    assert "new-user-secret" not in response.text
+    assert notifier.waiting == 0
+
+
+async def test_revoking_tokens_ends_a_waiting_listen(world: World) -> None:
+    await _providers(world, ("github", r"github\.com", "github"))
+    notifier = world.cp.app[GITAUTH]
+    async with world.agent() as client:
+        request = asyncio.create_task(client.get(f"{ME}/gitauth?url={REPO}&listen"))
+        await poll_until(lambda: notifier.waiting == 1, timeout=5)
+        await world.cp.store.revoke_agent_tokens(world.agent_id)
+        # Revocation comes from another process (the admin CLI): the next periodic
+        # re-check, about a second later, must notice it.
+        response = await asyncio.wait_for(request, 5)
+    assert_error(response, 401)
+    assert notifier.waiting == 0
+
+
+async def test_chunked_git_auth_form_is_capped_on_bytes_read(world: World) -> None:
+    """A chunked body declares no length: the cap applies to what is actually read."""
+    await _providers(world, ("github", r"github\.com", "github"))
+
+    async def body() -> Any:
+        yield b"token=ghp_"
+        for _ in range(64):
+            yield b"a" * 1024
+
+    async with world.user() as client:
+        response = await client.post(
+            "/gitauth/github",
+            content=body(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert_error(response, 413)
+        alice = await world.cp.store.get_user_by_name("alice")
+        assert await world.cp.store.get_gitauth_link("github", alice.id) is None
+        small = await client.post("/gitauth/github", data={"token": "ghp_small"})
+    assert small.status_code == 200 and "Saved" in small.text
+    assert (await world.cp.store.get_gitauth_link("github", alice.id)).username == "ghp_small"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import stat
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from controlplane.store.migrations import MIGRATIONS, MigrationError
 from controlplane.store.records import GitAuthProvider
 from controlplane.store.sqlite import DB_NAME, SQLiteStore
-from tests.conftest import ControlPlane, poll_until
+from tests.conftest import REPO, ControlPlane, poll_until
 from tests.controlplane.conftest import MAIN_AGENT, ME, World
 
 
@@ -165,6 +166,38 @@ async def test_database_files_are_private(world: World) -> None:
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+
+
+def _documented_backup_commands() -> list[str]:
+    """The backup one-liners exactly as docs/operations.md prints them."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    block = text.split("**Backups.**", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    joined = block.replace("\\\n", " ")
+    return [line for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("tool", ["sqlite3", "python3"])
+async def test_documented_backup_is_private_under_a_permissive_umask(
+    world: World, tmp_path: Path, tool: str
+) -> None:
+    """Run the documented backup command, under umask 000, against the running server's
+    database: the copy must be mode 0600 and hold the data."""
+    command = next(c for c in _documented_backup_commands() if f"&& {tool} " in c)
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    backup_dir = tmp_path / "backup"
+    backup_dir.mkdir()
+    db = world.cp.config.data_dir / DB_NAME
+    command = command.replace("/var/lib/wsagent/wsagent.db", str(db)).replace(
+        "/backup/", f"{backup_dir}/"
+    )
+    proc = await asyncio.create_subprocess_shell(f"umask 000; {command}")
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    (copy,) = backup_dir.iterdir()
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600, oct(copy.stat().st_mode)
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT count(*) FROM agents").fetchone()[0] == 1
 
 
 async def test_tokens_are_stored_only_as_hashes(world: World) -> None:

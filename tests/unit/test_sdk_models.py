@@ -226,7 +226,11 @@ def test_any_bytes_decode_or_raise_decode_error(data: bytes) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
     ),
@@ -290,6 +294,29 @@ def test_json_stream_any_chunking(values: list[object], chunk: int) -> None:
     for i in range(0, len(data), chunk):
         out.extend(stream.feed(data[i : i + chunk]))
     assert out == values
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"version":"v1\\ud800"}',
+        '{"a":["ok",{"\\udfff":1}]}',
+        '["\\ud83d"]',
+        '{"x":"\\uDC00 tail"}',
+    ],
+)
+def test_lone_surrogates_are_refused_by_every_decoder(text: str) -> None:
+    with pytest.raises(DecodeError, match="surrogate"):
+        codec.loads("t", text.encode())
+    with pytest.raises(DecodeError, match="surrogate"):
+        JSONStream("t").feed(text.encode())
+    with pytest.raises(DecodeError, match="surrogate"):
+        ReconnectingPTYInit.split_frame(len(text).to_bytes(2, "little") + text.encode())
+
+
+def test_surrogate_pairs_and_escaped_backslashes_decode() -> None:
+    text = '{"a":"\\ud83d\\ude00","b":"\\\\ud800"}'
+    assert codec.loads("t", text) == {"a": "\U0001f600", "b": "\\ud800"}
 
 
 def test_extensions_roundtrip() -> None:
