@@ -37,9 +37,23 @@ def run_agent(argv: Sequence[str]) -> int:
     from agent import logs
     from agent.app import Agent, run_until_signalled
     from agent.logfile import LogFileError, make_log_dir
+    from agent.logsinks import open_sinks
     from agent.wiring import wire_components
 
     level = os.environ.get("CODER_AGENT_LOG_LEVEL", "info")
+    try:
+        sinks = open_sinks(
+            {
+                "human": config.log_human,
+                "json": config.log_json,
+                "stackdriver": config.log_stackdriver,
+            },
+            config.log_max_bytes,
+            config.log_backups,
+        )
+    except OSError as exc:
+        print(f"wsagent agent: error: log output: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     refused: LogFileError | None = None
     try:
         make_log_dir(config.log_dir)
@@ -50,13 +64,14 @@ def run_agent(argv: Sequence[str]) -> int:
                 backups=config.log_backups,
                 level=level,
                 background=True,
+                extra=[sinks],
             )
         except LogFileError as exc:
             # Someone else's file or a link under the log's name: run on, logging to
             # stdout only, and say why (a refusal to start would hand any local user a
             # way to stop the agent).
             refused = exc
-            log_file = logs.configure(log_file=None, level=level, background=True)
+            log_file = logs.configure(log_file=None, level=level, background=True, extra=[sinks])
     except OSError as exc:
         print(f"wsagent agent: error: CODER_AGENT_LOG_DIR: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -72,6 +87,12 @@ def run_agent(argv: Sequence[str]) -> int:
         auth=config.auth,
         pid=os.getpid(),
     )
+    if config.pprof_address:
+        structlog.get_logger().warning(
+            "agent.pprof_unavailable",
+            address=config.pprof_address,
+            reason="profiling is not available in the Python agent; nothing listens there",
+        )
 
     async def main() -> int:
         agent = Agent(config)
@@ -85,6 +106,7 @@ def run_agent(argv: Sequence[str]) -> int:
         return EXIT_USAGE
     finally:
         logs.close_stream(timeout=1.0)
+        sinks.close()
         if log_file is not None:
             log_file.close()
 

@@ -142,10 +142,24 @@ class AgentConfig:
     askpass_deadline: float = 300.0
     # (host, port) of the Prometheus endpoint; None is off. load_config defaults it on.
     metrics_address: tuple[str, int] | None = None
+    # Coder's extra log sinks: "" (off), "/dev/stdout", "/dev/stderr" or a file path.
+    log_human: str = ""
+    log_json: str = ""
+    log_stackdriver: str = ""
+    # Accepted for `coder agent` compatibility; there is no profiler to serve.
+    pprof_address: str = ""
 
     @property
     def uses_token_auth(self) -> bool:
         return self.auth == AUTH_TOKEN
+
+
+# Coder's extra log sinks: flag, environment variable, format.
+LOG_SINK_FLAGS: Final = (
+    ("log-human", "CODER_AGENT_LOGGING_HUMAN", "human-readable"),
+    ("log-json", "CODER_AGENT_LOGGING_JSON", "JSON"),
+    ("log-stackdriver", "CODER_AGENT_LOGGING_STACKDRIVER", "Stackdriver (Google Cloud Logging)"),
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,7 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", help=f"one of {', '.join(AUTH_METHODS)} (env CODER_AGENT_AUTH)")
     parser.add_argument("--agent-token", help="agent token (env CODER_AGENT_TOKEN)")
     parser.add_argument("--log-dir", help="log directory (env CODER_AGENT_LOG_DIR)")
-    parser.add_argument("--no-reap", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-reap",
+        action="store_true",
+        default=None,
+        help="as PID 1, do not fork a process reaper (env CODER_AGENT_NO_REAP)",
+    )
+    parser.add_argument(
+        "--prometheus-address",
+        "--metrics-address",
+        dest="metrics_address",
+        help="HOST:PORT of the Prometheus endpoint, empty or off disables "
+        f"(env CODER_AGENT_PROMETHEUS_ADDRESS or CODER_AGENT_METRICS_ADDRESS; "
+        f"default {DEFAULT_METRICS_ADDRESS})",
+    )
+    parser.add_argument(
+        "--pprof-address",
+        help="accepted for compatibility with `coder agent`; the Python agent has no "
+        "profiler to serve (env CODER_AGENT_PPROF_ADDRESS)",
+    )
+    for flag, env_name, what in LOG_SINK_FLAGS:
+        parser.add_argument(
+            f"--{flag}",
+            help=f"also write {what} logs to this file, /dev/stdout or /dev/stderr "
+            f"(env {env_name})",
+        )
     parser.add_argument(
         "--insecure-skip-tls-verify",
         action="store_true",
@@ -251,12 +289,29 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
     ):
         validate_url(value, name)
 
+    no_reap = args.no_reap
+    if no_reap is None:
+        no_reap = parse_bool(env.get("CODER_AGENT_NO_REAP", ""), "CODER_AGENT_NO_REAP")
+
+    def flag_or_env(value: str | None, name: str) -> str:
+        return value if value is not None else env.get(name, "")
+
+    sinks = {
+        flag: flag_or_env(getattr(args, flag.replace("-", "_")), env_name).strip()
+        for flag, env_name, _ in LOG_SINK_FLAGS
+    }
+    for (flag, env_name, _), location in zip(LOG_SINK_FLAGS, sinks.values(), strict=True):
+        if location and location not in ("/dev/stdout", "/dev/stderr"):
+            parent = Path(location).parent
+            if not parent.is_dir():
+                raise ConfigError(f"{env_name} (--{flag})", f"{parent} is not a directory")
+
     return AgentConfig(
         url=url,
         auth=auth,
         token=token,
         log_dir=log_dir,
-        no_reap=args.no_reap,
+        no_reap=no_reap,
         insecure_skip_verify=insecure,
         ca_file=ca_file,
         log_max_bytes=size("CODER_AGENT_LOG_MAX_SIZE", 5 * MIB),
@@ -277,8 +332,29 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
         google_audience=_env_or(env, "CODER_AGENT_GOOGLE_AUDIENCE", "coder"),
         metadata_timeout=duration("CODER_AGENT_METADATA_TIMEOUT", 2.0),
         askpass_deadline=duration("CODER_AGENT_GIT_ASKPASS_DEADLINE", 300.0),
-        metrics_address=parse_listen_address(
-            env.get("CODER_AGENT_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
-            "CODER_AGENT_METRICS_ADDRESS",
-        ),
+        metrics_address=_metrics_address(args.metrics_address, env),
+        log_human=sinks["log-human"],
+        log_json=sinks["log-json"],
+        log_stackdriver=sinks["log-stackdriver"],
+        pprof_address=flag_or_env(args.pprof_address, "CODER_AGENT_PPROF_ADDRESS").strip(),
+    )
+
+
+def _metrics_address(flag: str | None, env: Mapping[str, str]) -> tuple[str, int] | None:
+    """The flag, else Coder's CODER_AGENT_PROMETHEUS_ADDRESS, else our
+    CODER_AGENT_METRICS_ADDRESS; two variables that disagree are an error, not a guess."""
+    if flag is not None:
+        return parse_listen_address(flag, "--prometheus-address")
+    prometheus = env.get("CODER_AGENT_PROMETHEUS_ADDRESS")
+    metrics = env.get("CODER_AGENT_METRICS_ADDRESS")
+    if prometheus is not None and metrics is not None and prometheus.strip() != metrics.strip():
+        raise ConfigError(
+            "CODER_AGENT_PROMETHEUS_ADDRESS",
+            f"is {prometheus!r} but CODER_AGENT_METRICS_ADDRESS is {metrics!r}; they name the"
+            " same endpoint, set one",
+        )
+    if prometheus is not None:
+        return parse_listen_address(prometheus, "CODER_AGENT_PROMETHEUS_ADDRESS")
+    return parse_listen_address(
+        DEFAULT_METRICS_ADDRESS if metrics is None else metrics, "CODER_AGENT_METRICS_ADDRESS"
     )

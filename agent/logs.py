@@ -15,7 +15,7 @@ import queue
 import select
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -308,11 +308,13 @@ def configure(
     level: str = "info",
     stream: TextIO | None = None,
     background: bool = False,
+    extra: Sequence[Callable[..., Any]] = (),
 ) -> RotatingFile | None:
     """Configure structlog for the process. Returns the file so the caller can close it.
 
     With ``background`` the stream is written by a :class:`BackgroundWriter` (the agent
-    daemon); :func:`close_stream` then writes out what is queued.
+    daemon); :func:`close_stream` then writes out what is queued. ``extra`` processors see
+    each event after redaction (the agent's ``--log-json``... outputs).
     """
     global _background
     out: TextIO = stream or sys.stdout
@@ -333,6 +335,7 @@ def configure(
             _timestamp,
             structlog.processors.format_exc_info,
             REDACTOR,
+            *extra,
             _Renderer(console),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

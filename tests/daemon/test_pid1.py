@@ -129,3 +129,22 @@ async def test_a_signal_to_pid1s_process_group_reaches_the_agent_once(
     await daemon.wait_for_event("agent.stopped")
     assert len(daemon.named("agent.signal_received")) == 1
     assert not daemon.named("agent.forced_exit")
+
+
+async def test_coder_agent_no_reap_runs_the_agent_as_pid1_itself(
+    fake_cp: FakeControlPlane, spawn_daemon: SpawnDaemon, agent_token: str
+) -> None:
+    """CODER_AGENT_NO_REAP=true, as `coder agent` takes it: PID 1 is the agent, no fork."""
+    daemon = await spawn_daemon(
+        fake_cp.url,
+        agent_token,
+        prefix=("unshare", "--pid", "--fork", "--mount-proc"),
+        CODER_AGENT_NO_REAP="true",
+    )
+    await fake_cp.wait_for(lambda: fake_cp.open_sockets == 1)
+    [init] = children_of(daemon.proc.pid)
+    assert proc_field(init, "NSpid").split()[-1] == "1"
+    assert children_of(init) == []  # nothing forked: PID 1 runs the agent
+    assert daemon.named("agent.starting")[0]["pid"] == 1
+    os.kill(init, signal.SIGTERM)
+    assert await daemon.wait_exit(5.0) == 0

@@ -142,3 +142,52 @@ def test_parse_size(text: str, size: int) -> None:
 def test_parse_bool_and_url() -> None:
     assert parse_bool("Yes", "X") and not parse_bool("off", "X")
     assert validate_url("https://h:8443/base/", "X") == "https://h:8443/base"
+
+
+def test_coder_agent_no_reap_env() -> None:
+    assert load_config([], {**GOOD, "CODER_AGENT_NO_REAP": "true"}).no_reap
+    assert not load_config([], {**GOOD, "CODER_AGENT_NO_REAP": "false"}).no_reap
+    with pytest.raises(ConfigError, match="CODER_AGENT_NO_REAP"):
+        load_config([], {**GOOD, "CODER_AGENT_NO_REAP": "maybe"})
+
+
+def test_prometheus_address_is_the_metrics_address() -> None:
+    """Coder's --prometheus-address and CODER_AGENT_PROMETHEUS_ADDRESS set our metrics
+    endpoint; ours (CODER_AGENT_METRICS_ADDRESS) still works; two that disagree are an
+    error naming both."""
+    assert load_config(["--prometheus-address", "127.0.0.1:9100"], GOOD).metrics_address == (
+        "127.0.0.1",
+        9100,
+    )
+    coder_env = {**GOOD, "CODER_AGENT_PROMETHEUS_ADDRESS": "0.0.0.0:2112"}
+    assert load_config([], coder_env).metrics_address == ("0.0.0.0", 2112)
+    assert (
+        load_config([], {**coder_env, "CODER_AGENT_PROMETHEUS_ADDRESS": ""}).metrics_address is None
+    )
+    ours = {**GOOD, "CODER_AGENT_METRICS_ADDRESS": "127.0.0.1:2200"}
+    assert load_config([], ours).metrics_address == ("127.0.0.1", 2200)
+    with pytest.raises(ConfigError, match="CODER_AGENT_METRICS_ADDRESS"):
+        load_config([], {**coder_env, "CODER_AGENT_METRICS_ADDRESS": "127.0.0.1:2200"})
+    with pytest.raises(ConfigError, match="--prometheus-address"):
+        load_config(["--prometheus-address", "9100"], GOOD)
+
+
+def test_coder_log_sink_flags_and_env(tmp_path: Path) -> None:
+    config = load_config(
+        ["--log-human", "/dev/stderr", "--log-json", str(tmp_path / "agent.json")],
+        {**GOOD, "CODER_AGENT_LOGGING_STACKDRIVER": str(tmp_path / "sd.json")},
+    )
+    assert config.log_human == "/dev/stderr"
+    assert config.log_json == str(tmp_path / "agent.json")
+    assert config.log_stackdriver == str(tmp_path / "sd.json")
+    assert load_config([], GOOD).log_human == ""  # off unless asked for
+    with pytest.raises(ConfigError, match="CODER_AGENT_LOGGING_JSON"):
+        load_config(["--log-json", str(tmp_path / "missing" / "x.json")], GOOD)
+
+
+def test_pprof_address_is_accepted() -> None:
+    assert load_config(["--pprof-address", "127.0.0.1:6060"], GOOD).pprof_address == (
+        "127.0.0.1:6060"
+    )
+    assert load_config([], {**GOOD, "CODER_AGENT_PPROF_ADDRESS": ":6061"}).pprof_address == ":6061"
+    assert load_config([], GOOD).pprof_address == ""
