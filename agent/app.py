@@ -17,19 +17,20 @@ from typing import Any, Final
 
 import structlog
 
-from agent import __version__
 from agent.backoff import Backoff
 from agent.children import ChildRegistry
 from agent.client import ControlPlaneClient, TokenHolder, tls_context
 from agent.config import AUTH_TOKEN, AgentConfig
 from agent.coordinator import Coordinator, CoordinatorSession
 from agent.errors import ApiError, ConfigError, WsagentError
-from agent.logs import REDACTOR, FailureThrottle, close_stream, error_key
+from agent.logs import FailureThrottle, error_key
 from agent.paths import expand_directory
 from agent.sdk.extensions import Extension
 from agent.sdk.models import Metadata, PostStartupRequest
 from agent.sdk.tailnet import Node
 from agent.stats import StatsCollector, StatsReporter
+from wscommon import __version__
+from wscommon.logs import REDACTOR, close_stream
 
 log = structlog.get_logger()
 

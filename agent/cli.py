@@ -7,9 +7,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from agent import __version__
 from agent.config import load_config
 from agent.errors import ConfigError
+from wscommon import __version__
 
 EXIT_USAGE = 2
 
@@ -34,11 +34,11 @@ def run_agent(argv: Sequence[str]) -> int:
     # lifetime, and asyncio (with ssl) alone would add ~9 MiB to it.
     import asyncio
 
-    from agent import logs
     from agent.app import Agent, run_until_signalled
-    from agent.logfile import LogFileError, make_log_dir
     from agent.logsinks import open_sinks
     from agent.wiring import wire_components
+    from wscommon import logs
+    from wscommon.logfile import LogFileError, make_log_dir
 
     level = os.environ.get("CODER_AGENT_LOG_LEVEL", "info")
     try:

@@ -4,7 +4,7 @@ WsagentError                      (agent.sdk.errors)
 ├── DecodeError                   a body did not match its wire model
 ├── ApiError                      a Coder error body from the control plane
 │   └── UnauthorizedError         HTTP 401
-├── ConfigError                   a bad or missing setting; exit code 2
+├── ConfigError                   a bad or missing setting; exit code 2 (agent.sdk.errors)
 ├── TransportError                the control plane could not be reached in time
 ├── IdentityError                 proving this machine's cloud identity failed
 │   ├── NoCloudDetected           auto-detection found no cloud
@@ -15,7 +15,7 @@ WsagentError                      (agent.sdk.errors)
 
 from __future__ import annotations
 
-from agent.sdk.errors import ApiError, DecodeError, UnauthorizedError, WsagentError
+from agent.sdk.errors import ApiError, ConfigError, DecodeError, UnauthorizedError, WsagentError
 
 __all__ = [
     "ApiError",
@@ -30,15 +30,6 @@ __all__ = [
     "UnauthorizedError",
     "WsagentError",
 ]
-
-
-class ConfigError(WsagentError):
-    """A setting is missing or invalid. ``setting`` names the env var or flag."""
-
-    def __init__(self, setting: str, reason: str) -> None:
-        self.setting = setting
-        self.reason = reason
-        super().__init__(f"{setting}: {reason}")
 
 
 class TransportError(WsagentError):

@@ -161,7 +161,7 @@ def deadline_seconds(env: Mapping[str, str]) -> float:
     raw = env.get("CODER_AGENT_GIT_ASKPASS_DEADLINE", "")
     if not raw:
         return DEFAULT_DEADLINE
-    from agent.config import parse_duration  # only paid for when the variable is set
+    from agent.sdk.settings import parse_duration  # only paid for when the variable is set
 
     return parse_duration(raw, "CODER_AGENT_GIT_ASKPASS_DEADLINE")
 

@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 
 import structlog
 
-from agent.logs import REDACTOR, BackgroundWriter, RotatingFile
+from wscommon.logs import REDACTOR, BackgroundWriter, RotatingFile
 
 HUMAN: Final = "human"
 JSON: Final = "json"

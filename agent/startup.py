@@ -35,10 +35,10 @@ from agent.lifecycle import (
     TIMEOUT,
     Lifecycle,
 )
-from agent.logfile import LogFileError, make_log_dir, open_log_file
 from agent.logs import FailureThrottle, error_key
 from agent.sdk.errors import WsagentError
 from agent.sdk.models import Metadata
+from wscommon.logfile import LogFileError, make_log_dir, open_log_file
 
 log = structlog.get_logger()
 

@@ -115,7 +115,7 @@ def wire_systemd(agent: Agent) -> Callable[[str], None]:
     import os
 
     from agent import sdnotify
-    from agent.config import parse_duration
+    from agent.sdk.settings import parse_duration
 
     notifier = sdnotify.Notifier.from_environ(os.environ, os.getpid())
     # TEST HOOK (docs/operations.md): block the loop on purpose to prove the watchdog.

@@ -5,49 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from controlplane.cliargs import (
+    configure_logging,
+    default_data_dir,
+    metrics_address,
+    parse_address,
+    parse_seconds,
+)
 from controlplane.identity.config import add_identity_flags, identity_config_from_args
 
 EXIT_USAGE = 2
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("WSAGENT_DATA_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return Path(base) / "wsagent"
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port in {text!r}") from None
-    if not 0 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
-    return host, number
-
-
-def parse_seconds(text: str) -> float:
-    from agent.config import parse_duration
-    from agent.errors import ConfigError
-
-    try:
-        return parse_duration(text, "duration")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.reason) from None
 
 
 def server_parser() -> argparse.ArgumentParser:
@@ -125,22 +97,6 @@ def server_config_from_args(args: argparse.Namespace) -> Any:
         identity=identity_config_from_args(args),
         metrics_address=metrics_address(args.metrics_address),
     )
-
-
-def metrics_address(text: str) -> tuple[str, int] | None:
-    from agent.config import parse_listen_address
-    from agent.errors import ConfigError
-
-    try:
-        return parse_listen_address(text, "--metrics-address")
-    except ConfigError as exc:
-        raise SystemExit(f"wsagent server: error: {exc}") from None
-
-
-def configure_logging() -> None:
-    from agent import logs
-
-    logs.configure(log_file=None, level=os.environ.get("WSAGENT_LOG_LEVEL", "info"))
 
 
 def run_server(argv: Sequence[str]) -> int:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from controlplane.admin import agent_spec, create_user, create_workspace
+from controlplane.cliargs import configure_logging, parse_address
 from controlplane.config import ServerConfig
 
 MOTD = (
@@ -38,9 +39,9 @@ def _wsagent_command() -> list[str]:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from agent import logs
     from controlplane.server import start_server
     from controlplane.status import agent_status
+    from wscommon import logs
 
     data_dir = Path(tempfile.mkdtemp(prefix="wsagent-demo-"))
     if not os.environ.get("WSAGENT_DEMO_VERBOSE"):
@@ -147,8 +148,6 @@ Press Ctrl-C to stop.
 
 
 def run_demo(argv: Sequence[str]) -> int:
-    from controlplane.cli import configure_logging, parse_address
-
     parser = argparse.ArgumentParser(prog="wsagent demo", description=__doc__)
     parser.add_argument(
         "--address",

@@ -26,7 +26,7 @@ from controlplane.appkeys import COORDINATOR, STORE
 from controlplane.auth import authenticate_user, owned_agent
 from controlplane.coordinator import AgentNotConnected
 from controlplane.httpapi import HTTPError, respond
-from controlplane.routes_user import parse_agent_id, require_connected
+from controlplane.routes_shared import parse_agent_id, require_connected
 
 REPLY_TIMEOUT: Final = 5.0
 IGNORED_PORTS: Final = frozenset(

@@ -33,7 +33,7 @@ from controlplane.appkeys import CONFIG, COORDINATOR
 from controlplane.auth import authenticate_agent, authenticate_user, owned_agent
 from controlplane.coordinator import AgentNotConnected
 from controlplane.httpapi import HTTPError
-from controlplane.routes_user import parse_agent_id, require_connected
+from controlplane.routes_shared import parse_agent_id, require_connected
 
 log = structlog.get_logger()
 

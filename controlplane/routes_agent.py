@@ -17,14 +17,12 @@ from agent.sdk.models import (
     REPORTABLE_APP_HEALTHS,
     GitAuthResponse,
     GitSSHKey,
-    Healthcheck,
     Metadata,
     PostAppHealthsRequest,
     PostLifecycleRequest,
     PostStartupRequest,
     Stats,
     StatsResponse,
-    WorkspaceApp,
 )
 from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
 from controlplane.auth import authenticate_agent, request_token
@@ -32,7 +30,8 @@ from controlplane.config import derp_map_for
 from controlplane.gitauth import link_usable, match_provider, response_for
 from controlplane.heartbeats import HEARTBEATS, HeartbeatBatcher
 from controlplane.httpapi import HTTPError, decode_body, read_json, respond
-from controlplane.store.records import AgentRecord, AppRecord, WorkspaceRecord
+from controlplane.routes_shared import app_model
+from controlplane.store.records import AgentRecord, WorkspaceRecord
 
 log = structlog.get_logger()
 
@@ -46,25 +45,6 @@ _SEMVER: Final = re.compile(
 
 def access_url(request: web.Request) -> str:
     return request.app[CONFIG].resolved_access_url()
-
-
-def app_model(app: AppRecord) -> WorkspaceApp:
-    spec = app.spec
-    return WorkspaceApp(
-        id=app.id,
-        url=spec.url,
-        external=spec.external,
-        slug=spec.slug,
-        display_name=spec.display_name or spec.slug,
-        command=spec.command,
-        icon=spec.icon,
-        subdomain=spec.subdomain,
-        sharing_level=spec.sharing_level,
-        healthcheck=Healthcheck(
-            spec.healthcheck_url, spec.healthcheck_interval, spec.healthcheck_threshold
-        ),
-        health=app.health,
-    )
 
 
 async def _workspace_of(request: web.Request, agent: AgentRecord) -> WorkspaceRecord:

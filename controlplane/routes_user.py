@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -14,29 +13,12 @@ from agent.sdk.workspaceagents import WorkspaceAgent, WorkspaceAgentConnectionIn
 from controlplane.appkeys import CONFIG, COORDINATOR, STORE
 from controlplane.auth import authenticate_user, owned_agent
 from controlplane.config import derp_map_for
-from controlplane.httpapi import HTTPError, respond
-from controlplane.routes_agent import app_model
+from controlplane.httpapi import respond
+from controlplane.routes_shared import app_model, parse_agent_id
 from controlplane.status import agent_status, derp_latency
 from controlplane.store.records import AgentRecord
 
 AGENTS: Final = "/api/v2/workspaceagents"
-
-
-# Only the form ids are stored and printed in: other spellings (upper case, ``urn:uuid:``,
-# no hyphens, braces) would otherwise name the same agent under several URLs.
-_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def parse_agent_id(request: web.Request) -> str:
-    raw = request.match_info["agent_id"]
-    if not _CANONICAL_UUID.fullmatch(raw):
-        raise HTTPError(
-            400,
-            f'Invalid UUID "{raw[:64]}".',
-            "expected the lower-case 36-character form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
-            [("workspaceagent", "invalid UUID")],
-        )
-    return raw
 
 
 async def agent_model(request: web.Request, agent: AgentRecord) -> WorkspaceAgent:
@@ -96,13 +78,6 @@ async def client_coordinate(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     await request.app[COORDINATOR].serve_client(agent.id, ws)
     return ws
-
-
-async def require_connected(request: web.Request, agent: AgentRecord) -> None:
-    status, _ = agent_status(agent, datetime.now(UTC), request.app[CONFIG].inactive_timeout)
-    if status != "connected" or not request.app[COORDINATOR].is_connected(agent.id):
-        shown = status if status != "connected" else "disconnected"
-        raise HTTPError(400, f'Agent state is "{shown}", it must be in the "connected" state.')
 
 
 async def whoami(request: web.Request) -> web.Response:

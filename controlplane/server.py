@@ -41,7 +41,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def build_info(request: web.Request) -> web.Response:
-    from agent import __version__
+    from wscommon import __version__
 
     return respond(
         {"version": f"v{__version__}", "external_url": "https://github.com/wsagent/wsagent"}

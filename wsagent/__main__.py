@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command in ("--version", "version"):
-        from agent import __version__
+        from wscommon import __version__
 
         print(f"wsagent v{__version__}")
         return 0

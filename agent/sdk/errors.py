@@ -4,7 +4,8 @@ WsagentError
 ├── DecodeError            a body did not match its wire model (endpoint + field path)
 ├── ApiError               the control plane answered with a Coder error body
 │   └── UnauthorizedError  ... with status 401
-└── (agent.errors)         ConfigError, TransportError, IdentityError, ProcessError, ...
+├── ConfigError            a bad or missing setting (agent: exit code 2)
+└── (agent.errors)         TransportError, IdentityError, ProcessError, ...
 """
 
 from __future__ import annotations
@@ -63,3 +64,12 @@ class ApiError(WsagentError):
 
 class UnauthorizedError(ApiError):
     """The control plane rejected our credentials (HTTP 401)."""
+
+
+class ConfigError(WsagentError):
+    """A setting is missing or invalid. ``setting`` names the env var or flag."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        self.setting = setting
+        self.reason = reason
+        super().__init__(f"{setting}: {reason}")

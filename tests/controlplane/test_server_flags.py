@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.cli import parse_address, server_config_from_args, server_parser
+from controlplane.cli import server_config_from_args, server_parser
+from controlplane.cliargs import parse_address
 from controlplane.config import ServerConfig
 
 

@@ -10,9 +10,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.config import load_config, parse_listen_address
+from agent.config import load_config
 from agent.errors import ConfigError
 from agent.metrics import respond
+from agent.sdk.settings import parse_listen_address
 from tests.conftest import AgentProcess, ControlPlane, agent_env, poll_until
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import __version__
+from wscommon import __version__
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "packaging" / "deb" / "build.sh"

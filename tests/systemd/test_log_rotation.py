@@ -9,7 +9,7 @@ import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigError
-from agent.logs import RotatingFile
+from wscommon.logs import RotatingFile
 
 BASE = {"CODER_AGENT_URL": "http://127.0.0.1:1", "CODER_AGENT_TOKEN": "t"}
 

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import (
-    AUTH_AUTO,
-    AUTH_TOKEN,
-    load_config,
-    parse_bool,
-    parse_duration,
-    parse_size,
-    validate_url,
-)
+from agent.config import AUTH_AUTO, AUTH_TOKEN, load_config
 from agent.errors import ConfigError
+from agent.sdk.settings import parse_bool, parse_duration, parse_size, validate_url
 
 GOOD = {"CODER_AGENT_URL": "https://coder.example.com/", "CODER_AGENT_TOKEN": "t" * 36}
 

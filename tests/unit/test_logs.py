@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent.logs import REDACTED, FailureThrottle, Redactor, RotatingFile, configure, error_key
+from agent.logs import FailureThrottle, error_key
+from wscommon.logs import REDACTED, Redactor, RotatingFile, configure
 
 TOKEN = "5f0d2a4e-9c1b-4a8e-b7f3-2d6c8e1a9b40"
 
@@ -157,7 +158,7 @@ def _restore_stdlib_logging():  # type: ignore[no-untyped-def]
 
 
 def test_configured_pipeline_writes_redacted_json_to_stream_and_file(tmp_path: Path) -> None:
-    from agent.logs import REDACTOR
+    from wscommon.logs import REDACTOR
 
     REDACTOR.add(TOKEN)
     stream = io.StringIO()
@@ -215,7 +216,7 @@ def test_a_line_longer_than_the_cap_is_cut_to_it(tmp_path: Path) -> None:
 
 
 def test_background_writer_keeps_order_and_drains_on_close() -> None:
-    from agent.logs import BackgroundWriter
+    from wscommon.logs import BackgroundWriter
 
     stream = io.StringIO()
     writer = BackgroundWriter(stream)
@@ -230,7 +231,7 @@ def test_background_writer_drops_past_its_cap_instead_of_blocking(tmp_path: Path
     """Nobody reads the pipe: writes return at once and the excess is counted."""
     import fcntl
 
-    from agent.logs import BackgroundWriter
+    from wscommon.logs import BackgroundWriter
 
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
@@ -245,7 +246,7 @@ def test_background_writer_drops_past_its_cap_instead_of_blocking(tmp_path: Path
 
 def test_background_writer_writes_at_once_when_the_pipe_has_room() -> None:
     """With room in the pipe a line is on the reader's side when write() returns."""
-    from agent.logs import BackgroundWriter
+    from wscommon.logs import BackgroundWriter
 
     read_end, write_end = os.pipe()
     with os.fdopen(write_end, "w") as stream:
