@@ -50,6 +50,13 @@ def server_parser() -> argparse.ArgumentParser:
         help="agents' report_interval (default 10m)",
     )
     p.add_argument(
+        "--stats-min-spacing",
+        type=parse_seconds,
+        default=None,
+        help="store at most one stats report per agent this often, merging extras "
+        "(default 90%% of --stats-interval; 0 stores every report)",
+    )
+    p.add_argument(
         "--heartbeat-interval",
         type=parse_seconds,
         default=3.0,
@@ -92,6 +99,7 @@ def server_config_from_args(args: argparse.Namespace) -> Any:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         stats_report_interval=args.stats_interval,
+        stats_min_spacing=args.stats_min_spacing,
         agent_heartbeat_interval=args.heartbeat_interval,
         durability=args.durability,
         identity=identity_config_from_args(args),

@@ -26,6 +26,9 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     stats_report_interval: float = 600.0  # seconds; Coder's deployment default (10 min)
+    # Reports closer together than this are merged into the agent's newest row; None means
+    # 90% of the report interval (room for an agent's timer jitter), 0 stores every report.
+    stats_min_spacing: float | None = None
     agent_heartbeat_interval: float = 3.0  # refresh last_connected_at this often
     max_body_bytes: int = 1 << 20
     troubleshooting_url: str = DEFAULT_TROUBLESHOOTING_URL
@@ -35,6 +38,12 @@ class ServerConfig:
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     # Prometheus endpoint (host, port); None is off. The CLI turns it on at 127.0.0.1:2114.
     metrics_address: tuple[str, int] | None = None
+
+    @property
+    def stats_spacing(self) -> float:
+        if self.stats_min_spacing is not None:
+            return self.stats_min_spacing
+        return 0.9 * self.stats_report_interval
 
     @property
     def scheme(self) -> str:

@@ -169,7 +169,11 @@ async def report_stats(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     workspace = await _workspace_of(request, agent)
     if not stats.is_idle:
-        await request.app[STORE].insert_stats(agent, workspace.owner_id, stats, datetime.now(UTC))
+        # At most one stored row per spacing: an agent posting faster (or a client abusing
+        # the endpoint) has its extra reports merged, which bounds the rows per agent.
+        await request.app[STORE].insert_stats(
+            agent, workspace.owner_id, stats, datetime.now(UTC), merge_within=config.stats_spacing
+        )
     interval = int(config.stats_report_interval * NANOS_PER_SECOND)
     return respond(StatsResponse(interval).to_json())
 

@@ -310,6 +310,12 @@ class PostAppHealthsRequest:
         return cls(healths=o.mapping("Healths", lambda v, p: check_str(v, endpoint, p)))
 
 
+# Agents report a handful of protocols ("ssh", "vscode", "jetbrains", "reconnecting_pty");
+# the caps keep one stored report small whatever a client sends.
+MAX_STATS_PROTOCOLS: Final = 16
+MAX_STATS_PROTOCOL_NAME: Final = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     """``POST /me/report-stats``: per-window deltas."""
@@ -334,8 +340,23 @@ class Stats:
     @classmethod
     def from_json(cls, value: object, endpoint: str, *, fold_case: bool = False) -> Stats:
         o = Obj(value, endpoint, fold_case=fold_case)
+        conns = o.int_map("conns_by_proto")
+        if len(conns) > MAX_STATS_PROTOCOLS:
+            raise DecodeError(
+                endpoint,
+                "$.conns_by_proto",
+                f"{len(conns)} protocols; at most {MAX_STATS_PROTOCOLS} are accepted",
+            )
+        for name in conns:
+            if not 0 < len(name) <= MAX_STATS_PROTOCOL_NAME:
+                raise DecodeError(
+                    endpoint,
+                    "$.conns_by_proto",
+                    f"protocol name of {len(name)} characters; 1 to "
+                    f"{MAX_STATS_PROTOCOL_NAME} are accepted",
+                )
         return cls(
-            conns_by_proto=o.int_map("conns_by_proto"),
+            conns_by_proto=conns,
             num_comms=o.integer("num_comms", 0),
             rx_packets=o.integer("rx_packets", 0),
             rx_bytes=o.integer("rx_bytes", 0),

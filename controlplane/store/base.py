@@ -86,8 +86,18 @@ class Store(Protocol):
     async def list_apps(self, agent_id: str) -> list[AppRecord]: ...
     async def set_app_healths(self, agent_id: str, healths: dict[str, str]) -> None: ...
     async def insert_stats(
-        self, agent: AgentRecord, owner_id: str, stats: Stats, now: datetime
-    ) -> None: ...
+        self,
+        agent: AgentRecord,
+        owner_id: str,
+        stats: Stats,
+        now: datetime,
+        *,
+        merge_within: float = 0.0,
+    ) -> None:
+        """Store one report; if the agent's newest row is under ``merge_within`` seconds
+        old, add this report's counters into it instead (see ``merge_stats``)."""
+        ...
+
     async def list_stats(self, agent_id: str) -> list[StatsRecord]: ...
 
     # git auth

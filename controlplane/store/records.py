@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from agent.sdk.models import MAX_STATS_PROTOCOLS, Stats
+
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
@@ -145,3 +147,30 @@ class StatsRecord:
     rx_bytes: int
     tx_packets: int
     tx_bytes: int
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def merge_stats(stored: Stats, extra: Stats) -> Stats:
+    """One report standing for two windows: counters add up (saturating at int64, the
+    column's range), and a protocol beyond the per-report cap is dropped, so a merged
+    row is no larger than one report can be."""
+
+    def add(a: int, b: int) -> int:
+        return max(-_INT64_MAX - 1, min(_INT64_MAX, a + b))
+
+    conns = dict(stored.conns_by_proto)
+    for name, count in extra.conns_by_proto.items():
+        if name in conns:
+            conns[name] = add(conns[name], count)
+        elif len(conns) < MAX_STATS_PROTOCOLS:
+            conns[name] = count
+    return Stats(
+        conns_by_proto=conns,
+        num_comms=add(stored.num_comms, extra.num_comms),
+        rx_packets=add(stored.rx_packets, extra.rx_packets),
+        rx_bytes=add(stored.rx_bytes, extra.rx_bytes),
+        tx_packets=add(stored.tx_packets, extra.tx_packets),
+        tx_bytes=add(stored.tx_bytes, extra.tx_bytes),
+    )

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agent.sdk.models import Stats
-from controlplane.store.records import AgentRecord, AppRecord, AppSpec, StatsRecord
+from controlplane.store.records import AgentRecord, AppRecord, AppSpec, StatsRecord, merge_stats
 from controlplane.store.sqlite_base import SQLiteBase, _now, _req_dt, _ts
 
 
@@ -80,9 +80,20 @@ class ReportStore(SQLiteBase):
         await self._run(self._tx, op)
 
     async def insert_stats(
-        self, agent: AgentRecord, owner_id: str, stats: Stats, now: datetime
+        self,
+        agent: AgentRecord,
+        owner_id: str,
+        stats: Stats,
+        now: datetime,
+        *,
+        merge_within: float = 0.0,
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE workspaces SET last_used_at=? WHERE id=?", (_ts(now), agent.workspace_id)
+            )
+            if merge_within > 0 and _merge_into_newest(conn, agent.id, stats, now, merge_within):
+                return
             conn.execute(
                 "INSERT INTO agent_stats (agent_id, workspace_id, user_id, created_at,"
                 " conns_by_proto,"
@@ -100,9 +111,6 @@ class ReportStore(SQLiteBase):
                     stats.tx_packets,
                     stats.tx_bytes,
                 ),
-            )
-            conn.execute(
-                "UPDATE workspaces SET last_used_at=? WHERE id=?", (_ts(now), agent.workspace_id)
             )
             # Like Coder's purge: stats older than 30 days are dropped.
             conn.execute(
@@ -135,6 +143,41 @@ class ReportStore(SQLiteBase):
             ]
 
         return await self._read(op)
+
+
+def _merge_into_newest(
+    conn: sqlite3.Connection, agent_id: str, stats: Stats, now: datetime, within: float
+) -> bool:
+    row = conn.execute(
+        "SELECT * FROM agent_stats WHERE agent_id=? ORDER BY id DESC LIMIT 1", (agent_id,)
+    ).fetchone()
+    if row is None or _req_dt(row["created_at"]) <= now - timedelta(seconds=within):
+        return False
+    merged = merge_stats(
+        Stats(
+            conns_by_proto=json.loads(row["conns_by_proto"]),
+            num_comms=row["num_comms"],
+            rx_packets=row["rx_packets"],
+            rx_bytes=row["rx_bytes"],
+            tx_packets=row["tx_packets"],
+            tx_bytes=row["tx_bytes"],
+        ),
+        stats,
+    )
+    conn.execute(
+        "UPDATE agent_stats SET conns_by_proto=?, num_comms=?, rx_packets=?, rx_bytes=?,"
+        " tx_packets=?, tx_bytes=? WHERE id=?",
+        (
+            json.dumps(merged.conns_by_proto),
+            merged.num_comms,
+            merged.rx_packets,
+            merged.rx_bytes,
+            merged.tx_packets,
+            merged.tx_bytes,
+            row["id"],
+        ),
+    )
+    return True
 
 
 def _app_to_json(app: AppSpec) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from tests.conftest import poll_until
 from tests.controlplane.conftest import ME, World, assert_error
 
 # ------------------------------------------------------------------ metadata
@@ -259,7 +261,8 @@ async def test_idle_stats_store_nothing(world: World) -> None:
     assert workspace.last_used_at is None
 
 
-async def test_stats_are_stored_and_bump_last_used(world: World) -> None:
+async def test_stats_are_stored_and_bump_last_used(world_factory: Any) -> None:
+    world: World = await world_factory(stats_min_spacing=0)
     async with world.agent() as client:
         assert (await client.post(f"{ME}/report-stats", json=STATS)).status_code == 200
         only_rx = {"rx_bytes": 5}
@@ -336,3 +339,69 @@ async def test_vscode_proxy_uri_follows_the_access_url(
     ) as client:
         body = (await client.get(f"{ME}/metadata")).json()
     assert body["vscode_port_proxy_uri"] == expected
+
+
+async def test_reports_closer_than_the_spacing_merge_into_one_row(world_factory: Any) -> None:
+    """At most one stored row per agent per spacing: extras add into the newest row."""
+    world: World = await world_factory(stats_interval=600)  # spacing 540 s
+    async with world.agent() as client:
+        for n in range(20):
+            body = {"conns_by_proto": {"ssh": 1, f"p{n}": 1}, "rx_bytes": 10, "tx_packets": 1}
+            response = await client.post(f"{ME}/report-stats", json=body)
+            assert response.status_code == 200, response.text
+    (row,) = await world.cp.store.list_stats(world.agent_id)
+    assert (row.rx_bytes, row.tx_packets) == (200, 20)
+    # The merged row keeps the per-report protocol cap: ssh plus the first 15 others.
+    assert row.conns_by_proto == {"ssh": 20, **{f"p{n}": 1 for n in range(15)}}
+
+
+async def test_rows_resume_once_the_spacing_has_passed(world_factory: Any) -> None:
+    world: World = await world_factory(stats_min_spacing=0.2)
+    async with world.agent() as client:
+        await client.post(f"{ME}/report-stats", json={"rx_bytes": 1})
+        await client.post(f"{ME}/report-stats", json={"rx_bytes": 2})
+        first = (await world.cp.store.list_stats(world.agent_id))[0]
+        # Wait on the clock, not a fixed sleep: until the row is older than the spacing.
+        await poll_until(
+            lambda: datetime.now(UTC) - first.created_at > timedelta(seconds=0.25), timeout=5
+        )
+        await client.post(f"{ME}/report-stats", json={"rx_bytes": 4})
+    assert [r.rx_bytes for r in await world.cp.store.list_stats(world.agent_id)] == [3, 4]
+
+
+@pytest.mark.parametrize(
+    ("conns", "detail"),
+    [
+        ({f"proto{i}": 1 for i in range(17)}, "17 protocols"),
+        ({"x" * 65: 1}, "65 characters"),
+        ({"": 1}, "0 characters"),
+    ],
+)
+async def test_protocol_keys_are_capped_in_number_and_length(
+    world: World, conns: dict[str, int], detail: str
+) -> None:
+    async with world.agent() as client:
+        response = await client.post(
+            f"{ME}/report-stats", json={"conns_by_proto": conns, "rx_bytes": 1}
+        )
+    error = assert_error(response, 400, "Validation failed.")
+    assert error["validations"][0]["field"] == "conns_by_proto"
+    assert detail in error["validations"][0]["detail"]
+    assert await world.cp.store.list_stats(world.agent_id) == []
+
+
+async def test_a_flood_of_large_reports_does_not_grow_the_database(world: World) -> None:
+    """Reports as large as the caps allow, posted as fast as possible, cost one row."""
+    db = world.cp.config.data_dir / "wsagent.db"
+    biggest = {"conns_by_proto": {f"{i:02d}" + "p" * 62: 2**62 for i in range(16)}}
+    async with world.agent() as client:
+        await client.post(f"{ME}/report-stats", json={**biggest, "rx_bytes": 1})
+        before = await world.cp.store.list_stats(world.agent_id)
+        for _ in range(200):
+            response = await client.post(f"{ME}/report-stats", json={**biggest, "rx_bytes": 1})
+            assert response.status_code == 200
+    rows = await world.cp.store.list_stats(world.agent_id)
+    assert len(before) == len(rows) == 1 and rows[0].rx_bytes == 201
+    # Saturating counters: 201 x 2**62 stays within the int64 column.
+    assert set(rows[0].conns_by_proto.values()) == {2**63 - 1}
+    assert db.stat().st_size < 1 << 20

@@ -65,7 +65,8 @@ async def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
     await admin(data_dir, "user", "create", "alice")
     created = await admin(data_dir, "workspace", "create", "--owner", "alice", "--name", "dev")
     agent_id, token = created["agents"][0]["agent_id"], created["agents"][0]["token"]
-    proc, url = await start_server_process(data_dir)
+    # Every report its own row, so each acknowledged one can be found afterwards.
+    proc, url = await start_server_process(data_dir, "--stats-min-spacing=0")
     acked: list[int] = []
     versions: list[int] = []
     try:

@@ -75,7 +75,10 @@ async def _status(world: World, status: str) -> bool:
     return bool((await world.agent_json())["status"] == status)
 
 
-async def test_concurrent_writes_from_many_agents_are_all_kept(control_plane: ControlPlane) -> None:
+async def test_concurrent_writes_from_many_agents_are_all_kept(
+    make_control_plane: Any,
+) -> None:
+    control_plane: ControlPlane = await make_control_plane(stats_min_spacing=0)
     count = 50
     await control_plane.create_user("alice")
     agents = await control_plane.create_workspace(
