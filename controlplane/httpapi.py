@@ -21,7 +21,6 @@ log = structlog.get_logger()
 
 T = TypeVar("T")
 
-JSON_CTYPE: Final = "application/json; charset=utf-8"
 BAD_JSON: Final = "Request body must be valid JSON."
 REQUIRED_DETAIL: Final = 'Validation failed for tag "required" with value: "{value}"'
 

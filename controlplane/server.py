@@ -6,7 +6,6 @@ directions of a socket, which the terminal relay needs; see docs/operations.md.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import ssl
@@ -131,8 +130,3 @@ async def running(config: ServerConfig) -> AsyncIterator[RunningServer]:
         yield server
     finally:
         await server.stop()
-
-
-async def serve_forever(config: ServerConfig) -> None:
-    async with running(config):
-        await asyncio.Event().wait()

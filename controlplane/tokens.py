@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 from typing import Final
@@ -28,7 +27,3 @@ def hash_token(token: str) -> str:
 def well_formed(token: str) -> bool:
     """Cheap shape check before any lookup (rejects garbage with a precise error)."""
     return _TOKEN_SHAPE.fullmatch(token) is not None
-
-
-def same_hash(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())

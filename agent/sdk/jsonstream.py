@@ -31,10 +31,6 @@ class JSONStream:
         self._in_string = False
         self._escape = False
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
     def feed(self, data: bytes) -> list[Any]:
         self._buf += data
         values: list[Any] = []

@@ -99,10 +99,6 @@ class AgentRecord:
     def auth_kind(self) -> str:
         return self.spec.auth
 
-    @property
-    def auth_instance_id(self) -> str:
-        return self.spec.instance_id
-
 
 @dataclass(frozen=True, slots=True)
 class CreatedAgent:

@@ -39,9 +39,6 @@ class ReportStore(SQLiteBase):
             _ts(now),
         )
 
-    async def agent_heartbeat(self, agent_id: str, now: datetime) -> None:
-        await self._update_agent(agent_id, "last_connected_at=?", _ts(now))
-
     async def agent_heartbeats(self, agent_ids: list[str], now: datetime) -> None:
         stamp = _ts(now)
 

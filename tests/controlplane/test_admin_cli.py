@@ -177,7 +177,7 @@ async def test_apply_a_workspace_file_twice_is_idempotent(
     assert body["connection_timeout_seconds"] == 60
     assert body["login_before_ready"] is False
     gpu = await cp.store.get_agent(agents["gpu"]["agent_id"])
-    assert gpu.auth_instance_id == "1234567890"
+    assert gpu.spec.instance_id == "1234567890"
 
 
 async def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
