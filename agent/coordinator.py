@@ -88,6 +88,7 @@ async def dial(
     ping_interval: float | None = PING_INTERVAL,
     max_size: int | None = MAX_MESSAGE_BYTES,
     write_limit: int = 64 * 1024,
+    max_queue: int = 16,
 ) -> ClientConnection:
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidHandshake
@@ -104,6 +105,7 @@ async def dial(
             close_timeout=CLOSE_TIMEOUT,
             max_size=max_size,
             write_limit=write_limit,
+            max_queue=max_queue,
             user_agent_header="wsagent",
         )
     except (InvalidHandshake, OSError, TimeoutError) as exc:

@@ -10,7 +10,8 @@ WsagentError                      (agent.sdk.errors)
 │   ├── NoCloudDetected           auto-detection found no cloud
 │   └── MetadataServiceError      the metadata service failed or answered wrongly
 ├── ProcessError                  a child process could not be started
-└── PtyError                      a terminal session failed
+├── PtyError                      a terminal session failed
+└── StreamTargetError             a byte stream's target could not be connected
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "NoCloudDetected",
     "ProcessError",
     "PtyError",
+    "StreamTargetError",
     "TransportError",
     "UnauthorizedError",
     "WsagentError",
@@ -60,3 +62,8 @@ class ProcessError(WsagentError):
 
 class PtyError(WsagentError):
     """A reconnecting terminal session failed or was refused."""
+
+
+class StreamTargetError(WsagentError):
+    """A byte stream's target (a workspace port, the SSH server) could not be connected.
+    The message is one line meant for the user at the other end."""

@@ -12,6 +12,7 @@ from agent.config import AUTH_TOKEN
 if TYPE_CHECKING:
     from agent.metrics import AgentMetrics
     from agent.sdk.extensions import PTYRequest
+    from agent.streams import StreamHandler
 
 
 def wire_components(agent: Agent) -> None:
@@ -23,6 +24,7 @@ def wire_components(agent: Agent) -> None:
     wire_listening_ports(agent)
     wire_app_health(agent, metrics)
     wire_terminals(agent, metrics)
+    wire_streams(agent, metrics)
 
 
 def wire_metrics(agent: Agent) -> AgentMetrics | None:
@@ -372,3 +374,55 @@ def _terminal_handler(
         return await dial(url, agent.client.websocket_headers(), agent.client.verify)
 
     return DialBackHandler(manager, dial_back, agent.stats).handle
+
+
+def wire_streams(agent: Agent, metrics: AgentMetrics | None = None) -> None:
+    """Byte streams (SSH, workspace TCP ports): dial back for each StreamRequest.
+
+    agent.streams (and websockets) is imported on the first request; the SSH server's
+    connector imports asyncssh only when the first SSH stream arrives."""
+    from agent.coordinator import CoordinatorSession
+    from agent.sdk.extensions import Extension, StreamRequest
+
+    built: list[StreamHandler] = []
+    if metrics is not None:
+        metrics.add_gauge(
+            "wsagent_agent_streams",
+            "Open byte streams (SSH connections and forwarded TCP connections).",
+            lambda: built[0].active if built else 0,
+        )
+
+    async def serve(request: Extension, session: CoordinatorSession) -> None:
+        assert isinstance(request, StreamRequest)
+        if not built:
+            built.append(_stream_handler(agent))
+        await built[0].handle(request, session.send_json)
+
+    def close() -> None:
+        if built:
+            built[0].cancel_all()
+
+    agent.handle_extension(StreamRequest, serve)
+    agent.add_shutdown_hook(close)
+
+
+def _stream_handler(agent: Agent) -> StreamHandler:
+    from urllib.parse import urlencode
+
+    from websockets.asyncio.client import ClientConnection
+
+    from agent.client import API_PREFIX
+    from agent.coordinator import dial
+    from agent.sdk.extensions import STREAM_DIAL_PATH, TARGET_TCP, StreamRequest
+    from agent.streams import Connection, StreamHandler, connect_loopback
+
+    async def dial_back(session_id: str) -> ClientConnection:
+        path = STREAM_DIAL_PATH.removeprefix(API_PREFIX)
+        url = agent.client.websocket_url(path, urlencode({"session": session_id}))
+        # A short receive queue: a stalled target holds at most a few messages here.
+        return await dial(url, agent.client.websocket_headers(), agent.client.verify, max_queue=4)
+
+    async def tcp(request: StreamRequest) -> Connection:
+        return await connect_loopback(request.target.port)
+
+    return StreamHandler(dial_back, {TARGET_TCP: tcp}, agent.stats)

@@ -21,8 +21,9 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -115,7 +116,9 @@ async def pty(request: web.Request) -> web.StreamResponse:
     relays = request.app[RELAYS]
     relays.add(user_ws)
     try:
-        agent_ws, pending = await _dial_agent(request.app, agent.id)
+        agent_ws, pending = await dial_agent(
+            request.app, agent.id, lambda session_id: PTYRequest(session_id).to_json()
+        )
     except DialError as exc:
         relays.discard(user_ws)
         await user_ws.close(
@@ -129,9 +132,11 @@ async def pty(request: web.Request) -> web.StreamResponse:
             try:
                 await agent_ws.send_bytes(init.encode_frame())
             except (ConnectionError, RuntimeError) as exc:
-                await _close(user_ws, WSCloseCode.INTERNAL_ERROR, f"dial workspace agent: {exc}")
+                await close_socket(
+                    user_ws, WSCloseCode.INTERNAL_ERROR, f"dial workspace agent: {exc}"
+                )
             else:
-                await _pipe(user_ws, agent_ws)
+                await pipe(user_ws, agent_ws)
         finally:
             relays.discard(user_ws)
             relays.discard(agent_ws)
@@ -144,10 +149,14 @@ class DialError(Exception):
     pass
 
 
-async def _dial_agent(
-    app: web.Application, agent_id: str
+async def dial_agent(
+    app: web.Application, agent_id: str, request_for: Callable[[str], dict[str, Any]]
 ) -> tuple[web.WebSocketResponse, PendingDial]:
-    """Ask the agent to dial back and wait (bounded) for its socket."""
+    """Send ``request_for(session_id)`` to the agent and wait (bounded) for its dial-back.
+
+    Shared by terminals and byte streams: one table of pending sessions, one dial-back
+    check. :func:`reject_dial` fails a pending dial with the agent's reason instead.
+    """
     timeout = app[CONFIG].pty_dial_timeout
     session_id = secrets.token_urlsafe(24)
     loop = asyncio.get_running_loop()
@@ -156,7 +165,7 @@ async def _dial_agent(
     _expire(table)
     table[session_id] = pending
     try:
-        await app[COORDINATOR].send_to_agent(agent_id, PTYRequest(session_id).to_json())
+        await app[COORDINATOR].send_to_agent(agent_id, request_for(session_id))
         return await asyncio.wait_for(asyncio.shield(pending.arrived), timeout), pending
     except AgentNotConnected as exc:
         raise DialError(str(exc)) from None
@@ -168,16 +177,27 @@ async def _dial_agent(
             pending.arrived.cancel()
 
 
+def reject_dial(app: web.Application, agent_id: str, session_id: str, exc: Exception) -> None:
+    """The agent answered a dial request with an error instead of dialling back."""
+    pending = app[PENDING].get(session_id)
+    if pending is not None and pending.agent_id == agent_id and not pending.arrived.done():
+        pending.arrived.set_exception(exc)
+
+
 def _expire(table: dict[str, PendingDial]) -> None:
     now = time.monotonic()
     for key in [k for k, p in table.items() if p.expires_at < now]:
         del table[key]
 
 
-async def _pipe(user_ws: web.WebSocketResponse, agent_ws: web.WebSocketResponse) -> None:
-    """Copy messages both ways until one side closes; close the other with its reason."""
-    to_agent = asyncio.create_task(_copy(user_ws, agent_ws, "client"))
-    to_user = asyncio.create_task(_copy(agent_ws, user_ws, "agent"))
+async def pipe(
+    user_ws: web.WebSocketResponse, agent_ws: web.WebSocketResponse, what: str = "terminal"
+) -> None:
+    """Copy messages both ways until one side closes; close the other with its reason.
+
+    Messages are forwarded unchanged, empty ones included (a stream's end-of-file)."""
+    to_agent = asyncio.create_task(_copy(user_ws, agent_ws, "client", what))
+    to_user = asyncio.create_task(_copy(agent_ws, user_ws, "agent", what))
     done, _ = await asyncio.wait({to_agent, to_user}, return_when=asyncio.FIRST_COMPLETED)
     first = to_user if to_user in done else to_agent
     other = to_agent if first is to_user else to_user
@@ -190,12 +210,12 @@ async def _pipe(user_ws: web.WebSocketResponse, agent_ws: web.WebSocketResponse)
         code, reason = WSCloseCode.INTERNAL_ERROR, f"relay failed: {type(exc).__name__}"
     target = user_ws if first is to_user else agent_ws
     source = agent_ws if first is to_user else user_ws
-    await _close(target, sendable_code(code), reason)
-    await _close(source, WSCloseCode.OK, "")
+    await close_socket(target, sendable_code(code), reason)
+    await close_socket(source, WSCloseCode.OK, "")
 
 
 async def _copy(
-    source: web.WebSocketResponse, target: web.WebSocketResponse, who: str
+    source: web.WebSocketResponse, target: web.WebSocketResponse, who: str, what: str
 ) -> tuple[int | None, str]:
     """Forward messages; returns the close (code, reason) that ended ``source``."""
     while True:
@@ -206,7 +226,7 @@ async def _copy(
                 await asyncio.wait_for(target.send_bytes(data), STALL_TIMEOUT)
             except TimeoutError:
                 log.warning("pty.relay_stalled", reader="agent" if who == "client" else "client")
-                reason = f"terminal stalled: output not read for {STALL_TIMEOUT:g}s"
+                reason = f"{what} stalled: output not read for {STALL_TIMEOUT:g}s"
                 return WSCloseCode.POLICY_VIOLATION, reason
             except (ConnectionError, RuntimeError):
                 return WSCloseCode.GOING_AWAY, f"{who} connection lost"
@@ -219,7 +239,7 @@ async def _copy(
             return WSCloseCode.INTERNAL_ERROR, f"{who} connection failed"
 
 
-async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+async def close_socket(ws: web.WebSocketResponse, code: int, reason: str) -> None:
     if ws.closed:
         return
     with contextlib.suppress(Exception):
@@ -230,27 +250,34 @@ async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
 
 
 async def pty_dial(request: web.Request) -> web.StreamResponse:
+    return await accept_dial(request, "PTY")
+
+
+async def accept_dial(request: web.Request, noun: str) -> web.StreamResponse:
+    """The agent's dial-back for a pending session; ``noun`` names it in errors."""
     agent = await authenticate_agent(request)
     session_id = request.query.get("session", "")
     table = request.app[PENDING]
     pending = table.get(session_id)
     if not session_id or pending is None:
         raise HTTPError(
-            404, "PTY session not found.", "The session ID is unknown, expired or already used."
+            404,
+            f"{noun} session not found.",
+            "The session ID is unknown, expired or already used.",
         )
     if pending.agent_id != agent.id:
-        raise HTTPError(403, "PTY session belongs to another agent.")
+        raise HTTPError(403, f"{noun} session belongs to another agent.")
     if pending.used or pending.arrived.done():
-        raise HTTPError(409, "PTY session already used.")
+        raise HTTPError(409, f"{noun} session already used.")
     if time.monotonic() > pending.expires_at:
         table.pop(session_id, None)
-        raise HTTPError(410, "PTY session expired.", "The user's terminal gave up waiting.")
+        raise HTTPError(410, f"{noun} session expired.", "The user gave up waiting.")
     pending.used = True
     del table[session_id]
     ws = web.WebSocketResponse(compress=False, heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     if pending.arrived.done():  # the user gave up while we were upgrading
-        await _close(ws, WSCloseCode.GOING_AWAY, "the user's terminal is gone")
+        await close_socket(ws, WSCloseCode.GOING_AWAY, "the user is gone")
         return ws
     pending.arrived.set_result(ws)
     # The user's handler owns the socket from here; keep this request alive until it is done.
@@ -262,7 +289,7 @@ async def _close_relays(app: web.Application) -> None:
     relays: set[web.WebSocketResponse] = app[RELAYS]
     sockets = list(relays)
     await asyncio.gather(
-        *(_close(ws, WSCloseCode.GOING_AWAY, "server shutting down") for ws in sockets),
+        *(close_socket(ws, WSCloseCode.GOING_AWAY, "server shutting down") for ws in sockets),
         return_exceptions=True,
     )
 

@@ -23,6 +23,7 @@ from controlplane import (
     routes_agent,
     routes_identity,
     routes_user,
+    streams,
 )
 from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
 from controlplane.config import ServerConfig
@@ -60,6 +61,7 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         routes_user.setup,
         routes_identity.setup,
         ptyrelay.setup,
+        streams.setup,
         ports.setup,
         gitauth_web.setup,
     ):
