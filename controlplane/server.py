@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from controlplane import (
+    dialback,
     gitauth_web,
     metrics,
     ports,
@@ -60,6 +61,7 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         routes_agent.setup,
         routes_user.setup,
         routes_identity.setup,
+        dialback.setup,
         ptyrelay.setup,
         streams.setup,
         ports.setup,

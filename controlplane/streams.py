@@ -2,7 +2,7 @@
 
 ``GET /workspaceagents/{id}/stream?target=ssh|tcp:PORT`` (user) opens one bidirectional
 byte stream to a target inside the workspace: the agent's SSH server, or a TCP port on the
-workspace's loopback. It rides the dial-back plane of terminals (controlplane/ptyrelay.py):
+workspace's loopback. It rides the dial-back plane of terminals (controlplane/dialback.py):
 the server sends ``stream_request`` on the agent's coordinate socket, the agent connects
 the target and dials back ``/workspaceagents/me/stream-dial?session=<id>``, or answers
 ``stream_error`` when the target cannot be connected. Every failure is therefore an HTTP
@@ -30,11 +30,11 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from agent.sdk.codec import Obj
 from agent.sdk.errors import DecodeError
 from agent.sdk.extensions import TYPE_STREAM_ERROR, StreamError, StreamRequest, Target
-from controlplane import ptyrelay
+from controlplane import dialback
 from controlplane.appkeys import COORDINATOR
 from controlplane.auth import authenticate_user, owned_agent
 from controlplane.httpapi import HTTPError
-from controlplane.routes_user import parse_agent_id, require_connected
+from controlplane.routes_shared import parse_agent_id, require_connected
 
 log = structlog.get_logger()
 
@@ -68,7 +68,7 @@ class AgentStream:
     """
 
     def __init__(
-        self, ws: web.WebSocketResponse, pending: ptyrelay.PendingDial, target: Target
+        self, ws: web.WebSocketResponse, pending: dialback.PendingDial, target: Target
     ) -> None:
         self.ws = ws
         self.target = target
@@ -87,14 +87,14 @@ class AgentStream:
 
     async def write(self, data: bytes) -> None:
         if data:
-            await asyncio.wait_for(self.ws.send_bytes(data), ptyrelay.STALL_TIMEOUT)
+            await asyncio.wait_for(self.ws.send_bytes(data), dialback.STALL_TIMEOUT)
 
     async def write_eof(self) -> None:
-        await asyncio.wait_for(self.ws.send_bytes(b""), ptyrelay.STALL_TIMEOUT)
+        await asyncio.wait_for(self.ws.send_bytes(b""), dialback.STALL_TIMEOUT)
 
     async def aclose(self, code: int = WSCloseCode.OK, reason: str = "") -> None:
         try:
-            await ptyrelay.close_socket(self.ws, code, reason)
+            await dialback.close_socket(self.ws, code, reason)
         finally:
             self._pending.finished.set()
 
@@ -121,8 +121,8 @@ async def open_stream(
         return StreamRequest(session_id, target, client_addr).to_json()
 
     try:
-        ws, pending = await ptyrelay.dial_agent(app, agent_id, request_for)
-    except ptyrelay.DialError as exc:
+        ws, pending = await dialback.dial_agent(app, agent_id, request_for)
+    except dialback.DialError as exc:
         if not app[COORDINATOR].is_connected(agent_id):
             raise StreamOpenError(
                 400, 'Agent state is "disconnected", it must be in the "connected" state.'
@@ -150,9 +150,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     agent_stream = await open_stream(
         request.app, agent.id, target, client_addr=_client_addr(request)
     )
-    relays = request.app[ptyrelay.RELAYS]
+    relays = request.app[dialback.RELAYS]
     user_ws = web.WebSocketResponse(
-        compress=False, heartbeat=ptyrelay.HEARTBEAT, max_msg_size=ptyrelay.MAX_MESSAGE_BYTES
+        compress=False, heartbeat=dialback.HEARTBEAT, max_msg_size=dialback.MAX_MESSAGE_BYTES
     )
     relays.add(agent_stream.ws)
     try:
@@ -160,7 +160,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         relays.add(user_ws)
         with structlog.contextvars.bound_contextvars(agent_id=agent.id, target=str(target)):
             log.info("stream.relay_started", user=user.name)
-            await ptyrelay.pipe(user_ws, agent_stream.ws, "stream")
+            await dialback.pipe(user_ws, agent_stream.ws, "stream")
             log.info("stream.relay_ended", code=user_ws.close_code)
     finally:
         relays.discard(user_ws)
@@ -170,14 +170,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def stream_dial(request: web.Request) -> web.StreamResponse:
-    return await ptyrelay.accept_dial(request, "Stream")
+    return await dialback.accept_dial(request, "Stream")
 
 
 def setup(app: web.Application) -> None:
     def on_error(agent_id: str, value: dict[str, Any]) -> None:
         with contextlib.suppress(DecodeError):
             reply = StreamError.from_obj(Obj(value, "stream error"))
-            ptyrelay.reject_dial(app, agent_id, reply.session_id, TargetRefused(reply.error))
+            dialback.reject_dial(app, agent_id, reply.session_id, TargetRefused(reply.error))
 
     app[COORDINATOR].on_agent_message(TYPE_STREAM_ERROR, on_error)
     app.router.add_get(STREAM_DIAL_ROUTE, stream_dial)

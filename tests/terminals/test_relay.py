@@ -19,7 +19,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agent.sdk.pty import ReconnectingPTYInit, ReconnectingPTYRequest
 from agent.sdk.tailnet import Node
-from controlplane.ptyrelay import parse_dimension, truncate_reason
+from controlplane.dialback import truncate_reason
+from controlplane.ptyrelay import parse_dimension
 from tests.conftest import ControlPlane, poll_until
 
 pytestmark = pytest.mark.timeout(60)
