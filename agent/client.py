@@ -34,6 +34,7 @@ from agent.sdk.models import (
     Stats,
     StatsResponse,
 )
+from agent.sdk.startuplogs import SEQ_HEADER, STREAM_HEADER, PatchStartupLogs, StartupLog
 
 T = TypeVar("T")
 
@@ -115,10 +116,11 @@ class ControlPlaneClient:
         body: dict[str, Any] | None = None,
         params: str = "",
         auth: bool = True,
+        extra_headers: dict[str, str] | None = None,
         request_timeout: float | object | None = httpx.USE_CLIENT_DEFAULT,
     ) -> bytes:
         url = API_PREFIX + path + (f"?{params}" if params else "")
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(extra_headers or {})
         if auth:
             headers[SESSION_HEADER] = self.tokens.token
         content = None
@@ -196,6 +198,17 @@ class ControlPlaneClient:
             "POST",
             "/workspaceagents/me/app-health",
             body=PostAppHealthsRequest(healths).to_json(),
+        )
+
+    async def patch_startup_logs(
+        self, stream: str, first_seq: int, logs: tuple[StartupLog, ...]
+    ) -> None:
+        """Append lines to the agent's startup logs; ApiError 413 once they overflowed."""
+        await self._request(
+            "PATCH",
+            "/workspaceagents/me/startup-logs",
+            body=PatchStartupLogs(logs).to_json(),
+            extra_headers={STREAM_HEADER: stream, SEQ_HEADER: str(first_seq)},
         )
 
     async def report_stats(self, stats: Stats) -> StatsResponse:

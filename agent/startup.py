@@ -51,6 +51,7 @@ MAX_READ_PER_WAKEUP: Final = 1 << 20
 # Room kept below the cap for the two lines saying output was dropped.
 TRAILER_RESERVE: Final = 256
 MIN_LOG_BYTES: Final = 4096
+OUTPUT_FLUSH_TIMEOUT: Final = 5.0
 
 WATCHDOG_SCRIPT: Final = (
     # dash's kill takes no "--"; "-TERM -PGID" works in dash and bash alike.
@@ -61,6 +62,15 @@ WATCHDOG_SCRIPT: Final = (
 
 class Children(Protocol):
     def add(self, pgid: int, what: str) -> None: ...
+
+
+class OutputSink(Protocol):
+    """Where the script's output goes besides the log file (the streamed startup logs)."""
+
+    def begin(self) -> None: ...
+    def feed(self, data: bytes) -> None: ...
+    def end(self) -> None: ...
+    async def flush(self) -> None: ...
 
 
 class CappedLog:
@@ -112,10 +122,13 @@ class CappedLog:
 class LogPump:
     """Moves the script's output from a non-blocking pipe into the capped log file."""
 
-    def __init__(self, read_fd: int, log_fd: int, cap: CappedLog) -> None:
+    def __init__(
+        self, read_fd: int, log_fd: int, cap: CappedLog, sink: OutputSink | None = None
+    ) -> None:
         self._read_fd = read_fd
         self._log_fd = log_fd
         self._cap = cap
+        self._sink = sink
         self.closed = asyncio.Event()
         os.set_blocking(read_fd, False)
         asyncio.get_running_loop().add_reader(read_fd, self._on_readable)
@@ -138,6 +151,8 @@ class LogPump:
                 self._close()
                 return
             taken += len(data)
+            if self._sink is not None:
+                self._sink.feed(data)  # uncapped: the sink has its own cap
             self._write(self._cap.feed(data))
 
     def _write(self, data: bytes) -> None:
@@ -158,6 +173,8 @@ class LogPump:
         self._read_fd = -1
         self._write(self._cap.finish())
         os.close(self._log_fd)
+        if self._sink is not None:
+            self._sink.end()
         self.closed.set()
 
 
@@ -281,6 +298,7 @@ class WorkspaceStart:
         environment: Callable[[Metadata], dict[str, str]],
         working_directory: Callable[[Metadata], str],
         prepare: Callable[[Metadata], None] | None = None,
+        output: OutputSink | None = None,
     ) -> None:
         self.lifecycle = Lifecycle()
         self.reporter = LifecycleReporter(self.lifecycle, post_lifecycle)
@@ -292,6 +310,7 @@ class WorkspaceStart:
         self._environment = environment
         self._working_directory = working_directory
         self._prepare = prepare
+        self._output = output
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._watchdog_fd = -1
@@ -353,8 +372,17 @@ class WorkspaceStart:
             )
             self._event(EXITED_ERROR)
             return
-        if code is not None:
-            self._event(EXITED_OK if code == 0 else EXITED_ERROR, code)
+        if code is None:
+            return
+        # As Coder: the streamed lines land before the final state, so whoever waits for
+        # "ready" sees the whole log. A server that is away does not hold the state long.
+        if self._output is not None:
+            try:
+                async with asyncio.timeout(OUTPUT_FLUSH_TIMEOUT):
+                    await self._output.flush()
+            except TimeoutError:
+                log.warning("startup.logs_not_flushed", timeout_seconds=OUTPUT_FLUSH_TIMEOUT)
+        self._event(EXITED_OK if code == 0 else EXITED_ERROR, code)
 
     async def _execute(self, metadata: Metadata) -> int | None:
         env = self._environment(metadata)
@@ -382,7 +410,9 @@ class WorkspaceStart:
         finally:
             os.close(write_fd)
         self._children.add(proc.pid, "startup script")
-        self.pump = LogPump(read_fd, log_fd, CappedLog(self._max_log_bytes))
+        if self._output is not None:
+            self._output.begin()
+        self.pump = LogPump(read_fd, log_fd, CappedLog(self._max_log_bytes), self._output)
         try:
             self._watchdog, self._watchdog_fd = start_watchdog(proc.pid, self._grace)
         except OSError as exc:

@@ -12,6 +12,7 @@ from agent.config import AUTH_TOKEN
 if TYPE_CHECKING:
     from agent.metrics import AgentMetrics
     from agent.sdk.extensions import PTYRequest
+    from agent.startuplogs import StartupLogSender
     from agent.streams import StreamHandler
 
 
@@ -214,6 +215,7 @@ def wire_workspace_start(
         await agent.client.post_lifecycle(state)
 
     executable = sessionenv.wsagent_executable()
+    logs = wire_startup_logs(agent)
     start = WorkspaceStart(
         post_lifecycle=post_lifecycle,
         children=agent.children,
@@ -226,6 +228,7 @@ def wire_workspace_start(
         prepare=lambda md: vscode.apply_overrides(
             md.git_auth_configs, os.environ, paths.home_directory()
         ),
+        output=logs,
     )
     agent.add_metadata_hook(start.on_metadata)
     agent.add_shutdown_hook(start.close)
@@ -250,6 +253,24 @@ def wire_workspace_start(
                 )
             ]
         )
+
+
+def wire_startup_logs(agent: Agent) -> StartupLogSender:
+    """Stream the startup script's output to the control plane (PATCH /me/startup-logs)."""
+    from agent.sdk.models import Metadata
+    from agent.startuplogs import StartupLogSender
+
+    sender = StartupLogSender(agent.client.patch_startup_logs)
+
+    async def on_metadata(metadata: Metadata, first: bool) -> None:
+        del metadata
+        if not first:
+            sender.kick()  # a new connection: pending lines go out now
+
+    agent.add_metadata_hook(on_metadata)
+    agent.start_task("startuplogs", sender.run)
+    agent.add_shutdown_hook(sender.close)
+    return sender
 
 
 def wire_app_health(agent: Agent, metrics: AgentMetrics | None = None) -> None:

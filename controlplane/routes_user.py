@@ -42,6 +42,8 @@ async def agent_model(request: web.Request, agent: AgentRecord) -> WorkspaceAgen
         environment_variables=dict(spec.environment_variables),
         operating_system=spec.operating_system,
         startup_script=spec.startup_script,
+        startup_logs_length=agent.startup_logs_length,
+        startup_logs_overflowed=agent.startup_logs_overflowed,
         directory=spec.directory,
         expanded_directory=agent.expanded_directory,
         version=agent.version,

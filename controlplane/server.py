@@ -24,6 +24,7 @@ from controlplane import (
     routes_agent,
     routes_identity,
     routes_user,
+    startuplogs,
     streams,
 )
 from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
@@ -66,6 +67,7 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         streams.setup,
         ports.setup,
         gitauth_web.setup,
+        startuplogs.setup,
     ):
         setup(app)
     metrics.setup(app)

@@ -14,6 +14,7 @@ commands:
   admin        administer the control plane (users, workspaces, git auth)
   demo         control plane and agent together on loopback
   terminal     open a terminal to a workspace agent through the control plane
+  logs         print a workspace agent's startup logs (--follow to keep printing)
   gitssh       GIT_SSH_COMMAND helper (run by git)
 
 flags:
@@ -52,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.gitssh import main as gitssh_main
 
         return gitssh_main(rest)
+    if command == "logs":
+        # A user's tool, but it needs only the agent's own dependencies (httpx, websockets).
+        from controlplane.logs_cli import main as logs_main
+
+        return logs_main(rest)
     if command in SERVER_COMMANDS:
         try:
             from controlplane.cli import main as server_main

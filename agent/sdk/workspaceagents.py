@@ -50,6 +50,8 @@ class WorkspaceAgent:
     expanded_directory: str = ""
     apps: tuple[WorkspaceApp, ...] = ()
     latency: dict[str, DERPRegionLatency] = field(default_factory=dict)
+    startup_logs_length: int = 0
+    startup_logs_overflowed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -75,6 +77,8 @@ class WorkspaceAgent:
         out["operating_system"] = self.operating_system
         if self.startup_script:
             out["startup_script"] = self.startup_script
+        out["startup_logs_length"] = self.startup_logs_length
+        out["startup_logs_overflowed"] = self.startup_logs_overflowed
         if self.directory:
             out["directory"] = self.directory
         if self.expanded_directory:
@@ -112,6 +116,8 @@ class WorkspaceAgent:
             environment_variables=o.text_map("environment_variables"),
             operating_system=o.text("operating_system", ""),
             startup_script=o.text("startup_script", ""),
+            startup_logs_length=o.integer("startup_logs_length", 0),
+            startup_logs_overflowed=o.flag("startup_logs_overflowed", False),
             directory=o.text("directory", ""),
             expanded_directory=o.text("expanded_directory", ""),
             version=o.text("version", ""),

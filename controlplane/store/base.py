@@ -15,11 +15,14 @@ from agent.sdk.models import Stats
 from controlplane.store.records import (
     AgentRecord,
     AgentSpec,
+    AppendLogsResult,
     AppRecord,
     CreatedAgent,
     GitAuthLink,
     GitAuthProvider,
     GitSSHKeyRecord,
+    NewStartupLog,
+    StartupLogRecord,
     StatsRecord,
     UserRecord,
     WorkspaceRecord,
@@ -98,6 +101,25 @@ class Store(Protocol):
         ...
 
     async def list_stats(self, agent_id: str) -> list[StatsRecord]: ...
+
+    # startup logs
+    async def append_startup_logs(
+        self,
+        agent_id: str,
+        logs: list[NewStartupLog],
+        *,
+        cap_bytes: int,
+        stream: str = "",
+        first_seq: int = 0,
+    ) -> AppendLogsResult:
+        """Append lines while the agent's total stays within ``cap_bytes``; the first line
+        that would pass it sets the overflow flag, and nothing is stored after that. With a
+        ``stream``, lines numbered below the stream's next expected number are skipped."""
+        ...
+
+    async def list_startup_logs(
+        self, agent_id: str, *, after: int = 0, before: int = 0, limit: int = 50_000
+    ) -> list[StartupLogRecord]: ...
 
     # git auth
     async def upsert_gitauth_provider(self, provider: GitAuthProvider) -> None: ...

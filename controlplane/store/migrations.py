@@ -103,6 +103,23 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (provider_id, user_id)
     );
     """,
+    # 2: streamed startup logs, capped per agent (the agent's running total and overflow
+    # flag live on its row, with the stream and next sequence number used to store a
+    # retried batch once).
+    """
+    CREATE TABLE agent_startup_logs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        output TEXT NOT NULL,
+        level TEXT NOT NULL DEFAULT 'info'
+    );
+    CREATE INDEX agent_startup_logs_agent ON agent_startup_logs (agent_id, id);
+    ALTER TABLE agents ADD COLUMN startup_logs_length INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN startup_logs_overflowed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN startup_logs_stream TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN startup_logs_next_seq INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

@@ -90,6 +90,8 @@ class AgentRecord:
     first_connected_at: datetime | None = None
     last_connected_at: datetime | None = None
     disconnected_at: datetime | None = None
+    startup_logs_length: int = 0
+    startup_logs_overflowed: bool = False
 
     @property
     def name(self) -> str:
@@ -170,3 +172,32 @@ def merge_stats(stored: Stats, extra: Stats) -> Stats:
         tx_packets=add(stored.tx_packets, extra.tx_packets),
         tx_bytes=add(stored.tx_bytes, extra.tx_bytes),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StartupLogRecord:
+    id: int
+    agent_id: str
+    created_at: datetime
+    output: str
+    level: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewStartupLog:
+    created_at: datetime
+    output: str
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class AppendLogsResult:
+    """What an append did: ``stored`` lines kept (ids from ``first_id``), ``skipped`` lines
+    already stored by an earlier try of the same batch, and whether the cap was reached
+    (``overflowed``; ``newly`` when by this append)."""
+
+    stored: int
+    skipped: int
+    first_id: int | None
+    overflowed: bool
+    newly: bool

@@ -25,6 +25,7 @@ from controlplane.store.records import (
 )
 from controlplane.store.sqlite_base import DB_NAME, SQLiteBase, _dt, _now, _req_dt, _ts
 from controlplane.store.sqlite_git import GitStore
+from controlplane.store.sqlite_logs import LogStore
 from controlplane.store.sqlite_reports import ReportStore, _app_from_json, _app_to_json
 from controlplane.tokens import hash_token, new_token
 
@@ -33,7 +34,7 @@ __all__ = ["DB_NAME", "SQLiteBase", "SQLiteStore"]
 MAX_IDENTITY_TOKENS_PER_AGENT: Final = 8
 
 
-class SQLiteStore(ReportStore, GitStore):
+class SQLiteStore(ReportStore, GitStore, LogStore):
     @classmethod
     async def open(cls, data_dir: Path, *, durability: str = "normal") -> SQLiteStore:
         store = cls(data_dir / DB_NAME, durability=durability)
@@ -265,6 +266,8 @@ class SQLiteStore(ReportStore, GitStore):
             first_connected_at=_dt(row["first_connected_at"]),
             last_connected_at=_dt(row["last_connected_at"]),
             disconnected_at=_dt(row["disconnected_at"]),
+            startup_logs_length=row["startup_logs_length"],
+            startup_logs_overflowed=bool(row["startup_logs_overflowed"]),
         )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:

@@ -32,6 +32,8 @@ REQUIRED = {
     "troubleshooting_url",
     "startup_script_timeout_seconds",
     "login_before_ready",
+    "startup_logs_length",
+    "startup_logs_overflowed",
 }
 OMITEMPTY = {
     "first_connected_at",

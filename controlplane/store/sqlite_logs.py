@@ -1,0 +1,88 @@
+"""The store's startup-log part: capped, de-duplicated appends and reads by id."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from controlplane.store.base import NotFound
+from controlplane.store.records import AppendLogsResult, NewStartupLog, StartupLogRecord
+from controlplane.store.sqlite_base import SQLiteBase, _now, _req_dt, _ts
+
+
+def _size(text: str) -> int:
+    # Coder counts the output's bytes; an empty line counts 1 here, so the cap bounds the
+    # number of rows too.
+    return max(1, len(text.encode("utf-8", "surrogatepass")))
+
+
+class LogStore(SQLiteBase):
+    async def append_startup_logs(
+        self,
+        agent_id: str,
+        logs: list[NewStartupLog],
+        *,
+        cap_bytes: int,
+        stream: str = "",
+        first_seq: int = 0,
+    ) -> AppendLogsResult:
+        def op(conn: sqlite3.Connection) -> AppendLogsResult:
+            row = conn.execute(
+                "SELECT startup_logs_length, startup_logs_overflowed, startup_logs_stream,"
+                " startup_logs_next_seq FROM agents WHERE id=?",
+                (agent_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"agent {agent_id} not found")
+            if row["startup_logs_overflowed"]:
+                return AppendLogsResult(0, 0, None, True, False)
+            skip = 0
+            if stream and stream == row["startup_logs_stream"]:
+                # A retried batch: its lines below the next expected number are stored.
+                skip = min(len(logs), max(0, row["startup_logs_next_seq"] - first_seq))
+            length = row["startup_logs_length"]
+            first_id: int | None = None
+            stored = 0
+            overflowed = False
+            for line in logs[skip:]:
+                size = _size(line.output)
+                if length + size > cap_bytes:
+                    overflowed = True
+                    break
+                cursor = conn.execute(
+                    "INSERT INTO agent_startup_logs (agent_id, created_at, output, level)"
+                    " VALUES (?, ?, ?, ?)",
+                    (agent_id, _ts(line.created_at), line.output, line.level),
+                )
+                if first_id is None:
+                    first_id = cursor.lastrowid
+                length += size
+                stored += 1
+            next_seq = first_seq + len(logs) if stream else 0
+            if skip < len(logs) or stream != row["startup_logs_stream"]:
+                conn.execute(
+                    "UPDATE agents SET startup_logs_length=?, startup_logs_overflowed=?,"
+                    " startup_logs_stream=?, startup_logs_next_seq=?, updated_at=? WHERE id=?",
+                    (length, int(overflowed), stream, next_seq, _ts(_now()), agent_id),
+                )
+            return AppendLogsResult(stored, skip, first_id, overflowed, overflowed)
+
+        return await self._run(self._tx, op)
+
+    async def list_startup_logs(
+        self, agent_id: str, *, after: int = 0, before: int = 0, limit: int = 50_000
+    ) -> list[StartupLogRecord]:
+        def op() -> list[StartupLogRecord]:
+            sql = "SELECT * FROM agent_startup_logs WHERE agent_id=? AND id>?"
+            params: list[object] = [agent_id, after]
+            if before > 0:
+                sql += " AND id<?"
+                params.append(before)
+            rows = self.conn.execute(sql + " ORDER BY id LIMIT ?", (*params, limit)).fetchall()
+            return [
+                StartupLogRecord(
+                    r["id"], r["agent_id"], _req_dt(r["created_at"]), r["output"], r["level"]
+                )
+                for r in rows
+            ]
+
+        return await self._read(op)
