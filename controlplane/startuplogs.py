@@ -29,7 +29,7 @@ from agent.sdk.startuplogs import (
 from controlplane.appkeys import STORE
 from controlplane.auth import authenticate_agent, authenticate_user, owned_agent
 from controlplane.httpapi import HTTPError, decode_body, encode, read_json, respond
-from controlplane.routes_user import parse_agent_id
+from controlplane.routes_shared import parse_agent_id
 from controlplane.store.base import Store
 from controlplane.store.records import NewStartupLog, StartupLogRecord
 
