@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from agent.sdk.models import SHARING_LEVELS
+from controlplane import speckeys
 from controlplane.gitauth import credential_for
 from controlplane.store.base import NotFound, Store
 from controlplane.store.records import (
@@ -50,12 +51,22 @@ def valid_name(name: str, where: str) -> str:
     return name
 
 
+def check_keys(raw: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    """A key the declaration does not know is an error naming it and the nearest valid
+    one, never silently ignored."""
+    key = speckeys.first_unknown(raw, allowed)
+    if key is not None:
+        raise SpecError(speckeys.unknown_key_message(key, allowed, where))
+
+
 def app_spec(raw: dict[str, Any], where: str) -> AppSpec:
     _expect(raw, dict, where)
+    check_keys(raw, speckeys.APP_KEYS, where)
     slug = _expect(raw.get("slug", ""), str, f"{where}.slug")
     if not slug:
         raise SpecError(f"{where}.slug: required")
     health = _expect(raw.get("healthcheck", {}), dict, f"{where}.healthcheck")
+    check_keys(health, speckeys.HEALTHCHECK_KEYS, f"{where}.healthcheck")
     sharing = _expect(raw.get("sharing_level", "owner"), str, f"{where}.sharing_level")
     if sharing not in SHARING_LEVELS:
         raise SpecError(f"{where}.sharing_level: must be one of {sorted(SHARING_LEVELS)}")
@@ -88,6 +99,7 @@ def _timeout_seconds(value: object, where: str) -> float:
 def agent_spec(raw: dict[str, Any], where: str = "agent") -> AgentSpec:
     """Build an AgentSpec from a declaration (workspace file, CLI flags or tests)."""
     _expect(raw, dict, where)
+    check_keys(raw, speckeys.AGENT_KEYS, where)
     name = valid_name(_expect(raw.get("name", "main"), str, f"{where}.name"), f"{where}.name")
     auth = _expect(raw.get("auth", "token"), str, f"{where}.auth")
     if auth not in AUTH_KINDS:
@@ -177,6 +189,11 @@ async def add_gitauth_provider(
 ) -> None:
     """Create or update a provider; a regex that does not compile is refused here, not
     silently skipped at match time (agents would get 404 for every URL)."""
+    check_gitauth_provider(provider, where)
+    await store.upsert_gitauth_provider(provider)
+
+
+def check_gitauth_provider(provider: GitAuthProvider, where: str) -> None:
     if not provider.id or not provider.regex:
         raise SpecError(f"{where}: id and regex are required")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", provider.id):
@@ -186,16 +203,17 @@ async def add_gitauth_provider(
         re.compile(provider.regex)
     except re.error as exc:
         raise SpecError(f"{where}.regex: {exc}") from None
-    await store.upsert_gitauth_provider(provider)
 
 
 @dataclass
 class ApplyResult:
     users: dict[str, str] = field(default_factory=dict)  # name -> new session token
     agents: list[dict[str, str]] = field(default_factory=list)
+    # Workspaces that exist and differ from the file: they are not rebuilt.
+    not_rebuilt: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"users": self.users, "agents": self.agents}
+        return {"users": self.users, "agents": self.agents, "not_rebuilt": self.not_rebuilt}
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:
@@ -207,45 +225,145 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     return _expect(data, dict, str(path))  # type: ignore[no-any-return]
 
 
-async def apply_spec(store: Store, data: dict[str, Any]) -> ApplyResult:
-    """Create what the declaration names and does not exist yet. Safe to apply twice."""
-    result = ApplyResult()
+@dataclass
+class _Credential:
+    user: str
+    token: str
+    username: str
+    password: str
+
+
+@dataclass
+class _Plan:
+    """A whole workspace file, checked before anything is written."""
+
+    users: list[tuple[str, str]] = field(default_factory=list)
+    providers: list[tuple[GitAuthProvider, list[_Credential]]] = field(default_factory=list)
+    workspaces: list[tuple[str, str, list[AgentSpec], str]] = field(default_factory=list)
+
+
+def _str_field(raw: dict[str, Any], key: str, where: str) -> str:
+    return _expect(raw.get(key, ""), str, f"{where}.{key}")  # type: ignore[no-any-return]
+
+
+def plan_spec(data: dict[str, Any]) -> _Plan:
+    """Check every key and value of a workspace file. Pure: raises SpecError naming the
+    first problem."""
+    check_keys(data, speckeys.TOP_KEYS, "")
+    plan = _Plan()
     for i, raw in enumerate(_expect(data.get("users", []), list, "users")):
-        name = _expect(_expect(raw, dict, f"users[{i}]").get("name", ""), str, f"users[{i}].name")
-        if not name:
-            raise SpecError(f"users[{i}].name: required")
-        if await store.get_user_by_name(name) is None:
-            _, token = await create_user(store, name, str(raw.get("email", "")))
-            result.users[name] = token
+        where = f"users[{i}]"
+        check_keys(_expect(raw, dict, where), speckeys.USER_KEYS, where)
+        name = valid_name(_str_field(raw, "name", where), f"{where}.name")
+        if any(name == known for known, _ in plan.users):
+            raise SpecError(f"{where}.name: user {name!r} is declared twice")
+        plan.users.append((name, _str_field(raw, "email", where)))
     for i, raw in enumerate(_expect(data.get("gitauth", []), list, "gitauth")):
         where = f"gitauth[{i}]"
-        _expect(raw, dict, where)
+        check_keys(_expect(raw, dict, where), speckeys.GITAUTH_KEYS, where)
         provider = GitAuthProvider(
-            id=_expect(raw.get("id", ""), str, f"{where}.id"),
-            regex=_expect(raw.get("regex", ""), str, f"{where}.regex"),
-            type=_expect(raw.get("type", ""), str, f"{where}.type"),
+            id=_str_field(raw, "id", where),
+            regex=_str_field(raw, "regex", where),
+            type=_str_field(raw, "type", where),
         )
-        await add_gitauth_provider(store, provider, where)
+        check_gitauth_provider(provider, where)
+        credentials = []
         for j, cred in enumerate(_expect(raw.get("credentials", []), list, f"{where}.credentials")):
-            _expect(cred, dict, f"{where}.credentials[{j}]")
+            cwhere = f"{where}.credentials[{j}]"
+            check_keys(_expect(cred, dict, cwhere), speckeys.CREDENTIAL_KEYS, cwhere)
+            credential = _Credential(
+                *(_str_field(cred, k, cwhere) for k in ("user", "token", "username", "password"))
+            )
+            if not credential.user:
+                raise SpecError(f"{cwhere}.user: required")
+            if not (credential.token or credential.username or credential.password):
+                raise SpecError(f"{cwhere}: give a token, or a username and password")
+            credentials.append(credential)
+        plan.providers.append((provider, credentials))
+    for i, raw in enumerate(_expect(data.get("workspaces", []), list, "workspaces")):
+        where = f"workspaces[{i}]"
+        check_keys(_expect(raw, dict, where), speckeys.WORKSPACE_KEYS, where)
+        owner = _str_field(raw, "owner", where)
+        name = valid_name(_str_field(raw, "name", where), f"{where}.name")
+        agents_raw = _expect(raw.get("agents", []), list, f"{where}.agents")
+        specs = [agent_spec(a, f"{where}.agents[{j}]") for j, a in enumerate(agents_raw)]
+        if not specs:
+            raise SpecError(f"{where}.agents: a workspace needs at least one agent")
+        names = [a.name for a in specs]
+        if len(set(names)) != len(names):
+            raise SpecError(f"{where}.agents: agent names must be unique: {names}")
+        plan.workspaces.append((owner, name, specs, where))
+    return plan
+
+
+def spec_differences(stored: list[AgentSpec], declared: list[AgentSpec]) -> list[str]:
+    """What differs between a workspace's agents and a declaration of them, as
+    ``agents.<name>.<field>`` (and ``agents.<name>`` for one added or removed). Pure."""
+    old = {a.name: a for a in stored}
+    new = {a.name: a for a in declared}
+    out = [f"agents.{n} (not in the file)" for n in old if n not in new]
+    out += [f"agents.{n} (new in the file)" for n in new if n not in old]
+    for name in new.keys() & old.keys():
+        out += [
+            f"agents.{name}.{f.name}"
+            for f in fields(AgentSpec)
+            if getattr(old[name], f.name) != getattr(new[name], f.name)
+        ]
+    return sorted(out)
+
+
+async def apply_spec(store: Store, data: dict[str, Any]) -> ApplyResult:
+    """Create what the declaration names and does not exist yet. Safe to apply twice.
+
+    The whole file is checked first (keys, values, owners, credential users), so a file
+    with a mistake writes nothing. A workspace that exists is not rebuilt; when the file
+    declares it differently the result says which fields differ.
+    """
+    plan = plan_spec(data)
+    result = ApplyResult()
+    new_users = [(n, e) for n, e in plan.users if await store.get_user_by_name(n) is None]
+    known = {n for n, _ in plan.users}
+    for provider, credentials in plan.providers:
+        for credential in credentials:
+            if (
+                credential.user not in known
+                and await store.get_user_by_name(credential.user) is None
+            ):
+                raise NotFound(f"gitauth {provider.id!r}: user {credential.user!r} not found")
+    for owner, _, _, where in plan.workspaces:
+        if owner not in known and await store.get_user_by_name(owner) is None:
+            raise NotFound(f"{where}.owner: user {owner!r} not found")
+
+    for name, email in new_users:
+        _, token = await create_user(store, name, email)
+        result.users[name] = token
+    for provider, credentials in plan.providers:
+        await add_gitauth_provider(store, provider)
+        for credential in credentials:
             await set_git_credential(
                 store,
                 provider.id,
-                str(cred.get("user", "")),
-                token=str(cred.get("token", "")),
-                username=str(cred.get("username", "")),
-                password=str(cred.get("password", "")),
+                credential.user,
+                token=credential.token,
+                username=credential.username,
+                password=credential.password,
             )
-    for i, raw in enumerate(_expect(data.get("workspaces", []), list, "workspaces")):
-        where = f"workspaces[{i}]"
-        _expect(raw, dict, where)
-        owner = _expect(raw.get("owner", ""), str, f"{where}.owner")
-        name = _expect(raw.get("name", ""), str, f"{where}.name")
+    for owner, name, specs, _ in plan.workspaces:
         user = await require_user(store, owner)
-        if await store.get_workspace_by_name(user.id, name) is not None:
+        existing = await store.get_workspace_by_name(user.id, name)
+        if existing is not None:
+            stored = [a.spec for a in await store.list_agents(existing.id)]
+            differs = spec_differences(stored, specs)
+            if differs:
+                result.not_rebuilt.append(
+                    {
+                        "workspace": name,
+                        "owner": owner,
+                        "status": "exists, not rebuilt",
+                        "differs": differs,
+                    }
+                )
             continue
-        agents_raw = _expect(raw.get("agents", []), list, f"{where}.agents")
-        specs = [agent_spec(a, f"{where}.agents[{j}]") for j, a in enumerate(agents_raw)]
         workspace, created = await create_workspace(store, owner, name, specs)
         for c in created:
             result.agents.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,7 @@ async def test_apply_a_workspace_file_twice_is_idempotent(
     assert agents["gpu"]["auth"] == "google-instance-identity"
 
     second = await admin(data, "apply", str(spec))
-    assert second == {"users": {}, "agents": []}
+    assert second == {"users": {}, "agents": [], "not_rebuilt": []}
 
     cp = await _plane_on(make_control_plane, data)
     assert len(await cp.store.list_users()) == 2
@@ -256,6 +257,7 @@ async def test_the_documented_workspace_file_applies(tmp_path: Path) -> None:
         assert (await apply_spec(store, tomllib.loads(example))).to_json() == {
             "users": {},
             "agents": [],
+            "not_rebuilt": [],
         }
     finally:
         await store.close()
@@ -282,3 +284,124 @@ async def test_names_are_dns_labels(tmp_path: Path) -> None:
         assert "letters, digits and single hyphens" in result.stderr, (args, result)
     assert [u["name"] for u in await admin(data, "user", "list")] == ["alice"]
     assert await admin(data, "workspace", "list") == []
+
+
+TYPO_FILES = {
+    "[[user]]": ("[[user]]\nname = 'carol'\n", "unknown key 'user' (did you mean 'users'?)"),
+    "startup_script_timout": (
+        WORKSPACE_FILE.replace("startup_script_timeout = 300", "startup_script_timout = 300"),
+        "workspaces[0].agents[0]: unknown key 'startup_script_timout'"
+        " (did you mean 'startup_script_timeout'?)",
+    ),
+    "enviroment": (
+        WORKSPACE_FILE.replace('env = { EDITOR = "vim" }', 'enviroment = { EDITOR = "vim" }'),
+        "workspaces[0].agents[0]: unknown key 'enviroment' (did you mean 'environment_variables'?)",
+    ),
+    "healthcheck.intervall": (
+        WORKSPACE_FILE.replace("interval = 5,", "intervall = 5,"),
+        "healthcheck: unknown key 'intervall' (did you mean 'interval'?)",
+    ),
+}
+
+
+async def test_typos_in_a_workspace_file_are_errors_and_write_nothing(tmp_path: Path) -> None:
+    """Each typo: exit 1, one line naming the key and the nearest valid one, and no
+    database written (the file declares users before the typo, and none is created)."""
+    data = tmp_path / "data"
+    for label, (text, message) in TYPO_FILES.items():
+        spec = tmp_path / "typo.toml"
+        spec.write_text(text)
+        result = await wsagent("admin", "--data-dir", str(data), "apply", str(spec))
+        assert result.code == 1, (label, result)
+        assert result.stdout == "", (label, result)
+        (line,) = result.stderr.splitlines()
+        assert message in line, (label, line)
+        assert not data.exists(), label
+
+
+async def test_typos_in_workspace_create_flags_write_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    await admin(data, "user", "create", "alice")
+    base = ("admin", "--data-dir", str(data), "workspace", "create", "--owner", "alice")
+    cases = {
+        ("--name", "a", "--app", "slug=web,healthcheck=http://x/"): (
+            "--app: unknown key 'healthcheck' (did you mean 'healthcheck-url'?)"
+        ),
+        ("--name", "b", "--env", "EDITOR"): "--env 'EDITOR': expected KEY=VALUE",
+        ("--name", "c", "--app", "slug=web,external=yes"): (
+            "--app external: expected true or false, got 'yes'"
+        ),
+    }
+    for args, message in cases.items():
+        result = await wsagent(*base, *args)
+        assert result.code == 1, (args, result)
+        assert result.stderr.splitlines() == [f"wsagent admin: error: {message}"], args
+    assert await admin(data, "workspace", "list") == []
+
+
+async def test_a_mistyped_data_dir_is_an_error_not_a_new_database(tmp_path: Path) -> None:
+    """Only `user create`, `apply` and `--init` create a database; every other command
+    names the database it looked for. Human output says which database was opened."""
+    data = tmp_path / "data"
+    await admin(data, "user", "create", "alice")
+    typo = tmp_path / "dta"
+    result = await wsagent("admin", "--data-dir", str(typo), "user", "list")
+    assert result.code == 1
+    assert result.stderr.splitlines() == [
+        f"wsagent admin: error: no database at {typo / 'wsagent.db'} (is --data-dir right?);"
+        " create one with `wsagent admin --init`, `user create` or `apply`"
+    ]
+    assert not typo.exists()
+
+    listed = await wsagent("admin", "--data-dir", str(data), "user", "list")
+    assert listed.code == 0
+    assert listed.stdout.splitlines()[0] == f"database: {data / 'wsagent.db'}"
+    assert "alice" in listed.stdout and not listed.stdout.lstrip().startswith(("[", "{"))
+    # --json after the command as well as before it.
+    assert [
+        u["name"]
+        for u in json.loads(
+            (await wsagent("admin", "--data-dir", str(data), "user", "list", "--json")).stdout
+        )
+    ] == ["alice"]
+
+    init = await wsagent("admin", "--data-dir", str(typo), "--init", "--json")
+    assert init.code == 0 and init.json == {"database": str(typo / "wsagent.db"), "ok": True}
+    assert await admin(typo, "user", "list") == []
+
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    result = await wsagent("admin", "--data-dir", str(a_file), "user", "create", "bob")
+    assert result.code == 1
+    assert result.stderr.splitlines() == [
+        f"wsagent admin: error: data directory {a_file} is not a directory"
+    ]
+
+
+async def test_reapplying_a_changed_workspace_says_it_was_not_rebuilt(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    spec = tmp_path / "workspaces.toml"
+    spec.write_text(WORKSPACE_FILE)
+    await admin(data, "apply", str(spec))
+    spec.write_text(
+        WORKSPACE_FILE.replace(
+            'startup_script = "echo ready"', 'startup_script = "echo hi"'
+        ).replace("connection_timeout = 60", "connection_timeout = 90")
+    )
+    again = await admin(data, "apply", str(spec))
+    assert again["agents"] == []
+    assert again["not_rebuilt"] == [
+        {
+            "workspace": "dev",
+            "owner": "alice",
+            "status": "exists, not rebuilt",
+            "differs": [
+                "agents.main.connection_timeout_seconds",
+                "agents.main.startup_script",
+            ],
+        }
+    ]
+    human = await wsagent("admin", "--data-dir", str(data), "apply", str(spec))
+    assert human.code == 0
+    assert "exists, not rebuilt" in human.stdout
+    assert "agents.main.startup_script" in human.stdout
