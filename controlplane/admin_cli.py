@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from controlplane.admin import SpecError
-from controlplane.cli import default_data_dir, parse_seconds
+from controlplane.cliargs import default_data_dir, parse_seconds
 from controlplane.speckeys import APP_KEYS, nearest
 
 # Commands that may create the database; every other one needs an existing database, so a
