@@ -3,6 +3,7 @@ declarative workspace file. The CLI, the demo and the tests all go through these
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import tomllib
@@ -13,6 +14,7 @@ from typing import Any
 from agent.sdk.models import SHARING_LEVELS
 from controlplane import speckeys
 from controlplane.gitauth import credential_for
+from controlplane.passwords import PasswordError, hash_password
 from controlplane.store.base import NotFound, Store
 from controlplane.store.records import (
     AUTH_KINDS,
@@ -143,9 +145,35 @@ async def require_user(store: Store, name: str) -> UserRecord:
     return user
 
 
-async def create_user(store: Store, name: str, email: str = "") -> tuple[UserRecord, str]:
-    user = await store.create_user(valid_name(name, "user name"), email)
+async def create_user(
+    store: Store, name: str, email: str = "", password: str | None = None
+) -> tuple[UserRecord, str]:
+    valid_name(name, "user name")
+    password_hash = await _hash(password) if password is not None else ""
+    user = await store.create_user(name, email)
+    if password_hash:
+        await store.set_password_hash(user.id, password_hash)
     return user, await store.create_user_token(user.id)
+
+
+async def _hash(password: str) -> str:
+    try:
+        # Slow on purpose (scrypt); off the event loop.
+        return await asyncio.to_thread(hash_password, password)
+    except PasswordError as exc:
+        raise SpecError(f"password: {exc}") from None
+
+
+async def set_password(store: Store, name: str, password: str) -> UserRecord:
+    user = await require_user(store, name)
+    await store.set_password_hash(user.id, await _hash(password))
+    return user
+
+
+async def revoke_user_tokens(store: Store, name: str) -> tuple[UserRecord, int]:
+    """Revoke every session of the user; a running server closes their sockets."""
+    user = await require_user(store, name)
+    return user, await store.revoke_user_tokens(user.id)
 
 
 async def create_workspace(

@@ -66,6 +66,15 @@ def admin_parser() -> argparse.ArgumentParser:
     u = command(users, "create", "create a user and print a session token")
     u.add_argument("name", help="user name (letters, digits and single hyphens)")
     u.add_argument("--email", default="", help="the user's email address")
+    u.add_argument(
+        "--password-stdin", action="store_true", help="read a sign-in password from stdin"
+    )
+    sp = command(users, "set-password", "set a user's sign-in password (stdin, or prompted)")
+    sp.add_argument("name", help="user name")
+    rt = command(
+        users, "revoke-tokens", "revoke every session of a user and close their open sockets"
+    )
+    rt.add_argument("name", help="user name")
     t = command(users, "token", "print a new session token for a user")
     t.add_argument("name", help="user name")
     t.add_argument(
@@ -146,6 +155,21 @@ def admin_parser() -> argparse.ArgumentParser:
     return p
 
 
+def read_password(*, confirm: bool) -> str:
+    """One line from stdin when it is not a terminal; else a prompt (twice, to confirm)."""
+    if not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise SpecError("password: expected one line on stdin")
+        return password
+    import getpass
+
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Again: ") != password:
+        raise SpecError("password: the two entries differ")
+    return password
+
+
 def app_flag(text: str) -> dict[str, Any]:
     """``--app slug=web,url=...`` as a workspace-file app; a typo is a SpecError."""
     fields: dict[str, str] = {}
@@ -220,8 +244,15 @@ async def run_admin_command(args: argparse.Namespace, database: Path) -> Any:
             case (None, None):
                 return {"database": str(database), "ok": True}
             case ("user", "create"):
-                user, token = await admin.create_user(store, args.name, args.email)
+                password = read_password(confirm=False) if args.password_stdin else None
+                user, token = await admin.create_user(store, args.name, args.email, password)
                 return {"id": user.id, "name": user.name, "session_token": token}
+            case ("user", "set-password"):
+                user = await admin.set_password(store, args.name, read_password(confirm=True))
+                return {"name": user.name, "password_set": True}
+            case ("user", "revoke-tokens"):
+                user, count = await admin.revoke_user_tokens(store, args.name)
+                return {"name": user.name, "revoked": count}
             case ("user", "token"):
                 user = await admin.require_user(store, args.name)
                 return {

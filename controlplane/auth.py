@@ -2,7 +2,8 @@
 
 Tokens are looked up by their SHA-256 hash (never stored or logged in clear). WebSockets
 can't always set headers, so the cookie and the query parameter are accepted too, in
-Coder's order: cookie, query, header.
+Coder's order: cookie, query, header. A cookie is sent by the browser on its own, so
+where it is the credential the request's origin is checked too.
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ from aiohttp import web
 from controlplane.appkeys import STORE
 from controlplane.httpapi import HTTPError
 from controlplane.store.records import AgentRecord, UserRecord, WorkspaceRecord
-from controlplane.tokens import well_formed
+from controlplane.tokens import hash_token, well_formed
+from controlplane.webui.security import check_origin, needs_origin_check
 
 SESSION_HEADER: Final = "Coder-Session-Token"
 SESSION_COOKIE: Final = "coder_session_token"
 NOT_FOUND: Final = "Resource not found or you do not have access to this resource"
+
+
+# Set on the request by authenticate_user: who signed it in and with which token (hash),
+# so sockets it opens can be closed when that token is revoked.
+AUTH_USER: Final = web.RequestKey("wsagent_auth_user", UserRecord)
+AUTH_TOKEN_HASH: Final = web.RequestKey("wsagent_auth_token_hash", str)
 
 
 def request_token(request: web.Request) -> str:
@@ -28,6 +36,11 @@ def request_token(request: web.Request) -> str:
         or request.headers.get(SESSION_HEADER)
         or ""
     )
+
+
+def token_from_cookie(request: web.Request) -> bool:
+    """Whether the token in use is the browser's ambient cookie (see ``request_token``)."""
+    return bool(request.cookies.get(SESSION_COOKIE))
 
 
 async def authenticate_agent(request: web.Request) -> AgentRecord:
@@ -50,7 +63,9 @@ async def authenticate_agent(request: web.Request) -> AgentRecord:
     return agent
 
 
-async def authenticate_user(request: web.Request) -> UserRecord:
+async def authenticate_user(request: web.Request, *, app_hosts: bool = False) -> UserRecord:
+    """The signed-in user. A browser's cookie counts only from our own origin for
+    WebSockets and state-changing methods (``app_hosts``: or a subdomain app's origin)."""
     token = request_token(request)
     if not token:
         raise HTTPError(
@@ -63,6 +78,10 @@ async def authenticate_user(request: web.Request) -> UserRecord:
     user = await request.app[STORE].user_by_token(token)
     if user is None:
         raise HTTPError(401, "Invalid session token.", "The token is unknown, revoked or expired.")
+    if token_from_cookie(request) and needs_origin_check(request):
+        check_origin(request, app_hosts=app_hosts)
+    request[AUTH_USER] = user
+    request[AUTH_TOKEN_HASH] = hash_token(token)
     return user
 
 

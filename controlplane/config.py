@@ -35,6 +35,7 @@ class ServerConfig:
     identity_token_ttl: float = 24 * 3600.0
     pty_dial_timeout: float = 10.0
     durability: str = "normal"
+    session_ttl: float = 7 * 24 * 3600.0  # a browser sign-in lasts this long
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     # Prometheus endpoint (host, port); None is off. The CLI turns it on at 127.0.0.1:2114.
     metrics_address: tuple[str, int] | None = None

@@ -3,39 +3,35 @@
 This control plane has no OAuth client (it runs without internet access), so the page lets
 the signed-in user store a personal access token (or a username and password) for the
 provider. Saving it wakes every ``gitauth?listen`` request waiting for that user at once.
+A browser that is not signed in is sent through ``/login`` and back here.
 """
 
 from __future__ import annotations
 
-import html
-import urllib.parse
 from typing import Final
+from urllib.parse import quote
 
 from aiohttp import web
 
 from controlplane.appkeys import GITAUTH, STORE
-from controlplane.auth import authenticate_user
+from controlplane.auth import authenticate_user, request_token, token_from_cookie
 from controlplane.gitauth import credential_for
 from controlplane.httpapi import HTTPError
-from controlplane.store.records import GitAuthProvider
+from controlplane.store.records import GitAuthProvider, UserRecord
+from controlplane.webui.pages import LoginRequired, esc, render, wants_html
+from controlplane.webui.security import check_form, csrf_token, read_form, set_csrf_cookie
 
-MAX_FORM_BYTES: Final = 16 * 1024
-
-PAGE: Final = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Git authentication: {name}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto}}
-input{{width:100%;padding:.4rem;margin:.2rem 0 1rem}}</style></head>
-<body><h1>Git authentication</h1>
+FORM: Final = """<section class="card narrow"><h1>Git authentication</h1>
 <p>Provider <b>{name}</b> (URLs matching <code>{regex}</code>) for user <b>{user}</b>.</p>
-<p>{status}</p>
-<form method="post">
+<p class="status" role="status">{status}</p>
+<form method="post" action="{action}">
+<input type="hidden" name="csrf" value="{csrf}">
 <label>Access token <input name="token" type="password" autocomplete="off"></label>
 <p>or</p>
 <label>Username <input name="username" autocomplete="off"></label>
 <label>Password <input name="password" type="password" autocomplete="off"></label>
 <button type="submit">Save</button>
-</form></body></html>
-"""
+</form></section>"""
 
 
 async def _provider(request: web.Request) -> GitAuthProvider:
@@ -46,59 +42,43 @@ async def _provider(request: web.Request) -> GitAuthProvider:
     raise HTTPError(404, f'Git auth provider "{wanted[:64]}" not found.')
 
 
-def _page(provider: GitAuthProvider, user: str, status: str) -> web.Response:
-    body = PAGE.format(
-        name=html.escape(provider.id),
-        regex=html.escape(provider.regex),
-        user=html.escape(user),
-        status=html.escape(status),
-    )
-    return web.Response(text=body, content_type="text/html", charset="utf-8")
+async def _user(request: web.Request) -> UserRecord:
+    if wants_html(request) and not request_token(request):
+        raise LoginRequired(request.path_qs)
+    return await authenticate_user(request)
 
 
-async def _read_form(request: web.Request) -> dict[str, str]:
-    """The url-encoded form, capped on the bytes actually read: a chunked body declares no
-    length, so checking ``Content-Length`` alone would let it through unbounded."""
-    too_large = HTTPError(
-        413, "Request body is too large.", f"The limit is {MAX_FORM_BYTES} bytes."
+def _page(
+    request: web.Request, provider: GitAuthProvider, user: UserRecord, status: str
+) -> web.Response:
+    csrf = csrf_token(request)
+    body = FORM.format(
+        name=esc(provider.id),
+        regex=esc(provider.regex),
+        user=esc(user.name),
+        status=esc(status),
+        action=esc(f"/gitauth/{quote(provider.id)}"),
+        csrf=esc(csrf),
     )
-    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        raise too_large
-    if request.content_type not in (
-        "application/x-www-form-urlencoded",
-        "application/octet-stream",
-    ):
-        raise HTTPError(
-            415,
-            "Unsupported form encoding.",
-            f"Send application/x-www-form-urlencoded, not {request.content_type[:64]}.",
-        )
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(4096):
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise too_large
-    try:
-        pairs = urllib.parse.parse_qsl(
-            body.decode("utf-8"), keep_blank_values=True, errors="strict", max_num_fields=16
-        )
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise HTTPError(400, "Malformed form body.", str(exc)) from None
-    return dict(pairs)
+    response = render(f"Git authentication: {provider.id}", body, user=user, csrf=csrf)
+    set_csrf_cookie(request, response, csrf)
+    return response
 
 
 async def show(request: web.Request) -> web.Response:
-    user = await authenticate_user(request)
+    user = await _user(request)
     provider = await _provider(request)
     link = await request.app[STORE].get_gitauth_link(provider.id, user.id)
     status = "A credential is stored." if link else "No credential is stored yet."
-    return _page(provider, user.name, status)
+    return _page(request, provider, user, status)
 
 
 async def save(request: web.Request) -> web.Response:
     user = await authenticate_user(request)
     provider = await _provider(request)
-    form = await _read_form(request)
+    form = await read_form(request)
+    if token_from_cookie(request):
+        check_form(request, form)
     token = form.get("token", "").strip()
     username = form.get("username", "").strip()
     password = form.get("password", "")
@@ -112,7 +92,7 @@ async def save(request: web.Request) -> web.Response:
         )
     await request.app[STORE].set_gitauth_link(provider.id, user.id, username, password)
     request.app[GITAUTH].notify(provider.id, user.id)
-    return _page(provider, user.name, "Saved. You can return to your terminal.")
+    return _page(request, provider, user, "Saved. You can return to your terminal.")
 
 
 def setup(app: web.Application) -> None:

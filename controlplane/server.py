@@ -34,6 +34,9 @@ from controlplane.gitauth import GitAuthNotifier
 from controlplane.httpapi import error_middleware, respond
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SQLiteStore
+from controlplane.webui import login, sockets, static
+from controlplane.webui.pages import login_middleware
+from controlplane.webui.security import add_security_headers
 
 log = structlog.get_logger()
 
@@ -51,7 +54,9 @@ async def build_info(request: web.Request) -> web.Response:
 
 
 def create_app(config: ServerConfig, store: Store) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware, login_middleware], client_max_size=config.max_body_bytes
+    )
     app[CONFIG] = config
     app[STORE] = store
     app[COORDINATOR] = Coordinator()
@@ -68,9 +73,13 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         ports.setup,
         gitauth_web.setup,
         startuplogs.setup,
+        sockets.setup,
+        login.setup,
+        static.setup,
     ):
         setup(app)
     metrics.setup(app)
+    app.on_response_prepare.append(add_security_headers)
 
     async def close_sockets(app: web.Application) -> None:
         await app[COORDINATOR].close()

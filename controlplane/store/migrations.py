@@ -120,6 +120,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE agents ADD COLUMN startup_logs_stream TEXT NOT NULL DEFAULT '';
     ALTER TABLE agents ADD COLUMN startup_logs_next_seq INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: passwords for the web sign-in; user tokens listed per user (revoke-tokens).
+    """
+    ALTER TABLE users ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';
+    CREATE INDEX user_tokens_user ON user_tokens (user_id);
+    """,
 )
 
 

@@ -1,8 +1,8 @@
 """SQLite (WAL) implementation of :class:`controlplane.store.base.Store`.
 
 Split by concern: the connection and helpers (``sqlite_base``), agent reports and stats
-(``sqlite_reports``), git SSH keys and git auth (``sqlite_git``); users, workspaces,
-builds, agents and tokens are here.
+(``sqlite_reports``), git SSH keys and git auth (``sqlite_git``), passwords and session
+revocation (``sqlite_sessions``); users, workspaces, builds, agents and tokens are here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from controlplane.store.sqlite_base import DB_NAME, SQLiteBase, _dt, _now, _req_
 from controlplane.store.sqlite_git import GitStore
 from controlplane.store.sqlite_logs import LogStore
 from controlplane.store.sqlite_reports import ReportStore, _app_from_json, _app_to_json
+from controlplane.store.sqlite_sessions import SessionStore
 from controlplane.tokens import hash_token, new_token
 
 __all__ = ["DB_NAME", "SQLiteBase", "SQLiteStore"]
@@ -34,7 +35,7 @@ __all__ = ["DB_NAME", "SQLiteBase", "SQLiteStore"]
 MAX_IDENTITY_TOKENS_PER_AGENT: Final = 8
 
 
-class SQLiteStore(ReportStore, GitStore, LogStore):
+class SQLiteStore(ReportStore, GitStore, LogStore, SessionStore):
     @classmethod
     async def open(cls, data_dir: Path, *, durability: str = "normal") -> SQLiteStore:
         store = cls(data_dir / DB_NAME, durability=durability)

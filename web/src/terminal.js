@@ -1,0 +1,1 @@
+import "@xterm/xterm/css/xterm.css";
