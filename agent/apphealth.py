@@ -20,7 +20,6 @@ Fixes over Coder (issue 7):
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -28,9 +27,8 @@ from typing import Final
 import httpx
 import structlog
 
-from agent.backoff import Backoff
-from agent.errors import WsagentError
-from agent.logs import FailureThrottle, error_key
+from agent.clock import Clock
+from agent.retry import Retry, is_retryable, traceback_fields
 from agent.sdk.models import WorkspaceApp
 
 log = structlog.get_logger()
@@ -45,8 +43,6 @@ RETRY_CEILING: Final = 30.0
 PostHealths = Callable[[dict[str, str]], Awaitable[None]]
 # probe(url, limit) -> True when the app answered below 500 within limit seconds.
 Probe = Callable[[str, float], Awaitable[bool]]
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
 
 
 @dataclass
@@ -128,11 +124,10 @@ class AppHealthReporter:
         apps: Sequence[WorkspaceApp],
         post: PostHealths,
         *,
+        clock: Clock,
         probe: Probe | None = None,
-        sleep: Sleep = asyncio.sleep,
-        clock: Clock = time.monotonic,
         report_every: float = REPORT_EVERY,
-        backoff: Backoff | None = None,
+        retry: Retry | None = None,
     ) -> None:
         # The map starts with the server's values, so nothing is posted until a change.
         self.healths: dict[str, str] = {}
@@ -141,14 +136,12 @@ class AppHealthReporter:
         self._probers: dict[str, asyncio.Task[None]] = {}
         self._post = post
         self._probe = probe
-        self._sleep = sleep
         self._clock = clock
         self._report_every = report_every
-        self._backoff = backoff or Backoff(RETRY_FLOOR, RETRY_CEILING)
+        self._retry = retry or Retry(RETRY_FLOOR, RETRY_CEILING)
         self._retry_at: float | None = None
         self._resend = False
         self._running = False
-        self._throttle = FailureThrottle()
         self._apps: dict[str, WorkspaceApp] = {}
         self.update(apps)
 
@@ -191,7 +184,7 @@ class AppHealthReporter:
         """Post the current map again at the next tick, even if unchanged (a reconnect)."""
         self._resend = True
         self._retry_at = None  # the server is reachable again: no need to wait out a backoff
-        self._backoff.reset()
+        self._retry.reset_backoff()
 
     async def run(self) -> None:
         log.info("apphealth.started", apps=len(self._checks))
@@ -205,8 +198,8 @@ class AppHealthReporter:
             # a change made at a tick they share is reported at that same tick.
             await asyncio.sleep(0)
             while True:
-                await self._sleep(self._report_every)
-                if self._retry_at is None or self._clock() >= self._retry_at:
+                await self._clock.sleep(self._report_every)
+                if self._retry_at is None or self._clock.monotonic() >= self._retry_at:
                     await self.report_if_changed()
         finally:
             self._running = False
@@ -229,14 +222,14 @@ class AppHealthReporter:
         check = app.healthcheck
         counter = HealthCounter(check.threshold, health=self.healths[app.id])
         interval = float(check.interval)
-        next_at = self._clock() + interval
+        next_at = self._clock.monotonic() + interval
         while True:
             # A fixed-rate ticker: a slow probe (bounded by the interval) delays nothing.
-            await self._sleep(max(0.0, next_at - self._clock()))
+            await self._clock.sleep(max(0.0, next_at - self._clock.monotonic()))
             next_at += interval
             assert self._probe is not None
             ok = await self._probe(check.url, interval)
-            changed = counter.observe(ok, self._clock())
+            changed = counter.observe(ok, self._clock.monotonic())
             if changed is not None and app.id in self.healths:
                 self.healths[app.id] = changed
                 log.info("apphealth.changed", app=app.slug or app.id, health=changed)
@@ -252,13 +245,16 @@ class AppHealthReporter:
         snapshot = dict(self.healths)
         try:
             await self._post(snapshot)
-        except WsagentError as exc:
-            self._retry_at = self._clock() + self._backoff.next_delay()
-            if self._throttle.failure(error_key(exc), self._clock()) is not None:
-                log.warning("apphealth.post_failed", error=str(exc))
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            now = self._clock.monotonic()
+            failure = self._retry.failed(exc, now)
+            self._retry_at = now + failure.delay
+            if failure.repeats is not None:
+                log.warning("apphealth.post_failed", error=str(exc), **traceback_fields(exc))
             return False
-        self._throttle.success()
-        self._backoff.reset()
+        self._retry.succeeded()
         self._retry_at = None
         self._resend = False
         self._reported = snapshot

@@ -6,12 +6,12 @@ waits a grace period, then KILLs whatever is left.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import time
 
 import structlog
+
+from agent.clock import SYSTEM_CLOCK, Clock
 
 log = structlog.get_logger()
 
@@ -62,7 +62,8 @@ def signal_group(pgid: int, signum: int) -> bool:
 
 
 class ChildRegistry:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._groups: dict[int, str] = {}
 
     def add(self, pgid: int, what: str) -> None:
@@ -82,12 +83,12 @@ class ChildRegistry:
         for pgid in groups:
             signal_group(pgid, signal.SIGHUP)
             signal_group(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
+        deadline = self._clock.monotonic() + grace
         pending = set(groups)
         delay = 0.01
-        while pending and time.monotonic() < deadline:
+        while pending and self._clock.monotonic() < deadline:
             # Children are reaped by their owners' asyncio watchers; we only observe.
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
             delay = min(delay * 2, 0.2)
             pending = {g for g in pending if _group_alive(g)}
         for pgid in pending:

@@ -34,9 +34,9 @@ def run_agent(argv: Sequence[str]) -> int:
     # lifetime, and asyncio (with ssl) alone would add ~9 MiB to it.
     import asyncio
 
-    from agent.app import Agent, run_until_signalled
+    from agent.compose import compose
+    from agent.daemon import run_until_signalled
     from agent.logsinks import open_sinks
-    from agent.wiring import wire_components
     from wscommon import logs
     from wscommon.logfile import LogFileError, make_log_dir
 
@@ -95,9 +95,7 @@ def run_agent(argv: Sequence[str]) -> int:
         )
 
     async def main() -> int:
-        agent = Agent(config)
-        wire_components(agent)
-        return await run_until_signalled(agent, early)
+        return await run_until_signalled(compose(config), early)
 
     try:
         return asyncio.run(main())

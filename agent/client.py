@@ -3,7 +3,8 @@
 REST calls carry ``Coder-Session-Token`` and a 10 s timeout; WebSocket dials (made by the
 coordinator and the PTY dial-back) use the ``coder_session_token`` cookie. Errors come back
 typed: :class:`ApiError` (with the status and Coder's error body), :class:`TransportError`
-and :class:`DecodeError`. No httpx exception escapes this module.
+(one of its kinds: timeout, refused, TLS, protocol) and :class:`DecodeError`. No httpx
+exception escapes this module.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
-from agent.errors import ApiError, DecodeError, TransportError, UnauthorizedError
+from agent.errors import (
+    ApiError,
+    ConnectRefused,
+    DecodeError,
+    ProtocolError,
+    TransportError,
+    TransportTimeout,
+    UnauthorizedError,
+    transport_kind,
+)
 from agent.sdk import codec
 from agent.sdk.errors import ValidationError
 from agent.sdk.models import (
@@ -152,13 +162,13 @@ class ControlPlaneClient:
                 finally:
                     await response.aclose()
         except TimeoutError as exc:
-            raise TransportError(method, full_url, f"timed out after {total}s") from exc
+            raise TransportTimeout(method, full_url, f"timed out after {total}s") from exc
         except httpx.TimeoutException as exc:
-            raise TransportError(method, full_url, f"timed out ({type(exc).__name__})") from exc
+            raise TransportTimeout(method, full_url, f"timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
-            raise TransportError(method, full_url, _describe(exc)) from exc
+            raise http_error_kind(exc)(method, full_url, _describe(exc)) from exc
         if data is None:
-            raise TransportError(
+            raise ProtocolError(
                 method, full_url, f"response body larger than {MAX_RESPONSE_BYTES} bytes"
             )
         # Coder answers 200 (or 204 for report-lifecycle); any 2xx is a success, so a
@@ -268,6 +278,19 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def http_error_kind(exc: httpx.HTTPError) -> type[TransportError]:
+    """Which transport failure an httpx error is (httpx's tree, onto ours)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportTimeout
+    if isinstance(exc, httpx.ConnectError):
+        # httpx reports a failed TLS handshake as a ConnectError; the cause tells.
+        kind = transport_kind(exc)
+        return kind if kind is not TransportError else ConnectRefused
+    if isinstance(exc, httpx.ProtocolError | httpx.ReadError | httpx.WriteError):
+        return ProtocolError
+    return transport_kind(exc)
 
 
 def _describe(exc: httpx.HTTPError) -> str:

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from agent.errors import ApiError, DecodeError, TransportError, UnauthorizedError
+from agent.errors import (
+    ApiError,
+    DecodeError,
+    ProtocolError,
+    TransportError,
+    TransportTimeout,
+    UnauthorizedError,
+    transport_kind,
+)
 from agent.sdk import codec
 from agent.sdk.extensions import COORDINATE_ENDPOINT, Extension, decode_extension
 from agent.sdk.jsonstream import JSONStream
@@ -63,7 +71,7 @@ def websocket_ssl(url: str, verify: ssl.SSLContext | bool) -> ssl.SSLContext | N
 
 def handshake_error(url: str, exc: Exception) -> Exception:
     """Map a failed WebSocket dial to the same typed errors the REST client raises."""
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     if isinstance(exc, InvalidStatus):
         response = exc.response
@@ -76,8 +84,11 @@ def handshake_error(url: str, exc: Exception) -> Exception:
         except DecodeError:
             return cls("GET", url, status, f"websocket upgrade refused with status {status}")
     if isinstance(exc, TimeoutError):
-        return TransportError("GET", url, "websocket dial timed out")
-    return TransportError("GET", url, f"{type(exc).__name__}: {exc}")
+        return TransportTimeout("GET", url, "websocket dial timed out")
+    kind = transport_kind(exc)
+    if kind is TransportError and isinstance(exc, InvalidHandshake):
+        kind = ProtocolError  # an upgrade answered with something that is not WebSocket
+    return kind("GET", url, f"{type(exc).__name__}: {exc}")
 
 
 async def dial(
@@ -168,14 +179,14 @@ class Coordinator:
                 for value in stream.feed(data):
                     self._dispatch(value, session)
         except ConnectionClosed as exc:
-            raise TransportError("GET", url, f"coordinate socket closed: {exc}") from exc
+            raise ProtocolError("GET", url, f"coordinate socket closed: {exc}") from exc
         except asyncio.CancelledError:
             await session.close()
             raise
         finally:
             self.current = None
             await ws.close()
-        raise TransportError("GET", url, "coordinate socket closed by the server")
+        raise ProtocolError("GET", url, "coordinate socket closed by the server")
 
     def _dispatch(self, value: object, session: CoordinatorSession) -> None:
         # One bad message is dropped, not allowed to kill the socket: the server would

@@ -2,7 +2,7 @@
 
 No HTTP framework and no client library: the agent runs on every workspace, and this
 costs next to nothing when nobody scrapes it (figures in docs/benchmarks.md, "Metrics").
-Each scrape reads the components through callables given by agent/wiring.py, so this
+Each scrape reads the components through callables given by agent/compose.py, so this
 module imports no other component. One request per connection; the request head is capped
 and timed out, so a stuck or hostile client holds one socket for at most a few seconds.
 
@@ -18,7 +18,7 @@ from typing import Final
 
 import structlog
 
-from agent.sdk.promtext import CONTENT_TYPE, Family, counter, gauge, render
+from agent.sdk.promtext import CONTENT_TYPE, Family, gauge, render
 
 log = structlog.get_logger()
 
@@ -54,7 +54,7 @@ def process_families() -> list[Family]:
 
 
 class AgentMetrics:
-    """Collects families from readers registered by the wiring, in registration order."""
+    """Collects families from readers registered by the composition root, in order."""
 
     def __init__(self) -> None:
         self._collectors: list[Collect] = [process_families]
@@ -64,9 +64,6 @@ class AgentMetrics:
 
     def add_gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.add(lambda: [gauge(name, help_text, read())])
-
-    def add_counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.add(lambda: [counter(name, help_text, read())])
 
     def render(self) -> str:
         families: list[Family] = []

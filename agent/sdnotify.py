@@ -21,6 +21,8 @@ from typing import Final
 
 import structlog
 
+from agent.clock import SYSTEM_CLOCK, Clock
+
 log = structlog.get_logger()
 
 NOTIFY_SOCKET: Final = "NOTIFY_SOCKET"
@@ -62,8 +64,11 @@ def watchdog_interval(usec: str, watchdog_pid: str, pid: int) -> float | None:
 class Notifier:
     """Sends notify messages; never raises (a lost message must not stop the agent)."""
 
-    def __init__(self, address: str | None, watchdog: float | None = None) -> None:
+    def __init__(
+        self, address: str | None, watchdog: float | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.address = address
+        self._clock = clock
         self.watchdog = watchdog if address else None
         self._sock: socket.socket | None = None
         self._status = ""
@@ -75,12 +80,14 @@ class Notifier:
             self._sock.setblocking(False)
 
     @classmethod
-    def from_environ(cls, environ: MutableMapping[str, str], pid: int) -> Notifier:
+    def from_environ(
+        cls, environ: MutableMapping[str, str], pid: int, clock: Clock = SYSTEM_CLOCK
+    ) -> Notifier:
         """Read and remove the three variables from ``environ``."""
         address = socket_address(environ.pop(NOTIFY_SOCKET, ""))
         usec = environ.pop(WATCHDOG_USEC, "")
         watchdog_pid = environ.pop(WATCHDOG_PID, "")
-        return cls(address, watchdog_interval(usec, watchdog_pid, pid))
+        return cls(address, watchdog_interval(usec, watchdog_pid, pid), clock)
 
     @property
     def enabled(self) -> bool:
@@ -120,15 +127,15 @@ class Notifier:
         """Ping the watchdog every ``self.watchdog`` s (if on) and refresh the status every
         ``status_interval`` s, from the event loop, forever."""
         tick = min(self.watchdog, status_interval) if self.watchdog else status_interval
-        next_ping = time.monotonic()
+        next_ping = self._clock.monotonic()
         while True:
-            now = time.monotonic()
+            now = self._clock.monotonic()
             if self.watchdog and now >= next_ping:
                 self.send("WATCHDOG=1")
                 # From now, not from the schedule: after a stall, no burst of late pings.
                 next_ping = now + self.watchdog
             self.status(current_status())
-            await asyncio.sleep(min(tick, next_ping - now) if self.watchdog else tick)
+            await self._clock.sleep(min(tick, next_ping - now) if self.watchdog else tick)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -25,7 +25,7 @@ from typing import Final, Protocol
 
 import structlog
 
-from agent.backoff import Backoff
+from agent.clock import Clock, sleep_unless_set
 from agent.lifecycle import (
     EXITED_ERROR,
     EXITED_OK,
@@ -35,7 +35,7 @@ from agent.lifecycle import (
     TIMEOUT,
     Lifecycle,
 )
-from agent.logs import FailureThrottle, error_key
+from agent.retry import Retry, is_retryable, traceback_fields
 from agent.sdk.errors import WsagentError
 from agent.sdk.models import Metadata
 from wscommon.logfile import LogFileError, make_log_dir, open_log_file
@@ -221,19 +221,14 @@ class LifecycleReporter:
         lifecycle: Lifecycle,
         post: Callable[[str], Awaitable[None]],
         *,
+        clock: Clock,
         rng: random.Random | None = None,
-        sleep: Callable[[float], Awaitable[None]] | None = None,
-        now: Callable[[], float] | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self._post = post
-        self._sleep = sleep or self._sleep_unless_woken
-        self._now = now or (lambda: asyncio.get_running_loop().time())
-        self._backoff = Backoff(
-            POST_BACKOFF_FLOOR, POST_BACKOFF_CEILING, rng=rng or random.Random()
-        )
+        self._clock = clock
+        self._retry = Retry(POST_BACKOFF_FLOOR, POST_BACKOFF_CEILING, rng=rng)
         self._wake = asyncio.Event()
-        self._throttle = FailureThrottle()
         self._last_reported: str | None = None
         self.stopped = False
 
@@ -243,15 +238,12 @@ class LifecycleReporter:
     def kick(self) -> None:
         """A new connection: whatever is pending is worth trying again now, not after
         the rest of a backoff that grew while the server was away."""
-        self._backoff.reset()
+        self._retry.reset_backoff()
         self._wake.set()
 
     async def _sleep_unless_woken(self, delay: float) -> None:
-        try:
-            await asyncio.wait_for(self._wake.wait(), delay)
-        except TimeoutError:
-            return
-        self._wake.clear()
+        if await sleep_unless_set(self._clock, self._wake, delay):
+            self._wake.clear()
 
     async def run(self) -> None:
         while not self.stopped:
@@ -264,14 +256,21 @@ class LifecycleReporter:
         while not self.stopped and (state := self.lifecycle.pending()) is not None:
             try:
                 await self._post(state)
-            except WsagentError as exc:
-                count = self._throttle.failure(error_key(exc), self._now())
-                if count is not None:
-                    log.warning("lifecycle.post_failed", state=state, error=str(exc), repeats=count)
-                await self._sleep(self._backoff.next_delay())
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                failure = self._retry.failed(exc, self._clock.monotonic())
+                if failure.repeats is not None:
+                    log.warning(
+                        "lifecycle.post_failed",
+                        state=state,
+                        error=str(exc),
+                        repeats=failure.repeats,
+                        **traceback_fields(exc),
+                    )
+                await self._sleep_unless_woken(failure.delay)
                 continue
-            self._throttle.success()
-            self._backoff.reset()
+            self._retry.succeeded()
             self.lifecycle.posted(state)
             # A re-post after a reconnect is routine: one info line per real transition,
             # so a flapping socket does not add a line per retry.
@@ -297,11 +296,13 @@ class WorkspaceStart:
         shell: Callable[[], str],
         environment: Callable[[Metadata], dict[str, str]],
         working_directory: Callable[[Metadata], str],
+        clock: Clock,
         prepare: Callable[[Metadata], None] | None = None,
         output: OutputSink | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.lifecycle = Lifecycle()
-        self.reporter = LifecycleReporter(self.lifecycle, post_lifecycle)
+        self.reporter = LifecycleReporter(self.lifecycle, post_lifecycle, clock=clock, rng=rng)
         self._children = children
         self._log_path = log_path
         self._max_log_bytes = max_log_bytes

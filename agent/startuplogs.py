@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import random
-import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,9 +25,9 @@ from typing import Final
 
 import structlog
 
-from agent.backoff import Backoff
-from agent.errors import ApiError, WsagentError
-from agent.logs import FailureThrottle, error_key
+from agent.clock import Clock, sleep_unless_set
+from agent.errors import ApiError
+from agent.retry import Retry, is_retryable, traceback_fields
 from agent.sdk.startuplogs import MAX_STARTUP_LOGS_BYTES, StartupLog, output_bytes
 
 log = structlog.get_logger()
@@ -158,6 +157,7 @@ class StartupLogSender:
         self,
         post: PostLogs,
         *,
+        clock: Clock,
         interval: float = SEND_INTERVAL,
         queue: LogQueue | None = None,
         rng: random.Random | None = None,
@@ -166,14 +166,14 @@ class StartupLogSender:
         self._post = post
         self._interval = interval
         self.queue = queue or LogQueue()
-        self._backoff = Backoff(RETRY_FLOOR, RETRY_CEILING, rng=rng or random.Random())
-        self._now = now or (lambda: datetime.now(UTC))
+        self._clock = clock
+        self._retry = Retry(RETRY_FLOOR, RETRY_CEILING, rng=rng)
+        self._now = now or (lambda: datetime.fromtimestamp(clock.time(), UTC))
         self._splitter = LineSplitter()
         self._wake = asyncio.Event()
         self._kicked = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._throttle = FailureThrottle()
         self._last_post = 0.0
         self.stopped = False
         self.posts = 0
@@ -206,7 +206,7 @@ class StartupLogSender:
 
     def kick(self) -> None:
         """A new connection: retry what is pending now, not after a grown backoff."""
-        self._backoff.reset()
+        self._retry.reset_backoff()
         self._kicked.set()
         self._wake.set()
 
@@ -229,19 +229,21 @@ class StartupLogSender:
             while not self.stopped and len(self.queue):
                 # Throttle: one request per interval while output flows; the lines that
                 # arrive meanwhile go out together in the next batch.
-                wait = self._last_post + self._interval - time.monotonic()
+                wait = self._last_post + self._interval - self._clock.monotonic()
                 if wait > 0:
-                    await asyncio.sleep(wait)
-                if not await self._send_one():
-                    await self._sleep_unless_kicked(self._backoff.next_delay())
+                    await self._clock.sleep(wait)
+                delay = await self._send_one()
+                if delay is not None:
+                    await self._sleep_unless_kicked(delay)
             if not len(self.queue):
                 self._idle.set()
 
-    async def _send_one(self) -> bool:
+    async def _send_one(self) -> float | None:
+        """Post one batch; None when it is done with, else the backoff before a retry."""
         first, lines = self.queue.batch()
         if not lines:
-            return True
-        self._last_post = time.monotonic()
+            return None
+        self._last_post = self._clock.monotonic()
         self.posts += 1
         try:
             await self._post(self.queue.stream, first, lines)
@@ -256,7 +258,7 @@ class StartupLogSender:
                 )
                 self.stopped = True
                 self._idle.set()
-                return True
+                return None
             if exc.status in (400, 404):
                 # 404: a server without the endpoint; 400: a batch it will never take.
                 # Retrying cannot help: give up on streaming, the file has everything.
@@ -264,29 +266,32 @@ class StartupLogSender:
                 self.queue.overflowed()
                 self.stopped = True
                 self._idle.set()
-                return True
+                return None
             return self._failed(exc)
-        except WsagentError as exc:
+        except Exception as exc:
             return self._failed(exc)
         self.queue.sent(len(lines))
-        self._backoff.reset()
-        if self._throttle.failing:
-            log.info("startuplogs.recovered", failures=self._throttle.success())
-        return True
+        failures = self._retry.succeeded()
+        if failures:
+            log.info("startuplogs.recovered", failures=failures)
+        return None
 
-    def _failed(self, exc: WsagentError) -> bool:
-        count = self._throttle.failure(error_key(exc), time.monotonic())
-        if count is not None:
+    def _failed(self, exc: Exception) -> float:
+        if not is_retryable(exc):
+            raise exc
+        failure = self._retry.failed(exc, self._clock.monotonic())
+        if failure.repeats is not None:
             log.warning(
-                "startuplogs.post_failed", error=str(exc), repeats=count, queued=len(self.queue)
+                "startuplogs.post_failed",
+                error=str(exc),
+                repeats=failure.repeats,
+                queued=len(self.queue),
+                **traceback_fields(exc),
             )
-        return False
+        return failure.delay
 
     async def _sleep_unless_kicked(self, delay: float) -> None:
         # New output does not cut a backoff short (that would post once per line while
         # the server is away); a new connection does.
         self._kicked.clear()
-        try:
-            await asyncio.wait_for(self._kicked.wait(), delay)
-        except TimeoutError:
-            return
+        await sleep_unless_set(self._clock, self._kicked, delay)

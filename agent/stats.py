@@ -16,18 +16,15 @@ server changes it. Two fixes over Coder (issue 7):
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 import structlog
 
-from agent.backoff import Backoff
-from agent.errors import WsagentError
-from agent.logs import FailureThrottle, error_key
+from agent.clock import Clock
+from agent.retry import Retry, is_retryable, traceback_fields
 from agent.sdk.models import NANOS_PER_SECOND, Stats, StatsResponse
 
 log = structlog.get_logger()
@@ -153,15 +150,16 @@ class StatsReporter:
         post: PostStats,
         collector: StatsCollector,
         *,
+        clock: Clock,
         rng: random.Random | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._post = post
         self._collector = collector
-        self._rng = rng or random.Random()
-        self._sleep = sleep
+        self._clock = clock
         self.interval: float | None = None
-        self._throttle = FailureThrottle()
+        # Retries only the first post (100 ms to 1 min); later windows wait for the next
+        # interval anyway, so their failures only go through its log throttle.
+        self._retry = Retry(0.1, 60.0, rng=rng)
 
     def _learn(self, response: StatsResponse) -> None:
         interval, warning = interval_from_response(response, self.interval)
@@ -171,21 +169,24 @@ class StatsReporter:
             log.info("stats.interval_set", seconds=interval)
             self.interval = interval
 
-    def _failed(self, exc: WsagentError) -> None:
-        if self._throttle.failure(error_key(exc), time.monotonic()) is not None:
-            log.warning("stats.post_failed", error=str(exc))
+    def _failed(self, exc: Exception) -> float:
+        """Record a failed post; returns the backoff before the next try."""
+        if not is_retryable(exc):
+            raise exc
+        failure = self._retry.failed(exc, self._clock.monotonic())
+        if failure.repeats is not None:
+            log.warning("stats.post_failed", error=str(exc), **traceback_fields(exc))
+        return failure.delay
 
     async def _learn_interval(self) -> None:
-        """The first post: an empty sample, retried (100 ms to 1 min) until it lands."""
-        backoff = Backoff(0.1, 60.0, rng=self._rng)
+        """The first post: an empty sample, retried until it lands."""
         while True:
             try:
                 response = await self._post(Stats())
-            except WsagentError as exc:
-                self._failed(exc)
-                await self._sleep(backoff.next_delay())
+            except Exception as exc:
+                await self._clock.sleep(self._failed(exc))
                 continue
-            self._throttle.success()
+            self._retry.succeeded()
             self._learn(response)
             return
 
@@ -195,17 +196,17 @@ class StatsReporter:
         unsent = Window()
         while True:
             assert self.interval is not None
-            await self._sleep(self.interval)
+            await self._clock.sleep(self.interval)
             window = unsent.merge(self._collector.take())
             if window.is_empty:
                 unsent = Window()  # sessions without bytes: the server would store nothing
                 continue
             try:
                 response = await self._post(window.to_stats())
-            except WsagentError as exc:
+            except Exception as exc:
                 self._failed(exc)
                 unsent = window
                 continue
-            self._throttle.success()
+            self._retry.succeeded()
             unsent = Window()
             self._learn(response)

@@ -27,7 +27,7 @@ def rss():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 import asyncio, ssl, httpx, websockets, structlog
-import agent.app, agent.wiring, agent.client, agent.coordinator
+import agent.compose, agent.client, agent.coordinator
 base = rss()
 """
 

@@ -7,7 +7,7 @@ login shell and only without ``~/.hushlogin`` (§5.7), each line ending in CRLF 
 goes straight to the terminal, not through the line discipline.
 
 The session environment, MOTD text and directory come from other components through the
-callables given to :class:`CommandBuilder` (wired in agent/wiring.py).
+callables given to :class:`CommandBuilder` (by agent/compose.py).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Final
 
 import structlog
 
+from agent.clock import Clock
 from agent.errors import PtyError
 from agent.pty.command import LaunchSpec
 from agent.pty.process import PtyChild, spawn
@@ -38,6 +39,7 @@ class SessionManager:
         *,
         launch: Callable[[str], LaunchSpec],
         stats: TrafficSink,
+        clock: Clock,
         max_sessions: int = 64,
         idle_timeout: float = 300.0,
         scrollback_bytes: int = 256 * 1024,
@@ -48,6 +50,7 @@ class SessionManager:
     ) -> None:
         self._launch = launch
         self._stats = stats
+        self._clock = clock
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.scrollback_bytes = scrollback_bytes
@@ -83,6 +86,7 @@ class SessionManager:
             idle_timeout=self.idle_timeout,
             stats=self._stats,
             on_end=self._ended,
+            clock=self._clock,
             limits=self.limits,
             banner=spec.banner,
         )

@@ -33,6 +33,7 @@ from typing import Final, Protocol
 
 import structlog
 
+from agent.clock import Clock
 from agent.pty.process import PtyChild
 from agent.pty.ringbuffer import RingBuffer
 
@@ -141,6 +142,7 @@ class PtySession:
         idle_timeout: float,
         stats: TrafficSink,
         on_end: Callable[[PtySession], None],
+        clock: Clock,
         limits: FlowLimits = DEFAULT_LIMITS,
         banner: bytes = b"",
     ) -> None:
@@ -160,7 +162,8 @@ class PtySession:
         self._end_reason: EndReason | None = None
         self._eof = asyncio.Event()
         self._ended = asyncio.Event()
-        self._idle: asyncio.TimerHandle | None = None
+        self._clock = clock
+        self._idle: asyncio.Task[None] | None = None
         self._inbuf = bytearray()
         self._writing = False
         self._input_room = asyncio.Event()
@@ -227,12 +230,16 @@ class PtySession:
         self._cancel_idle()
         if self._ending:
             return
-        self._idle = self._loop.call_later(self._idle_timeout, self._on_idle)
+        self._idle = asyncio.create_task(self._idle_after(self._idle_timeout))
 
     def _cancel_idle(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+
+    async def _idle_after(self, seconds: float) -> None:
+        await self._clock.sleep(seconds)
+        self._on_idle()
 
     def _on_idle(self) -> None:
         self._idle = None

@@ -1,25 +1,27 @@
-"""Agent.start_task and Agent.shutdown in-process: crashed components restart, shutdown
+"""The supervisor and Agent.shutdown in-process: crashed components restart, shutdown
 cancels them and stays within its budget."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from agent.app import Agent
+from agent.compose import compose
 from agent.config import AgentConfig
+from agent.daemon import Agent
 
 
 def make_agent(tmp_path: Path, url: str = "http://127.0.0.1:1") -> Agent:
-    return Agent(AgentConfig(url=url, auth="token", token="t" * 36, log_dir=tmp_path))
+    return compose(AgentConfig(url=url, auth="token", token="t" * 36, log_dir=tmp_path), environ={})
 
 
 async def test_a_crashing_task_is_restarted_and_logged_once(tmp_path: Path) -> None:
     agent = make_agent(tmp_path)
-    agent.task_restart_delay = 0.01
+    agent.supervisor.restart_delay = 0.01
     runs: list[int] = []
     healthy = asyncio.Event()
 
@@ -31,7 +33,7 @@ async def test_a_crashing_task_is_restarted_and_logged_once(tmp_path: Path) -> N
         await asyncio.Event().wait()
 
     with capture_logs() as logs:
-        agent.start_task("flaky", component)
+        agent.supervisor.start("flaky", component)
         async with asyncio.timeout(5):
             await healthy.wait()
         await agent.shutdown(budget=1.0)
@@ -55,9 +57,10 @@ async def test_shutdown_cancels_tasks_and_survives_a_failing_hook(tmp_path: Path
     def bad_hook() -> None:
         raise ValueError("hook bug")
 
-    agent.start_task("forever", forever)
-    agent.add_shutdown_hook(bad_hook)
-    agent.add_shutdown_hook(lambda: called.append("second"))
+    agent = dataclasses.replace(
+        agent, on_shutdown=(*agent.on_shutdown, bad_hook, lambda: called.append("second"))
+    )
+    agent.supervisor.start("forever", forever)
     await asyncio.sleep(0)  # let the task start
     started = time.monotonic()
     with capture_logs() as logs:

@@ -128,16 +128,14 @@ def test_token_auth_is_not_an_identity_method(fake_metadata: FakeMetadata, tmp_p
 async def test_wiring_installs_the_exchange_only_for_identity_auth(
     fake_metadata: FakeMetadata, tmp_path: Path, auth: str, wired: bool
 ) -> None:
-    from agent.app import Agent
-    from agent.wiring import wire_identity
+    from agent.compose import compose
 
     config = replace(_config(fake_metadata, tmp_path, AUTH_AWS), auth=auth, token="t" * 36)
-    agent = Agent(config)
+    agent = compose(config, environ={})
     try:
-        wire_identity(agent)
-        assert isinstance(agent._exchange, IdentityExchange) is wired
+        assert isinstance(agent.connection.exchange, IdentityExchange) is wired
     finally:
-        await agent.client.aclose()
+        await agent.close_client()
 
 
 def test_identity_code_stays_out_of_token_agents_and_needs_no_crypto(tmp_path: Path) -> None:
@@ -149,16 +147,13 @@ def test_identity_code_stays_out_of_token_agents_and_needs_no_crypto(tmp_path: P
     script = f"""
 import sys
 from pathlib import Path
-from agent.app import Agent
+from agent.compose import compose
 from agent.config import AgentConfig
-from agent.wiring import wire_identity
-token = Agent(AgentConfig(url="http://127.0.0.1:1", auth="token", token="t" * 36,
-                          log_dir=Path({str(tmp_path)!r})))
-wire_identity(token)
+token = compose(AgentConfig(url="http://127.0.0.1:1", auth="token", token="t" * 36,
+                            log_dir=Path({str(tmp_path)!r})), environ={{}})
 assert not any(m.startswith("agent.identity") for m in sys.modules), "identity loaded"
-aws = Agent(AgentConfig(url="http://127.0.0.1:1", auth="aws-instance-identity", token="",
-                        log_dir=Path({str(tmp_path)!r})))
-wire_identity(aws)
+aws = compose(AgentConfig(url="http://127.0.0.1:1", auth="aws-instance-identity", token="",
+                          log_dir=Path({str(tmp_path)!r})), environ={{}})
 assert "agent.identity.exchange" in sys.modules
 heavy = [m for m in sys.modules if m.split(".")[0] in
          ("cryptography", "botocore", "boto3", "google", "azure", "asn1crypto", "aiohttp")]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.app import STATE_CONNECTED, Agent
+from agent.compose import compose
 from agent.config import AgentConfig
+from agent.connection import STATE_CONNECTED
 from agent.errors import WsagentError
-from agent.wiring import wire_metrics
 from tests.conftest import poll_until
 
 
@@ -32,7 +32,6 @@ async def test_attempts_and_token_exchanges_are_counted(tmp_path: Path) -> None:
         reconnect_max_delay=0.05,
         metrics_address=("127.0.0.1", 0),
     )
-    agent = Agent(config)
     calls = 0
 
     async def exchange() -> str:
@@ -42,20 +41,22 @@ async def test_attempts_and_token_exchanges_are_counted(tmp_path: Path) -> None:
             raise WsagentError("metadata service down")
         return "exchanged-token"
 
-    agent.set_token_exchange(exchange)
-    metrics = wire_metrics(agent)
+    agent = compose(config, environ={}, token_exchange=exchange)
+    connection = agent.connection
+    metrics = agent.metrics
     assert metrics is not None
     stop = asyncio.Event()
     runner = asyncio.create_task(agent.run(stop))
     try:
-        await poll_until(lambda: agent.attempts_total >= 3, timeout=10)
+        await poll_until(lambda: connection.attempts_total >= 3, timeout=10)
     finally:
         stop.set()
         await asyncio.wait_for(runner, 5)
         await agent.shutdown(1.0)
-    assert agent.token_exchange_failures_total == 1
-    assert agent.token_exchanges_total == calls - 1 >= 2
-    assert agent.connections_total == 0 and agent.connection_state != STATE_CONNECTED
+    assert connection.token_exchange_failures_total == 1
+    assert connection.token_exchanges_total == calls - 1 >= 2
+    assert connection.connections_total == 0
+    assert connection.connection_state != STATE_CONNECTED
 
     got = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -65,4 +66,4 @@ async def test_attempts_and_token_exchanges_are_counted(tmp_path: Path) -> None:
     assert got[("wsagent_agent_token_exchanges_total", (("result", "error"),))] == 1
     assert got[("wsagent_agent_connected", ())] == 0
     assert got[("wsagent_agent_reconnects_total", ())] == 0
-    assert got[("wsagent_agent_connection_attempts_total", ())] == agent.attempts_total
+    assert got[("wsagent_agent_connection_attempts_total", ())] == connection.attempts_total

@@ -75,7 +75,7 @@ def test_wheel_sdist_and_deb_build_unpack_and_run(tmp_path: Path) -> None:
     assert "wsagent = wsagent.__main__:main" in entry_points
     with tarfile.open(sdist) as tar:
         members = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
-    assert {"pyproject.toml", "agent/app.py", "packaging/deb/build.sh"} <= members
+    assert {"pyproject.toml", "agent/compose.py", "packaging/deb/build.sh"} <= members
 
     assert deb.is_file() and deb.parent == out
     control = _run(["dpkg-deb", "--field", str(deb)])

@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from agent.clock import SYSTEM_CLOCK, Clock
 from agent.pty import CommandBuilder, DialBackHandler, FlowLimits, LaunchSpec, SessionManager
 from agent.sdk.extensions import PTYRequest
 from agent.sdk.pty import ReconnectingPTYInit, ReconnectingPTYRequest
@@ -136,6 +137,7 @@ class Agentish:
         limits: FlowLimits | None = None,
         stall_timeout: float = 30.0,
         builder: CommandBuilder | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.stats = Recorder()
         self.groups: dict[int, str] = {}
@@ -146,6 +148,7 @@ class Agentish:
         self.manager = SessionManager(
             launch=builder.build,
             stats=self.stats,
+            clock=clock,
             max_sessions=max_sessions,
             idle_timeout=idle_timeout,
             limits=limits or FlowLimits(),

@@ -13,6 +13,8 @@ import uuid
 import pytest
 
 from agent.pty import CommandBuilder, FlowLimits
+from tests.conftest import poll_until
+from tests.fakes.clock import FakeClock
 from tests.terminals.harness import SH_ENV, agentish
 
 
@@ -114,7 +116,8 @@ async def test_session_cap_reported_on_the_socket() -> None:
 
 
 async def test_idle_timeout_after_last_attachment() -> None:
-    async with agentish(idle_timeout=0.3) as agent:
+    clock = FakeClock()
+    async with agentish(idle_timeout=300.0, clock=clock) as agent:
         pty_id = _id()
         term = await agent.open(pty_id)
         await term.type("echo u''p\r")
@@ -123,6 +126,10 @@ async def test_idle_timeout_after_last_attachment() -> None:
         pid = session.child.pid
         assert pid in agent.groups
         await term.ws.close()
+        await poll_until(lambda: session.attachments == 0, timeout=5)
+        await clock.advance(299.0)
+        assert not session.ending  # not idle long enough yet
+        await clock.advance(1.0)
         code = await asyncio.wait_for(session.wait_ended(), 5)
         assert code is not None and code >= 128  # killed by a signal
         assert pty_id not in agent.manager.sessions
@@ -131,10 +138,11 @@ async def test_idle_timeout_after_last_attachment() -> None:
 
 
 async def test_attached_session_does_not_idle_out() -> None:
-    async with agentish(idle_timeout=0.2) as agent:
+    clock = FakeClock()
+    async with agentish(idle_timeout=0.2, clock=clock) as agent:
         pty_id = _id()
         term = await agent.open(pty_id)
-        await asyncio.sleep(0.5)  # several idle timeouts while attached
+        await clock.advance(0.5)  # several idle timeouts while attached
         await term.type("echo still-here\r")
         await term.expect(rb"still-here\r\n")
 

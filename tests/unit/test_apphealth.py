@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import random
 from collections.abc import Callable
 
@@ -12,42 +10,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.apphealth import AppHealthReporter, HealthCounter, probed_apps
-from agent.backoff import Backoff
 from agent.errors import TransportError
+from agent.retry import Retry
 from agent.sdk.models import Healthcheck, WorkspaceApp
+from tests.fakes.clock import FakeClock
 
 A, B, C, D = (f"00000000-0000-4000-8000-00000000000{i}" for i in range(1, 5))
-
-
-class FakeClock:
-    """Virtual time: ``sleep`` parks until ``advance_to`` moves the clock past its wake-up."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.now + seconds, next(self._seq), future))
-        await future
-
-    async def _settle(self) -> None:
-        for _ in range(20):  # let every task run until it parks again (no real time passes)
-            await asyncio.sleep(0)
-
-    async def advance_to(self, t: float) -> None:
-        await self._settle()
-        while self._sleepers and self._sleepers[0][0] <= t:
-            wake, _, future = heapq.heappop(self._sleepers)
-            self.now = wake
-            if not future.done():
-                future.set_result(None)
-            await self._settle()
-        self.now = t
 
 
 def app(
@@ -137,11 +105,11 @@ async def run_reporter(reporter: AppHealthReporter, clock: FakeClock, until: flo
 
 
 async def test_healthy_and_500_apps_are_reported_whole_on_each_change() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     probes = Probes(clock, {"http://ok": lambda n: True, "http://500": lambda n: False})
     posts = Posts(clock)
     apps = [app(A, "http://ok"), app(B, "http://500", threshold=1), app(C, health="disabled")]
-    reporter = AppHealthReporter(apps, posts, probe=probes, sleep=clock.sleep, clock=clock)
+    reporter = AppHealthReporter(apps, posts, probe=probes, clock=clock)
     await run_reporter(reporter, clock, 5.0)
 
     assert posts.landed == [
@@ -151,11 +119,9 @@ async def test_healthy_and_500_apps_are_reported_whole_on_each_change() -> None:
 
 
 async def test_first_probe_one_interval_after_start_then_one_per_interval() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     probes = Probes(clock, {"http://app": lambda n: True})
-    reporter = AppHealthReporter(
-        [app(A, interval=5)], Posts(clock), probe=probes, sleep=clock.sleep, clock=clock
-    )
+    reporter = AppHealthReporter([app(A, interval=5)], Posts(clock), probe=probes, clock=clock)
     await run_reporter(reporter, clock, 21.0)
     assert [t for _, t, _ in probes.calls] == [5.0, 10.0, 15.0, 20.0]
     assert {limit for _, _, limit in probes.calls} == {
@@ -164,24 +130,20 @@ async def test_first_probe_one_interval_after_start_then_one_per_interval() -> N
 
 
 async def test_recovery_is_reported() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     probes = Probes(clock, {"http://app": lambda n: n >= 3})  # fails 3 times, then answers
     posts = Posts(clock)
-    reporter = AppHealthReporter(
-        [app(A, threshold=1)], posts, probe=probes, sleep=clock.sleep, clock=clock
-    )
+    reporter = AppHealthReporter([app(A, threshold=1)], posts, probe=probes, clock=clock)
     await run_reporter(reporter, clock, 6.0)
     assert [h[A] for _, h in posts.landed] == ["unhealthy", "healthy"]
 
 
 async def test_a_failed_post_is_retried_with_backoff_until_it_lands() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     probes = Probes(clock, {"http://app": lambda n: True})
     posts = Posts(clock, failures=4)
-    backoff = Backoff(1.0, 30.0, rng=random.Random(0))
-    reporter = AppHealthReporter(
-        [app(A)], posts, probe=probes, sleep=clock.sleep, clock=clock, backoff=backoff
-    )
+    retry = Retry(1.0, 30.0, rng=random.Random(0))
+    reporter = AppHealthReporter([app(A)], posts, probe=probes, clock=clock, retry=retry)
     with capture_logs() as logs:
         await run_reporter(reporter, clock, 60.0)
     assert posts.tried == 5
@@ -194,10 +156,10 @@ async def test_a_failed_post_is_retried_with_backoff_until_it_lands() -> None:
 
 async def test_resend_posts_the_current_map_again_within_a_second() -> None:
     """A reconnect calls resend(): the unchanged map is posted again, cutting any backoff."""
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     probes = Probes(clock, {"http://app": lambda n: True})
     posts = Posts(clock)
-    reporter = AppHealthReporter([app(A)], posts, probe=probes, sleep=clock.sleep, clock=clock)
+    reporter = AppHealthReporter([app(A)], posts, probe=probes, clock=clock)
     task = asyncio.create_task(reporter.run())
     await clock.advance_to(5.0)
     assert posts.landed == [(1.0, {A: "healthy"})]
@@ -219,13 +181,13 @@ async def test_resend_posts_the_current_map_again_within_a_second() -> None:
 
 
 async def test_update_adds_and_removes_probers_to_match_metadata() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     probes = Probes(
         clock, {"http://a": lambda n: True, "http://b": lambda n: False, "http://c": lambda n: True}
     )
     posts = Posts(clock)
     a, b = app(A, "http://a"), app(B, "http://b")
-    reporter = AppHealthReporter([a], posts, probe=probes, sleep=clock.sleep, clock=clock)
+    reporter = AppHealthReporter([a], posts, probe=probes, clock=clock)
     task = asyncio.create_task(reporter.run())
     await clock.advance_to(3.5)
     assert posts.landed == [(1.0, {A: "healthy"})]
@@ -261,32 +223,28 @@ async def test_update_adds_and_removes_probers_to_match_metadata() -> None:
 async def test_at_most_two_probes_a_second_at_interval_one() -> None:
     """Coder's NotSpamming case, under the virtual clock: even a probe that fails at once
     does not make the ticker catch up or spin."""
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     probes = Probes(clock, {"http://app": lambda n: False})
-    reporter = AppHealthReporter(
-        [app(A, interval=1)], Posts(clock), probe=probes, sleep=clock.sleep, clock=clock
-    )
+    reporter = AppHealthReporter([app(A, interval=1)], Posts(clock), probe=probes, clock=clock)
     await run_reporter(reporter, clock, 10.5)
     assert len(probes.calls) == 10
 
 
 async def test_unchanged_server_values_are_not_posted() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     probes = Probes(clock, {"http://app": lambda n: True})
     posts = Posts(clock)
-    reporter = AppHealthReporter(
-        [app(A, health="healthy")], posts, probe=probes, sleep=clock.sleep, clock=clock
-    )
+    reporter = AppHealthReporter([app(A, health="healthy")], posts, probe=probes, clock=clock)
     await run_reporter(reporter, clock, 10.0)
     assert posts.tried == 0
 
 
 @pytest.mark.parametrize("apps", [[], [app(A, health="disabled")], [app(A, url="")]])
 async def test_nothing_to_probe_means_no_probe_and_no_post(apps: list[WorkspaceApp]) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     probes = Probes(clock, {})
     posts = Posts(clock)
-    reporter = AppHealthReporter(apps, posts, probe=probes, sleep=clock.sleep, clock=clock)
+    reporter = AppHealthReporter(apps, posts, probe=probes, clock=clock)
     reporter.resend()  # even a reconnect has nothing to post: an empty map is rejected
     await run_reporter(reporter, clock, 10.0)
     assert probes.calls == [] and posts.tried == (1 if apps and apps[0].health != "disabled" else 0)

@@ -1,4 +1,4 @@
-"""agent.logs: Redactor, RotatingFile, FailureThrottle (fake clock), and the configured
+"""wscommon.logs: Redactor, RotatingFile, and the configured
 pipeline writing JSON to a stream and a file."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent.logs import FailureThrottle, error_key
 from wscommon.logs import REDACTED, Redactor, RotatingFile, configure
 
 TOKEN = "5f0d2a4e-9c1b-4a8e-b7f3-2d6c8e1a9b40"
@@ -86,60 +85,6 @@ def test_rotating_file_never_goes_below_the_minimum_cap(tmp_path: Path) -> None:
     log.close()
     log.write("after close is ignored\n")
     assert (tmp_path / "a.log").read_text() == ""
-
-
-# ---------------------------------------------------------------- FailureThrottle
-
-
-def test_throttle_logs_first_then_rarely_with_doubling_quiet_periods() -> None:
-    throttle = FailureThrottle(first_quiet=60, max_quiet=240)
-    logged = [t for t in range(0, 1000) if throttle.failure("refused", float(t)) is not None]
-    # First at 0; then after 60 s, 120 s, 240 s, 240 s... quiet periods.
-    assert logged == [0, 60, 180, 420, 660, 900]
-
-
-def test_throttle_reports_the_repeat_count() -> None:
-    throttle = FailureThrottle(first_quiet=10)
-    counts = [throttle.failure("k", float(t)) for t in range(12)]
-    assert counts[0] == 1
-    assert counts[10] == 11
-    assert [c for c in counts if c is not None] == [1, 11]
-
-
-def test_throttle_logs_a_new_kind_of_failure_at_once() -> None:
-    throttle = FailureThrottle()
-    assert throttle.failure("500", 0.0) == 1
-    assert throttle.failure("500", 1.0) is None
-    assert throttle.failure("malformed", 2.0) == 1
-    assert throttle.failure("malformed", 3.0) is None
-
-
-def test_throttle_alternating_failures_do_not_log_every_time() -> None:
-    throttle = FailureThrottle(first_quiet=60)
-    logged = [throttle.failure("ab"[t % 2], float(t)) for t in range(50)]
-    assert sum(1 for c in logged if c is not None) == 2
-
-
-def test_throttle_success_resets_and_returns_the_failure_count() -> None:
-    throttle = FailureThrottle()
-    for t in range(5):
-        throttle.failure("k", float(t))
-    assert throttle.failing
-    assert throttle.success() == 5
-    assert not throttle.failing
-    assert throttle.success() == 0
-    assert throttle.failure("k", 6.0) == 1  # news again after a success
-
-
-def test_throttle_memory_is_capped() -> None:
-    throttle = FailureThrottle(max_keys=4)
-    for i in range(100):
-        throttle.failure(f"k{i}", 0.0)
-    assert len(throttle._keys) == 4
-
-
-def test_error_key_is_type_and_message() -> None:
-    assert error_key(ValueError("boom")) == "ValueError: boom"
 
 
 # ---------------------------------------------------------------- configure

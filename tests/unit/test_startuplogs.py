@@ -4,13 +4,16 @@ retry, throttle and overflow rules (against an in-memory server function)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from agent.errors import ApiError, TransportError
 from agent.sdk.startuplogs import StartupLog
 from agent.startuplogs import LineSplitter, LogQueue, StartupLogSender
+from tests.fakes.clock import FakeClock
 
 T0 = datetime(2023, 5, 1, tzinfo=UTC)
 
@@ -93,20 +96,22 @@ class Server:
             raise TransportError("PATCH", "u", "read timed out")
 
 
-async def run_sender(sender: StartupLogSender, body: object) -> None:
+async def run_sender(
+    sender: StartupLogSender, clock: FakeClock, body: Coroutine[Any, Any, None]
+) -> None:
+    """Run the sender and ``body`` on the fake clock until ``body`` is done."""
     task = asyncio.create_task(sender.run())
     try:
-        async with asyncio.timeout(10):
-            await body  # type: ignore[misc]
+        await clock.run(body, within=600)
     finally:
         sender.close()
-        await asyncio.wait_for(task, 5)
+        await clock.run(task, within=600)
 
 
 async def test_lines_arrive_in_order_once_despite_failures_and_lost_replies() -> None:
     server = Server(failures=2, lose_reply=2)
-    sender = StartupLogSender(server.post, interval=0.001)
-    sender._backoff.floor = sender._backoff._current = 0.001
+    clock = FakeClock()
+    sender = StartupLogSender(server.post, clock=clock, interval=0.001)
 
     async def body() -> None:
         sender.begin()
@@ -118,7 +123,7 @@ async def test_lines_arrive_in_order_once_despite_failures_and_lost_replies() ->
         sender.end()
         await sender.flush()
 
-    await run_sender(sender, body())
+    await run_sender(sender, clock, body())
     assert [o for _, _, o in server.stored] == [f"line {i}" for i in range(500)] + [
         "tail without newline"
     ]
@@ -127,20 +132,20 @@ async def test_lines_arrive_in_order_once_despite_failures_and_lost_replies() ->
 
 async def test_posts_are_throttled_while_output_flows() -> None:
     server = Server()
-    sender = StartupLogSender(server.post, interval=0.2)
+    clock = FakeClock()
+    sender = StartupLogSender(server.post, clock=clock, interval=0.2)
 
     async def body() -> None:
         sender.begin()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 0.5
+        end = clock.monotonic() + 0.5
         i = 0
-        while loop.time() < end:
+        while clock.monotonic() < end:
             sender.feed(f"{i}\n".encode())
             i += 1
-            await asyncio.sleep(0.005)
+            await clock.sleep(0.005)
         await sender.flush()
 
-    await run_sender(sender, body())
+    await run_sender(sender, clock, body())
     # 0.5 s of output at one post per 0.2 s: a handful of posts, not one per line.
     assert 2 <= server.calls <= 5, server.calls
     assert len(server.stored) > 50
@@ -148,7 +153,8 @@ async def test_posts_are_throttled_while_output_flows() -> None:
 
 async def test_413_stops_sending_and_drops_the_rest() -> None:
     server = Server(status=413)
-    sender = StartupLogSender(server.post, interval=0.001)
+    clock = FakeClock()
+    sender = StartupLogSender(server.post, clock=clock, interval=0.001)
 
     async def body() -> None:
         sender.begin()
@@ -156,7 +162,7 @@ async def test_413_stops_sending_and_drops_the_rest() -> None:
         await sender.flush()
         sender.feed(b"c\n")
 
-    await run_sender(sender, body())
+    await run_sender(sender, clock, body())
     assert server.calls == 1 and sender.stopped
     assert sender.queue.closed and len(sender.queue) == 0
 
@@ -164,21 +170,23 @@ async def test_413_stops_sending_and_drops_the_rest() -> None:
 @pytest.mark.parametrize("status", [400, 404])
 async def test_a_refusing_server_is_not_retried(status: int) -> None:
     server = Server(status=status)
-    sender = StartupLogSender(server.post, interval=0.001)
+    clock = FakeClock()
+    sender = StartupLogSender(server.post, clock=clock, interval=0.001)
 
     async def body() -> None:
         sender.begin()
         sender.feed(b"a\n")
         await sender.flush()
 
-    await run_sender(sender, body())
+    await run_sender(sender, clock, body())
     assert server.calls == 1
 
 
 async def test_new_output_does_not_cut_a_backoff_short_but_a_kick_does() -> None:
     server = Server(failures=1)
-    sender = StartupLogSender(server.post, interval=0.001)
-    sender._backoff.floor = sender._backoff._current = 30.0
+    clock = FakeClock()
+    sender = StartupLogSender(server.post, clock=clock, interval=0.001)
+    sender._retry.backoff.floor = sender._retry.backoff._current = 30.0
 
     async def body() -> None:
         sender.begin()
@@ -187,11 +195,11 @@ async def test_new_output_does_not_cut_a_backoff_short_but_a_kick_does() -> None
         server.called.clear()
         for _ in range(20):
             sender.feed(b"more\n")
-            await asyncio.sleep(0.001)
+            await clock.sleep(0.001)
         assert server.calls == 1  # still backing off
         sender.kick()
         await sender.flush()
 
-    await run_sender(sender, body())
+    await run_sender(sender, clock, body())
     assert server.calls == 2
     assert [o for _, _, o in server.stored] == ["a"] + ["more"] * 20

@@ -1,8 +1,10 @@
-"""agent.stats: the collector's windows and the report loop, with a fake post and fake sleep."""
+"""agent.stats: the collector's windows and the report loop, with a fake post on a FakeClock."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Callable
 
 import pytest
 from structlog.testing import capture_logs
@@ -10,12 +12,9 @@ from structlog.testing import capture_logs
 from agent.errors import TransportError
 from agent.sdk.models import Stats, StatsResponse
 from agent.stats import DEFAULT_INTERVAL, StatsCollector, StatsReporter, Window
+from tests.fakes.clock import FakeClock
 
 S = 1_000_000_000  # nanoseconds per second
-
-
-class Done(Exception):
-    """Ends the reporter's endless loop from the fake sleep."""
 
 
 class FakeServer:
@@ -33,32 +32,31 @@ class FakeServer:
         return StatsResponse(answer)
 
 
-class FakeSleep:
-    """Records each sleep; ``busy`` adds traffic so every window is posted."""
-
-    def __init__(self, collector: StatsCollector, limit: int, *, busy: bool = True) -> None:
-        self.collector = collector
-        self.limit = limit
-        self.busy = busy
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        if len(self.calls) >= self.limit:
-            raise Done
-        if self.busy:
-            self.collector.record_rx(100)
+async def drive(
+    reporter: StatsReporter, clock: FakeClock, limit: int, during: Callable[[int], None]
+) -> None:
+    """Run the reporter until it asks for its ``limit``-th sleep. ``during(i)`` happens
+    while it sleeps the i-th time (0-based), before virtual time moves past that sleep."""
+    task = asyncio.create_task(reporter.run())
+    try:
+        await clock.settle()
+        while len(clock.sleeps) < limit:
+            assert not task.done(), task
+            during(len(clock.sleeps) - 1)
+            await clock.step()
+    finally:
+        task.cancel()
 
 
 async def run(
     server: FakeServer, limit: int, *, busy: bool = True
-) -> tuple[StatsReporter, FakeSleep]:
+) -> tuple[StatsReporter, FakeClock]:
+    """The reporter on a fake clock; with ``busy`` every window carries 100 bytes."""
     collector = StatsCollector()
-    sleep = FakeSleep(collector, limit, busy=busy)
-    reporter = StatsReporter(server.post, collector, rng=random.Random(0), sleep=sleep)
-    with pytest.raises(Done):
-        await reporter.run()
-    return reporter, sleep
+    clock = FakeClock()
+    reporter = StatsReporter(server.post, collector, clock=clock, rng=random.Random(0))
+    await drive(reporter, clock, limit, lambda _: collector.record_rx(100) if busy else None)
+    return reporter, clock
 
 
 async def test_first_post_is_empty_and_learns_the_interval_in_nanoseconds() -> None:
@@ -66,13 +64,13 @@ async def test_first_post_is_empty_and_learns_the_interval_in_nanoseconds() -> N
     reporter, sleep = await run(server, limit=2)
     assert server.posted[0] == Stats()
     assert reporter.interval == 5.0
-    assert sleep.calls == [5.0, 5.0]
+    assert sleep.sleeps == [5.0, 5.0]
 
 
 async def test_loop_re_arms_when_the_interval_changes() -> None:
     server = FakeServer(5 * S, 7 * S, 7 * S, 2 * S)
     _, sleep = await run(server, limit=5)
-    assert sleep.calls == [5.0, 7.0, 7.0, 2.0, 2.0]
+    assert sleep.sleeps == [5.0, 7.0, 7.0, 2.0, 2.0]
     assert all(s.rx_bytes == 100 for s in server.posted[1:])  # each window's delta
 
 
@@ -84,7 +82,7 @@ async def test_zero_negative_or_absurd_interval_is_ignored_with_a_warning(bad: i
     with capture_logs() as logs:
         _, sleep = await run(server, limit=4)
     # Kept 5 s when the bad value came, then took the next valid one.
-    assert sleep.calls == [5.0, 5.0, 3.0, 3.0]
+    assert sleep.sleeps == [5.0, 5.0, 3.0, 3.0]
     warnings = [e for e in logs if e["event"] == "stats.interval_ignored"]
     assert len(warnings) == 1
     assert warnings[0]["log_level"] == "warning"
@@ -94,7 +92,7 @@ async def test_zero_negative_or_absurd_interval_is_ignored_with_a_warning(bad: i
 async def test_bad_first_interval_falls_back_to_the_default() -> None:
     server = FakeServer(0)
     _, sleep = await run(server, limit=1)
-    assert sleep.calls == [DEFAULT_INTERVAL]
+    assert sleep.sleeps == [DEFAULT_INTERVAL]
 
 
 async def test_failed_first_post_is_retried_with_backoff_and_logged_once() -> None:
@@ -102,10 +100,10 @@ async def test_failed_first_post_is_retried_with_backoff_and_logged_once() -> No
     server = FakeServer(down, down, down, down, 4 * S)
     with capture_logs() as logs:
         _, sleep = await run(server, limit=5)
-    backoffs = sleep.calls[:4]
+    backoffs = sleep.sleeps[:4]
     assert all(0 < d <= 60 for d in backoffs)
     assert backoffs == sorted(backoffs)  # equal jitter: the ranges do not overlap
-    assert sleep.calls[4] == 4.0
+    assert sleep.sleeps[4] == 4.0
     assert len(server.posted) == 5
     assert [e["event"] for e in logs].count("stats.post_failed") == 1
 
@@ -114,35 +112,24 @@ async def test_no_post_for_an_empty_window_after_the_first() -> None:
     server = FakeServer(5 * S)
     _, sleep = await run(server, limit=20, busy=False)
     assert server.posted == [Stats()]  # only the post that learns the interval
-    assert sleep.calls == [5.0] * 20
-
-
-class Traffic:
-    """A fake sleep that adds a scripted amount of traffic in each window."""
-
-    def __init__(self, collector: StatsCollector, per_window: list[int]) -> None:
-        self.collector = collector
-        self.per_window = per_window
-        self.calls = 0
-
-    async def __call__(self, seconds: float) -> None:
-        if self.calls >= len(self.per_window):
-            raise Done
-        nbytes = self.per_window[self.calls]
-        self.calls += 1
-        if nbytes:
-            self.collector.session_opened(f"s{self.calls}", "reconnecting_pty")
-            self.collector.record_rx(nbytes)
-            self.collector.record_tx(2 * nbytes, messages=2)
-            self.collector.session_closed(f"s{self.calls}")
+    assert sleep.sleeps == [5.0] * 20
 
 
 async def traffic_run(server: FakeServer, per_window: list[int]) -> None:
+    """Each window carries the scripted bytes, from one session opened and closed in it."""
     collector = StatsCollector()
-    sleep = Traffic(collector, per_window)
-    reporter = StatsReporter(server.post, collector, rng=random.Random(0), sleep=sleep)
-    with pytest.raises(Done):
-        await reporter.run()
+    clock = FakeClock()
+    reporter = StatsReporter(server.post, collector, clock=clock, rng=random.Random(0))
+
+    def during(i: int) -> None:
+        nbytes = per_window[i]
+        if nbytes:
+            collector.session_opened(f"s{i + 1}", "reconnecting_pty")
+            collector.record_rx(nbytes)
+            collector.record_tx(2 * nbytes, messages=2)
+            collector.session_closed(f"s{i + 1}")
+
+    await drive(reporter, clock, len(per_window) + 1, during)
 
 
 def landed(server: FakeServer, answers: list[int | Exception]) -> list[Stats]:

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from agent import gitaskpass, gitssh, lifecycle, motd, sessionenv, startup, vscode
+from agent.clock import SYSTEM_CLOCK
 from agent.gitaskpass import AskpassError, Credential
 from agent.sdk.errors import WsagentError
 from agent.sdk.models import Metadata
+from tests.fakes.clock import FakeClock
 
 # ---------------------------------------------------------------- askpass
 
@@ -320,18 +322,13 @@ async def test_reporter_retries_with_backoff_until_posted() -> None:
             failures[state] -= 1
             raise WsagentError("down")
 
-    sleeps: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    reporter = startup.LifecycleReporter(
-        lc, post, rng=random.Random(1), sleep=sleep, now=lambda: 0.0
-    )
+    clock = FakeClock()
+    reporter = startup.LifecycleReporter(lc, post, clock=clock, rng=random.Random(1))
     lc.apply(lifecycle.START)
     lc.apply(lifecycle.EXITED_OK)
-    await reporter.flush()
+    await clock.run(reporter.flush())
     assert posts == ["starting"] * 4 + ["ready"]
+    sleeps = clock.sleeps
     assert len(sleeps) == 3
     # jittered doubling from 1 s: [0.5, 1], [1, 2], [2, 4]
     for delay, (low, high) in zip(sleeps, [(0.5, 1), (1, 2), (2, 4)], strict=True):
@@ -350,12 +347,9 @@ async def test_reporter_backoff_is_capped_at_15s() -> None:
         if attempts < 12:
             raise WsagentError("down")
 
-    sleeps: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    await startup.LifecycleReporter(lc, post, sleep=sleep, now=lambda: 0.0).flush()
+    clock = FakeClock()
+    await clock.run(startup.LifecycleReporter(lc, post, clock=clock).flush())
+    sleeps = clock.sleeps
     assert max(sleeps) <= 15.0
     assert sleeps[-1] >= 7.5
 
@@ -367,13 +361,14 @@ async def test_reporter_stops_when_closed() -> None:
     async def post(state: str) -> None:
         raise WsagentError("down")
 
-    reporter = startup.LifecycleReporter(lc, post, now=lambda: 0.0)
-
-    async def sleep(seconds: float) -> None:
-        reporter.stopped = True
-
-    reporter._sleep = sleep
-    await asyncio.wait_for(reporter.flush(), 1)
+    clock = FakeClock()
+    reporter = startup.LifecycleReporter(lc, post, clock=clock)
+    flushing = asyncio.create_task(reporter.flush())
+    await clock.settle()
+    assert clock.sleeps  # failed once, waiting out the backoff
+    reporter.stopped = True
+    await clock.advance(clock.sleeps[-1])
+    await asyncio.wait_for(flushing, 1)
     assert lc.pending() == "starting"
 
 
@@ -509,6 +504,7 @@ async def _run_start(tmp_path: Path, script: str, shell: str) -> tuple[list[str]
         shell=lambda: shell,
         environment=lambda md: {"PATH": "/usr/bin:/bin"},
         working_directory=lambda md: str(tmp_path),
+        clock=SYSTEM_CLOCK,
     )
     await start.on_metadata(_metadata(startup_script=script), True)
     await asyncio.wait_for(done.wait(), 5)
@@ -542,16 +538,19 @@ async def test_reporter_backoff_is_cut_short_by_a_reconnect() -> None:
         if not up.is_set():
             raise WsagentError("down")
 
-    reporter = startup.LifecycleReporter(lc, post, now=lambda: 0.0)
+    clock = FakeClock()
+    reporter = startup.LifecycleReporter(lc, post, clock=clock)
     # Pretend many failures already happened: the next delay is the 15 s ceiling.
     for _ in range(10):
-        reporter._backoff.next_delay()
+        reporter._retry.backoff.next_delay()
     flushing = asyncio.create_task(reporter.flush())
-    while not attempts:
-        await asyncio.sleep(0)
+    await clock.settle()
+    assert attempts == ["starting"] and clock.sleeps[-1] >= 7.5
     up.set()
     reporter.kick()
-    await asyncio.wait_for(flushing, 2)  # far less than the 7.5-15 s delay
+    await clock.settle()  # no virtual time passes: the kick cut the 7.5-15 s delay
+    assert flushing.done()
+    await flushing
     assert attempts == ["starting", "starting"]
     assert lc.pending() is None
 
