@@ -59,18 +59,15 @@ def filter_ports(reply: ListeningPortsResponse, used_by_apps: set[int]) -> Ports
     return PortsBody(kept)
 
 
-async def listening_ports(request: web.Request) -> web.Response:
-    user = await authenticate_user(request)
-    agent, _ = await owned_agent(request, user, parse_agent_id(request))
-    await require_connected(request, agent)
+async def fetch_ports(app: web.Application, agent_id: str) -> PortsBody:
+    """Ask the agent for its listening ports (bounded wait) and filter them like Coder.
+    The caller has checked that the user may see this agent and that it is connected."""
     request_id = str(uuid.uuid4())
-    pending = request.app[PENDING]
+    pending = app[PENDING]
     future: asyncio.Future[ListeningPortsResponse] = asyncio.get_running_loop().create_future()
     pending[request_id] = future
     try:
-        await request.app[COORDINATOR].send_to_agent(
-            agent.id, ListeningPortsRequest(request_id).to_json()
-        )
+        await app[COORDINATOR].send_to_agent(agent_id, ListeningPortsRequest(request_id).to_json())
         reply = await asyncio.wait_for(future, REPLY_TIMEOUT)
     except AgentNotConnected as exc:
         raise HTTPError(500, "Failed to dial workspace agent.", str(exc)) from None
@@ -84,8 +81,15 @@ async def listening_ports(request: web.Request) -> web.Response:
         pending.pop(request_id, None)
     if reply.error:
         raise HTTPError(500, "Could not scan for listening ports.", reply.error)
-    apps = await request.app[STORE].list_apps(agent.id)
-    return respond(filter_ports(reply, app_ports([a.spec.url for a in apps])).to_json())
+    apps = await app[STORE].list_apps(agent_id)
+    return filter_ports(reply, app_ports([a.spec.url for a in apps]))
+
+
+async def listening_ports(request: web.Request) -> web.Response:
+    user = await authenticate_user(request)
+    agent, _ = await owned_agent(request, user, parse_agent_id(request))
+    await require_connected(request, agent)
+    return respond((await fetch_ports(request.app, agent.id)).to_json())
 
 
 def setup(app: web.Application) -> None:

@@ -34,7 +34,7 @@ from controlplane.gitauth import GitAuthNotifier
 from controlplane.httpapi import error_middleware, respond
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SQLiteStore
-from controlplane.webui import login, sockets, static
+from controlplane.webui import dashboard, login, sockets, static
 from controlplane.webui.pages import login_middleware
 from controlplane.webui.security import add_security_headers
 
@@ -76,6 +76,7 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         sockets.setup,
         login.setup,
         static.setup,
+        dashboard.setup,
     ):
         setup(app)
     metrics.setup(app)
