@@ -15,6 +15,10 @@ commands:
   demo         control plane and agent together on loopback
   terminal     open a terminal to a workspace agent through the control plane
   logs         print a workspace agent's startup logs (--follow to keep printing)
+  login        save the control plane URL and your session token (mode 0600)
+  ssh          SSH into a workspace (--stdio: the ProxyCommand form)
+  config-ssh   add your workspaces to ~/.ssh/config
+  port-forward forward local TCP ports to a workspace
   gitssh       GIT_SSH_COMMAND helper (run by git)
 
 flags:
@@ -22,6 +26,7 @@ flags:
 """
 
 SERVER_COMMANDS = frozenset({"server", "admin", "demo", "terminal"})
+USER_COMMANDS = frozenset({"login", "ssh", "config-ssh", "port-forward"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from controlplane.logs_cli import main as logs_main
 
         return logs_main(rest)
+    if command in USER_COMMANDS:
+        from wsagent.remote.cli import main as user_main
+
+        return user_main(command, rest)
     if command in SERVER_COMMANDS:
         try:
             from controlplane.cli import main as server_main
