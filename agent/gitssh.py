@@ -31,6 +31,15 @@ FALLBACK_IDENTITIES: Final = (
     "~/.ssh/id_ed25519_sk",
     "~/.ssh/id_xmss",
 )
+HELP: Final = """usage: wsagent gitssh [--] <ssh arguments>
+
+The GIT_SSH_COMMAND the agent sets in every session: git runs it in place of ssh.
+It fetches the workspace owner's git SSH key from the control plane (with the
+session's CODER_AGENT_URL and agent token), writes it to a private temporary file
+(removed on exit) and runs ssh with your own identity files first, then that key.
+ssh's exit code is passed through; when ssh fails the public key to add to the
+git host is printed.
+"""
 SSH_G_TIMEOUT: Final = 10.0
 SSH_FAILED: Final = 255
 EXIT_FAILED: Final = 1
@@ -136,6 +145,10 @@ def main(
     env = os.environ if env is None else env
     stderr = sys.stderr if stderr is None else stderr
     args = list(argv)
+    if args in (["-h"], ["--help"]):
+        # ssh itself has no --help, so this is a person asking, not git.
+        print(HELP, end="")
+        return 0
     if args and args[0] == "--":
         args = args[1:]
     child: subprocess.Popen[bytes] | None = None

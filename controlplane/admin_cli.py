@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from controlplane.admin import SpecError
-from controlplane.cliargs import default_data_dir, parse_seconds
+from controlplane.cliargs import OneLineParser, check_data_dir, default_data_dir, parse_seconds
 from controlplane.speckeys import APP_KEYS, nearest
 
 # Commands that may create the database; every other one needs an existing database, so a
@@ -34,7 +34,7 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def admin_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="wsagent admin", description="Administer the control plane's data directory."
     )
     p.add_argument(
@@ -222,8 +222,7 @@ def database_path(args: argparse.Namespace) -> Path:
     from controlplane.store.sqlite import DB_NAME
 
     data_dir: Path = args.data_dir or default_data_dir()
-    if data_dir.exists() and not data_dir.is_dir():
-        raise NotADirectoryError(f"data directory {data_dir} is not a directory")
+    check_data_dir(data_dir)
     database = data_dir / DB_NAME
     if not database.exists() and not args.init and (args.area, args.action) not in CREATES_DATABASE:
         raise NotFound(

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.cliargs import (
+    OneLineParser,
+    check_data_dir,
     configure_logging,
     default_data_dir,
     metrics_address,
@@ -23,9 +25,7 @@ EXIT_USAGE = 2
 
 
 def server_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wsagent server", description="Run the reference control plane."
-    )
+    p = OneLineParser(prog="wsagent server", description="Run the reference control plane.")
     p.add_argument(
         "--address",
         type=parse_address,
@@ -136,6 +136,7 @@ def run_server(argv: Sequence[str]) -> int:
     from controlplane.store.migrations import MigrationError
 
     try:
+        check_data_dir(config.data_dir)
         asyncio.run(main())
     except KeyboardInterrupt:
         pass

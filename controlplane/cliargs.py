@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import NoReturn
 
 from agent.sdk.errors import ConfigError
 from agent.sdk.settings import parse_duration, parse_listen_address
@@ -55,3 +56,17 @@ def metrics_address(text: str) -> tuple[str, int] | None:
 
 def configure_logging() -> None:
     logs.configure(log_file=None, level=os.environ.get("WSAGENT_LOG_LEVEL", "info"))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line (``prog: error: ...``, exit 2), not the whole usage
+    first: the server's usage alone is twenty lines that bury the one that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def check_data_dir(path: Path) -> None:
+    """A data directory that exists as something else is an error naming it."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"data directory {path} is not a directory")

@@ -20,12 +20,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from controlplane.admin import agent_spec, create_user, create_workspace
-from controlplane.cliargs import configure_logging, parse_address
+from controlplane.cliargs import OneLineParser, configure_logging, parse_address
 from controlplane.config import ServerConfig
 
 MOTD = (
     "Welcome to the wsagent demo workspace.\n"
-    "This terminal survives reconnects: try closing it and opening it again.\n"
+    "This shell outlives its window: close the window, then run the same command with\n"
+    "--reconnect last (or the --reconnect command printed above) to get it back,\n"
+    "scrollback included.\n"
+)
+
+DESCRIPTION = (
+    "Start the control plane and a real agent on loopback, on a temporary data directory,"
+    " with a demo user, workspace and agent, and print how to use them. Ctrl-C stops"
+    " everything."
 )
 
 
@@ -55,7 +63,12 @@ async def _demo(args: argparse.Namespace) -> int:
     config = ServerConfig(
         data_dir=data_dir / "server", host=host, port=port, stats_report_interval=30.0
     )
-    server = await start_server(config)
+    try:
+        server = await start_server(config)
+    except OSError as exc:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        print(f"wsagent demo: error: {exc}", file=sys.stderr)
+        return 1
     agent_proc: asyncio.subprocess.Process | None = None
     try:
         _, user_token = await create_user(server.store, "demo", "demo@example.com")
@@ -113,6 +126,8 @@ Open a terminal in the workspace (in another shell):
 
   {wsagent} terminal --url {server.url} --token {user_token} --agent {agent.record.id}
 
+The shell outlives its window; add --reconnect last to that command to get it back.
+
 Look at the agent through the API:
 
   curl -s -H 'Coder-Session-Token: {user_token}' \\
@@ -142,13 +157,15 @@ Press Ctrl-C to stop.
                 agent_proc.kill()
                 await agent_proc.wait()
         await server.stop()
-        if not args.keep:
+        if args.keep:
+            print(f"demo stopped; its data is kept in {data_dir}", flush=True)
+        else:
             shutil.rmtree(data_dir, ignore_errors=True)
-        print("demo stopped", flush=True)
+            print("demo stopped", flush=True)
 
 
 def run_demo(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="wsagent demo", description=__doc__)
+    parser = OneLineParser(prog="wsagent demo", description=DESCRIPTION)
     parser.add_argument(
         "--address",
         type=parse_address,

@@ -126,13 +126,25 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.host, config.port))
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as exc:
+        # A busy port is the commonest start-up failure: name the address, tidy up.
+        sock.close()
+        await runner.cleanup()
+        await store.close()
+        raise OSError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     port = sock.getsockname()[1]
     site = web.SockSite(runner, sock, ssl_context=tls_context(config))
     await site.start()
     if not config.access_url:
         config.access_url = config.resolved_access_url(port)
-    log.info("server.listening", url=config.access_url, address=f"{config.host}:{port}")
+    log.info(
+        "server.listening",
+        url=config.access_url,
+        address=f"{config.host}:{port}",
+        data_dir=str(config.data_dir),
+    )
     metrics_runner = None
     if config.metrics_address is not None:
         metrics_runner = await metrics.start_endpoint(app, *config.metrics_address)
