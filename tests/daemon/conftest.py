@@ -58,15 +58,21 @@ class Daemon:
         return [e for e in self.events if e.get("event") == event]
 
     async def wait_for_event(self, event: str, within: float = 10.0, count: int = 1) -> dict:
+        await self.wait_for(
+            lambda: len(self.named(event)) >= count, within, f"{event!r} (x{count})"
+        )
+        return self.named(event)[count - 1]
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float, what: str) -> None:
+        """Wait until ``predicate()`` holds, re-checked at each new stdout line."""
         try:
             async with asyncio.timeout(within), self._changed:
-                await self._changed.wait_for(lambda: len(self.named(event)) >= count)
+                await self._changed.wait_for(predicate)
         except TimeoutError:
             raise AssertionError(
-                f"no {event!r} (x{count}) within {within}s; stdout:\n{self.stdout.decode()}"
+                f"no {what} within {within}s; stdout:\n{self.stdout.decode()}"
                 f"\nstderr:\n{self.stderr.decode()}"
             ) from None
-        return self.named(event)[count - 1]
 
     async def wait_exit(self, within: float) -> int:
         async with asyncio.timeout(within):
