@@ -58,7 +58,6 @@ class AgentConfig:
     azure_imds_endpoint: str = "http://169.254.169.254"
     google_audience: str = "coder"
     metadata_timeout: float = 2.0
-    askpass_deadline: float = 300.0
     # (host, port) of the Prometheus endpoint; None is off. load_config defaults it on.
     metrics_address: tuple[str, int] | None = None
     # Coder's extra log sinks: "" (off), "/dev/stdout", "/dev/stderr" or a file path.
@@ -250,7 +249,6 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
         azure_imds_endpoint=azure.rstrip("/"),
         google_audience=_env_or(env, "CODER_AGENT_GOOGLE_AUDIENCE", "coder"),
         metadata_timeout=duration("CODER_AGENT_METADATA_TIMEOUT", 2.0),
-        askpass_deadline=duration("CODER_AGENT_GIT_ASKPASS_DEADLINE", 300.0),
         metrics_address=_metrics_address(args.metrics_address, env),
         log_human=sinks["log-human"],
         log_json=sinks["log-json"],

@@ -158,6 +158,8 @@ def _error_text(status: int, body: Mapping[str, Any]) -> str:
 
 
 def deadline_seconds(env: Mapping[str, str]) -> float:
+    """``CODER_AGENT_GIT_ASKPASS_DEADLINE``, read here: askpass runs in git's process, which
+    inherits the variable from the agent's environment through the user's shell."""
     raw = env.get("CODER_AGENT_GIT_ASKPASS_DEADLINE", "")
     if not raw:
         return DEFAULT_DEADLINE

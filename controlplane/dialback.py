@@ -28,6 +28,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from agent.sdk.dialback import STALL_TIMEOUT, truncate_reason
 from controlplane.appkeys import CONFIG, COORDINATOR
 from controlplane.auth import authenticate_agent
 from controlplane.coordinator import AgentNotConnected
@@ -35,9 +36,7 @@ from controlplane.httpapi import HTTPError
 
 log = structlog.get_logger()
 
-MAX_CLOSE_REASON: Final = 123
 MAX_MESSAGE_BYTES: Final = 1 << 20
-STALL_TIMEOUT: Final = 30.0
 HEARTBEAT: Final = 15.0
 # Close codes a peer may send (RFC 6455 and the IANA registry: 1012-1014 too); anything
 # else (1005, 1006, 1015...) becomes 1011.
@@ -57,14 +56,6 @@ class PendingDial:
 
 PENDING: web.AppKey[dict[str, PendingDial]] = web.AppKey("dial_pending")
 RELAYS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("dial_relays")
-
-
-def truncate_reason(reason: str, limit: int = MAX_CLOSE_REASON) -> bytes:
-    """A close reason fits in 123 bytes of UTF-8; cut on a character boundary."""
-    data = reason.encode("utf-8")
-    if len(data) <= limit:
-        return data
-    return data[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
 def sendable_code(code: int | None) -> int:
@@ -173,7 +164,7 @@ async def close_socket(ws: web.WebSocketResponse, code: int, reason: str) -> Non
     if ws.closed:
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(code=code, message=truncate_reason(reason)), 5.0)
+        await asyncio.wait_for(ws.close(code=code, message=truncate_reason(reason).encode()), 5.0)
 
 
 async def accept_dial(request: web.Request, noun: str) -> web.StreamResponse:

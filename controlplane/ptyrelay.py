@@ -17,6 +17,7 @@ from typing import Final
 import structlog
 from aiohttp import WSCloseCode, web
 
+from agent.sdk.dialback import truncate_reason
 from agent.sdk.extensions import PTYRequest
 from agent.sdk.pty import ReconnectingPTYInit
 from controlplane.auth import authenticate_user, owned_agent
@@ -29,7 +30,6 @@ from controlplane.dialback import (
     close_socket,
     dial_agent,
     pipe,
-    truncate_reason,
 )
 from controlplane.httpapi import HTTPError
 from controlplane.routes_shared import parse_agent_id, require_connected
@@ -85,9 +85,8 @@ async def pty(request: web.Request) -> web.StreamResponse:
         )
     except DialError as exc:
         relays.discard(user_ws)
-        await user_ws.close(
-            code=WSCloseCode.INTERNAL_ERROR, message=truncate_reason(f"dial workspace agent: {exc}")
-        )
+        reason = truncate_reason(f"dial workspace agent: {exc}")
+        await user_ws.close(code=WSCloseCode.INTERNAL_ERROR, message=reason.encode())
         return user_ws
     relays.add(agent_ws)
     with structlog.contextvars.bound_contextvars(agent_id=agent.id, pty_id=init.id):

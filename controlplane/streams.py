@@ -28,6 +28,7 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent.sdk.codec import Obj
+from agent.sdk.dialback import STALL_TIMEOUT
 from agent.sdk.errors import DecodeError
 from agent.sdk.extensions import TYPE_STREAM_ERROR, StreamError, StreamRequest, Target
 from controlplane import dialback
@@ -87,10 +88,10 @@ class AgentStream:
 
     async def write(self, data: bytes) -> None:
         if data:
-            await asyncio.wait_for(self.ws.send_bytes(data), dialback.STALL_TIMEOUT)
+            await asyncio.wait_for(self.ws.send_bytes(data), STALL_TIMEOUT)
 
     async def write_eof(self) -> None:
-        await asyncio.wait_for(self.ws.send_bytes(b""), dialback.STALL_TIMEOUT)
+        await asyncio.wait_for(self.ws.send_bytes(b""), STALL_TIMEOUT)
 
     async def aclose(self, code: int = WSCloseCode.OK, reason: str = "") -> None:
         try:

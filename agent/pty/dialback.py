@@ -31,27 +31,16 @@ from agent.pty.session import (
     PtySession,
     TrafficSink,
 )
+from agent.sdk.dialback import STALL_TIMEOUT, truncate_reason
 from agent.sdk.extensions import PTYRequest
 from agent.sdk.pty import ReconnectingPTYRequest
 
 log = structlog.get_logger()
 
 INIT_TIMEOUT: Final = 10.0
-# A single output message that cannot be sent for this long means the reader is gone or
-# hopeless: disconnect it so its session can go on (it may re-attach and get the replay).
-STALL_TIMEOUT: Final = 30.0
 CLOSE_INVALID_DATA: Final = 1007
-MAX_CLOSE_REASON: Final = 123
 
 Dialer = Callable[[str], Awaitable[ClientConnection]]
-
-
-def truncate_reason(reason: str, limit: int = MAX_CLOSE_REASON) -> str:
-    """A close reason must fit in 123 bytes of UTF-8; cut on a character boundary."""
-    data = reason.encode("utf-8")
-    if len(data) <= limit:
-        return reason
-    return data[:limit].decode("utf-8", "ignore")
 
 
 class DialBackHandler:

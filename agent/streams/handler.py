@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import structlog
 
 from agent.errors import StreamTargetError, WsagentError
+from agent.sdk.dialback import STALL_TIMEOUT
 from agent.sdk.extensions import StreamError, StreamRequest
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 CHUNK: Final = 64 * 1024
-STALL_TIMEOUT: Final = 30.0
 MAX_STREAMS: Final = 1024
 CLOSE_NORMAL: Final = 1000
 CLOSE_POLICY: Final = 1008

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.pty.command import CommandBuilder, motd_banner
-from agent.pty.dialback import truncate_reason
 from agent.pty.protocol import DialBackDecoder, input_bytes
 from agent.pty.ringbuffer import RingBuffer
+from agent.sdk.dialback import truncate_reason
 from agent.sdk.errors import DecodeError
 from agent.sdk.pty import ReconnectingPTYInit, ReconnectingPTYRequest
 

@@ -17,9 +17,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from agent.sdk.dialback import truncate_reason
 from agent.sdk.pty import ReconnectingPTYInit, ReconnectingPTYRequest
 from agent.sdk.tailnet import Node
-from controlplane.dialback import truncate_reason
 from controlplane.ptyrelay import parse_dimension
 from tests.conftest import ControlPlane, poll_until
 
@@ -200,7 +200,7 @@ def test_parse_dimension_like_go_parseuint() -> None:
 
 
 def test_close_reason_truncated_to_123_bytes() -> None:
-    assert truncate_reason("ok") == b"ok"
-    cut = truncate_reason("dial workspace agent: " + "é" * 200)
+    assert truncate_reason("ok").encode() == b"ok"
+    cut = truncate_reason("dial workspace agent: " + "é" * 200).encode()
     assert len(cut) <= 123
     cut.decode("utf-8")  # still valid UTF-8
