@@ -1,13 +1,14 @@
 """App health: probe each app's health-check URL and report the whole map on change.
 
-Reference §5.4. Apps whose health is ``disabled`` are ignored; one prober runs per app with
-a URL, a positive interval and a positive threshold. The first probe comes one interval
-after start, and each probe times out after the interval. Any answer below 500 is healthy.
-An app turns unhealthy on the (threshold+1)-th consecutive failure; one success makes it
-healthy again. Every second the map is compared with the last one reported and, on any
-change, posted whole as ``{"Healths": {...}}``.
+As Coder's agent does (docs/protocol.md, "App health"): apps whose health is ``disabled``
+are ignored; one prober runs per app with a URL, a positive interval and a positive
+threshold. The first probe comes one interval after start, and each probe times out after
+the interval. Any answer below 500 is healthy. An app turns unhealthy on the
+(threshold+1)-th consecutive failure; one success makes it healthy again. Every second the
+map is compared with the last one reported and, on any change, posted whole as
+``{"Healths": {...}}``.
 
-Fixes over Coder (issue 7):
+Fixes over Coder:
 
 * A failed post is retried (backoff 1 s to 30 s, throttled logs) until one lands, instead
   of being dropped until the next change.

@@ -46,7 +46,7 @@ class AgentConfig:
     log_backups: int = 1
     startup_log_max_bytes: int = 5 * MIB
     shutdown_grace: float = 3.0
-    # Ceiling of the run loop's reconnect backoff (reference §5.2 uses 10 s).
+    # Ceiling of the run loop's reconnect backoff (Coder's run loop uses 10 s).
     reconnect_max_delay: float = 10.0
     pty_idle_timeout: float = 300.0
     pty_max_sessions: int = 64

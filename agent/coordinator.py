@@ -1,8 +1,9 @@
 """The agent end of ``GET /me/coordinate``: send our Node, receive peers and extensions.
 
-The socket is a byte stream of JSON values (reference §6.2). Arrays are tailnet peer
-updates; objects with a ``type`` are this project's extension requests (DESIGN.md
-decision 3). Unknown extension types are logged once and ignored.
+The socket is a byte stream of JSON values (docs/protocol.md, "The coordinate socket").
+Arrays are tailnet peer updates; objects with a ``type`` are this project's extension
+requests (docs/protocol.md, "Extension objects on the coordinate socket"). Unknown extension
+types are logged once and ignored.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""GIT_ASKPASS mode: git runs ``wsagent "Username for 'https://host': "`` (reference §5.8).
+"""GIT_ASKPASS mode: git runs ``wsagent "Username for 'https://host': "`` (docs/protocol.md,
+"Git helpers in the workspace").
 
 We ask the control plane for the user's credential for that URL. When the user has not
 linked the provider yet, the control plane answers with a URL to open; we print it and

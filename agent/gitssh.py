@@ -1,4 +1,5 @@
-"""``wsagent gitssh -- <ssh args>``: the GIT_SSH_COMMAND of every session (reference §5.8).
+"""``wsagent gitssh -- <ssh args>``: the GIT_SSH_COMMAND of every session (docs/protocol.md,
+"Git helpers in the workspace").
 
 Fetches the workspace owner's git SSH key from the control plane, writes it to a private
 temp file (0600, removed on every exit path, signals included) and runs ``ssh`` with the
@@ -21,7 +22,7 @@ from typing import Final, TextIO
 from agent.sdk.errors import WsagentError
 from agent.sdk.models import GitSSHKey
 
-# OpenSSH's defaults, used when ``ssh -G`` cannot tell us (reference §5.8).
+# OpenSSH's defaults, used when ``ssh -G`` cannot tell us.
 FALLBACK_IDENTITIES: Final = (
     "~/.ssh/id_rsa",
     "~/.ssh/id_dsa",

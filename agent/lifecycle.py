@@ -1,6 +1,6 @@
 """The agent's lifecycle state machine and the outbox of states still to report. Pure.
 
-States (reference §3.4, §5.3)::
+States (docs/protocol.md, "Startup and lifecycle")::
 
     created --start--> starting --exited_ok----> ready
                           |    --exited_error-> start_error

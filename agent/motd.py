@@ -1,5 +1,5 @@
-"""The message of the day for login terminals (reference §5.7). Pure apart from reading
-two files.
+"""The message of the day for login terminals (docs/protocol.md, "Message of the day"). Pure
+apart from reading two files.
 
 Printed only for login shells (the caller decides), never when ``~/.hushlogin`` exists;
 a missing or unreadable file prints nothing. Each line is followed by ``\\r\\n`` because

@@ -8,7 +8,7 @@ Sockets are mapped to process names only for listeners, by scanning ``/proc/<pid
 until every listener inode is found. The inode → name map is kept between scans, so a
 scan walks ``/proc/<pid>/fd`` only when a listener it has not seen before appears (a
 socket's owner does not change while it listens). Results are cached for one second, and
-nothing is scanned unless someone asks (DESIGN.md decision 5).
+nothing is scanned unless someone asks (docs/design.md, "Listening ports on demand").
 """
 
 from __future__ import annotations

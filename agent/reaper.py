@@ -1,4 +1,4 @@
-"""PID 1 duty: reap orphans and forward signals (DESIGN.md decision 6).
+"""PID 1 duty: reap orphans and forward signals (docs/design.md, "Reaping").
 
 ``waitpid(-1)`` inside the asyncio agent would steal its own children's exit statuses, so
 when the agent is PID 1 it forks: the parent only reaps and forwards signals, the child

@@ -1,6 +1,6 @@
-"""The environment and working directory of every user process the agent starts: the
-startup script and terminals (reference §5.6). Pure apart from reading passwd and the
-filesystem for the working directory.
+"""The environment and working directory of every user process the agent starts: the startup
+script and terminals (docs/protocol.md, "Session environment"). Pure apart from reading
+passwd and the filesystem for the working directory.
 
 Order matters, later entries win: the agent's own environment, then ``CODER``, ``USER``,
 ``GIT_SSH_COMMAND``, ``CODER_AGENT_TOKEN``, ``VSCODE_PROXY_URI``, then the template's

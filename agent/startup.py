@@ -1,4 +1,5 @@
-"""Workspace start: the startup script, its capped log, and lifecycle reporting (§5.3).
+"""Workspace start: the startup script, its capped log, and lifecycle reporting
+(docs/protocol.md, "Startup script").
 
 On the first successful connection of the daemon the script runs once as
 ``<login shell> -c <script>`` in its own process group, with the session environment.

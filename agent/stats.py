@@ -1,7 +1,7 @@
 """Traffic statistics: a pure per-window collector and the report-stats loop.
 
 The first post learns ``report_interval`` (integer nanoseconds); the loop re-arms when the
-server changes it. Two fixes over Coder (issue 7):
+server changes it. Two fixes over Coder:
 
 * A window without traffic is not posted after the first post: the server stores nothing
   for zero rx and tx bytes anyway, and the requests cost it load (coder/coder#8064). A
@@ -46,7 +46,8 @@ class Window:
 
     @property
     def is_empty(self) -> bool:
-        # The server stores nothing without bytes (reference §3.6), so neither do we post.
+        # The server stores nothing without bytes (docs/protocol.md, "Stats"), so neither do
+        # we post.
         return self.rx_bytes == 0 and self.tx_bytes == 0
 
     def merge(self, later: Window) -> Window:

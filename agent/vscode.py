@@ -1,4 +1,5 @@
-"""VS Code machine settings that hand git credentials to ``wsagent`` (reference §5.8).
+"""VS Code machine settings that hand git credentials to ``wsagent`` (docs/protocol.md, "Git
+helpers in the workspace").
 
 VS Code and code-server set their own GIT_ASKPASS; these two settings make them leave
 git alone so our askpass runs. The files are merged, never replaced: the user's other keys

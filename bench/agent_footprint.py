@@ -13,7 +13,7 @@
   over ``--idle-seconds``, as a percentage of one core. Baseline: the total CPU time that
   ``python -c pass`` needs to start and exit.
 
-Targets (issue 2): RSS <= 40 MiB, first request <= 300 ms, idle CPU < 0.2 % of one core.
+Targets: RSS <= 40 MiB, first request <= 300 ms, idle CPU < 0.2 % of one core.
 """
 
 from __future__ import annotations

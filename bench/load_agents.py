@@ -3,7 +3,7 @@
     .venv/bin/python bench/load_agents.py [--steps 250,500,1000,2000] [--step-seconds 20]
                                           [--stats-interval 10] [--health-interval 30]
 
-Each simulated agent does what the daemon does on the wire (reference §3, §6.2), without
+Each simulated agent does what the daemon does on the wire (docs/protocol.md, "Wire notes"), without
 running anything: token auth, ``GET /me/metadata``, ``POST /me/startup``,
 ``POST /me/report-lifecycle`` (starting, ready), then it holds ``/me/coordinate`` open with
 one agent node, posts ``/me/report-stats`` (non-zero traffic) every ``--stats-interval``

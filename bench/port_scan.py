@@ -14,8 +14,8 @@ while this process measures, in the same run and on the same sockets:
 * ``psutil``    ``psutil.net_connections("tcp")`` filtered to LISTEN (psutil is a dev
                 dependency only).
 
-Two cases (DESIGN.md decision 5): N listeners, and 50 listeners among M established
-connections (each connection is two ESTABLISHED rows, both ends being local).
+Two cases (docs/design.md, "Listening ports on demand"): N listeners, and 50 listeners among
+M established connections (each connection is two ESTABLISHED rows, both ends being local).
 Figures are the median and the best of ``--runs`` runs, in milliseconds.
 
 ``--endpoint`` adds the server's answer time on loopback: ``GET /listening-ports`` through

@@ -63,7 +63,7 @@ class ServerConfig:
 
 
 def derp_map_for(access_url: str) -> DERPMap:
-    """The embedded relay region, reached through the access URL (reference §3.2)."""
+    """The embedded relay region, reached through the access URL (docs/protocol.md, "Metadata")."""
     parts = urlsplit(access_url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     node = DERPNode(

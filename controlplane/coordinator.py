@@ -1,4 +1,5 @@
-"""In-memory tailnet coordinator with wsagent's extension channel (reference §6.2).
+"""In-memory tailnet coordinator with wsagent's extension channel (docs/protocol.md, "The
+coordinate socket").
 
 Agents and clients send single Node objects; the coordinator sends arrays of Nodes. A
 second agent socket for the same agent replaces the first. Objects with a ``type`` field

@@ -32,7 +32,8 @@ def match_provider(providers: list[GitAuthProvider], url: str) -> GitAuthProvide
 
 
 def credential_for(provider_type: str, token: str) -> tuple[str, str]:
-    """How each forge expects a token over HTTPS basic auth (reference §3.8)."""
+    """How each forge expects a token over HTTPS basic auth (docs/protocol.md, "Git SSH key
+    and git auth")."""
     kind = provider_type.lower()
     if kind == "gitlab":
         return "oauth2", token

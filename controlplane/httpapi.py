@@ -1,4 +1,4 @@
-"""HTTP plumbing with Coder's conventions (reference §2).
+"""HTTP plumbing with Coder's conventions (docs/protocol.md, "Conventions").
 
 Every error is a JSON body ``{message, detail?, validations?}`` — never an HTML page or a
 traceback. Responses are Go-style JSON (compact, trailing newline); "no body" is ``null``.

@@ -2,7 +2,7 @@
 
 The server sends a request over the agent's coordinate socket and waits (bounded) for the
 matching reply, then filters like Coder: ports below 9, ports used by the agent's apps, and
-well-known service ports are dropped (reference §3.13).
+well-known service ports are dropped (docs/protocol.md, "Listening ports").
 """
 
 from __future__ import annotations

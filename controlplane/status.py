@@ -1,4 +1,4 @@
-"""Agent status as Coder computes it (reference §3.10). Pure: takes ``now``."""
+"""Agent status as Coder computes it (docs/protocol.md, "Agent status"). Pure: takes ``now``."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def agent_status(
 
 
 def derp_latency(node: Mapping[str, Any] | None, derp_map: DERPMap) -> dict[str, DERPRegionLatency]:
-    """``latency`` of ``GET /workspaceagents/{id}``, from the agent's last node (§3.10).
+    """``latency`` of ``GET /workspaceagents/{id}``, from the agent's last node.
 
     Keys ``"<region id>-v4"``/``"-v6"`` in seconds become region *names* in milliseconds;
     a region missing from the server's map is ``Unnamed <id>``. Where a region has both

@@ -1,11 +1,11 @@
 """Which cloud is this? DMI first (no network), then a short probe of the metadata address.
 
-DMI rules (reference §5.3): Azure by its fixed chassis asset tag (on-prem Hyper-V shares
-the vendor strings, not the tag); Google by product name or vendor; AWS by the vendor
-strings on Nitro, and on older Xen instances by ``bios_version`` or the world-readable
-``/sys/hypervisor/uuid`` starting with "ec2". The probe runs only when DMI says nothing,
-as in a container on a VM, and it checks the *shape* of each reply: a TCP connect to
-169.254.169.254 succeeds in many sandboxes where nothing useful answers.
+DMI rules (docs/operations.md, "Cloud identity"): Azure by its fixed chassis asset tag
+(on-prem Hyper-V shares the vendor strings, not the tag); Google by product name or vendor;
+AWS by the vendor strings on Nitro, and on older Xen instances by ``bios_version`` or the
+world-readable ``/sys/hypervisor/uuid`` starting with "ec2". The probe runs only when DMI
+says nothing, as in a container on a VM, and it checks the *shape* of each reply: a TCP
+connect to 169.254.169.254 succeeds in many sandboxes where nothing useful answers.
 """
 
 from __future__ import annotations

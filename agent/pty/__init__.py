@@ -1,4 +1,4 @@
-"""Reconnecting terminal sessions served over dial-back WebSockets (issue 6).
+"""Reconnecting terminal sessions served over dial-back WebSockets (docs/protocol.md, "Terminals").
 
 Layout: ``ringbuffer`` (scrollback) and ``protocol`` (init + input decoding) are pure;
 ``process`` owns a PTY child; ``session`` pumps one session's output to its attachments

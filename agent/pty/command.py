@@ -1,10 +1,11 @@
 """What a terminal session runs: argv, environment, working directory and the MOTD banner.
 
-Reference §5.5/§5.6: an empty command is the user's login shell as a login shell
-(``<shell> -l``), anything else runs as ``<shell> -c <command>``; sessions get
-``TERM=xterm-256color`` on top of the session environment. The MOTD is shown only for a
-login shell and only without ``~/.hushlogin`` (§5.7), each line ending in CRLF because it
-goes straight to the terminal, not through the line discipline.
+As Coder's agent does (docs/protocol.md, "Reconnecting PTY on the agent"): an empty command
+is the user's login shell as a login shell (``<shell> -l``), anything else runs as
+``<shell> -c <command>``; sessions get ``TERM=xterm-256color`` on top of the session
+environment. The MOTD is shown only for a login shell and only without ``~/.hushlogin``, each
+line ending in CRLF because it goes straight to the terminal, not through the line
+discipline.
 
 The session environment, MOTD text and directory come from other components through the
 callables given to :class:`CommandBuilder` (by agent/compose.py).

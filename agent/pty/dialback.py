@@ -1,10 +1,10 @@
 """Serve one PTYRequest: dial back to the control plane and pump one attachment.
 
-The server asked over the coordinate socket (DESIGN.md decision 3). We open a new
-WebSocket to ``PTY_DIAL_PATH?session=<id>`` with the agent token, read the init frame,
-attach to the session it names (starting it if new), then run two loops until either ends:
-input (server → PTY) and output (attachment queue → server). One TCP connection per
-attachment gives each its own flow control.
+The server asked over the coordinate socket (docs/design.md, "Outbound-only agent, and one
+data plane"). We open a new WebSocket to ``PTY_DIAL_PATH?session=<id>`` with the agent
+token, read the init frame, attach to the session it names (starting it if new), then run
+two loops until either ends: input (server → PTY) and output (attachment queue → server).
+One TCP connection per attachment gives each its own flow control.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ ptyprocess does the fork/exec (controlling terminal, window size, exec errors re
 back to the parent). From then on this module owns the master fd and the pid: the fd is
 switched to non-blocking for ``loop.add_reader`` and the exit status is collected with a
 pidfd watched by the event loop, so nothing blocks the loop and no ``waitpid(-1)`` steals
-another component's child (DESIGN.md decision 6).
+another component's child (docs/design.md, "Reaping").
 """
 
 from __future__ import annotations

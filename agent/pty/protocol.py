@@ -1,4 +1,4 @@
-"""Decoding the agent end of a dial-back socket (docs/protocol.md, reference §5.5).
+"""Decoding the agent end of a dial-back socket (docs/protocol.md, "Reconnecting PTY on the agent").
 
 Pure: bytes in, values out. The stream is a uint16 little-endian length and that many bytes
 of JSON init ``{ID, Height, Width, Command}``, then a stream of JSON input objects

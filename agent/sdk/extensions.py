@@ -1,4 +1,5 @@
-"""wsagent's extension messages on the coordinate socket (DESIGN.md decision 3).
+"""wsagent's extension messages on the coordinate socket (docs/protocol.md, "Extension
+objects on the coordinate socket").
 
 A real Coder server only ever sends JSON arrays of nodes on the coordinate socket, so a
 JSON *object* with a ``type`` field is unambiguous. The server sends requests; the agent

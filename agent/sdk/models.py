@@ -3,7 +3,7 @@
 Each model has ``to_json()`` (key names and order as Coder's Go structs emit them) and
 ``from_json(value, endpoint, fold_case=...)``. Durations named ``*_timeout`` and
 ``report_interval`` are integer nanoseconds on the wire; ``*_seconds`` and healthcheck
-``interval`` are integer seconds (reference §2, §10).
+``interval`` are integer seconds (docs/protocol.md, "Conventions").
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Reconnecting-PTY wire format (reference §3.14, §5.5).
+"""Reconnecting-PTY wire format (docs/protocol.md, "The /pty endpoint" and "Reconnecting PTY
+on the agent").
 
 Agent side (dial-back socket): a uint16 little-endian length, then that many bytes of
 JSON ``{"ID","Height","Width","Command"}``, then a stream of ``{"data","height","width"}``

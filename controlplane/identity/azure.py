@@ -1,6 +1,6 @@
 """Azure: the attested document, a PKCS#7 SignedData with the JSON content attached.
 
-Verified here, beyond what Coder checks (reference §4.3):
+Verified here, beyond what Coder checks (docs/operations.md, "Cloud identity"):
   1. exactly one signer, whose certificate is in the document;
   2. the CONTENT signature: over the content itself when there are no signed attributes
      (Azure's shape), or over the DER SET of signed attributes after checking that their

@@ -85,7 +85,7 @@ def world_factory(
 
 
 def node(preferred_derp: int = 999, **extra: Any) -> dict[str, Any]:
-    """A tailnet Node as peers send it (reference §6.1)."""
+    """A tailnet Node as peers send it (docs/protocol.md, "The coordinate socket")."""
     value: dict[str, Any] = {
         "id": secrets.randbits(62),
         "as_of": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),

@@ -1,4 +1,4 @@
-"""``/workspaceagents/me/*`` behaves as Coder's server does (reference §3.2 to §3.7)."""
+"""``/workspaceagents/me/*`` behaves as Coder's server does (docs/protocol.md, "Wire notes")."""
 
 from __future__ import annotations
 

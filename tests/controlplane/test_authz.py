@@ -1,6 +1,6 @@
 """The authorisation matrix: owner, another user (404), no token (401), an agent token on
 user endpoints (401), a user token on agent endpoints (401); tokens by header, cookie and
-query parameter (reference §2)."""
+query parameter (docs/protocol.md, "Conventions")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Both coordinate endpoints (reference §3.9, §3.12, §6.2): peers send single Node
+"""Both coordinate endpoints (docs/protocol.md, "The coordinate socket"): peers send single Node
 objects, the coordinator sends arrays; a second agent socket replaces the first; an agent
 of an outdated build is refused."""
 

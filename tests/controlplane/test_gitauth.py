@@ -1,5 +1,5 @@
 """``GET /me/gitauth``: provider matching, credentials per forge, and ``listen``
-(reference §3.8)."""
+(docs/protocol.md, "Git SSH key and git auth")."""
 
 from __future__ import annotations
 

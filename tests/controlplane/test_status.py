@@ -1,4 +1,5 @@
-"""Pure: agent status (reference §3.10) and DERP latency from a node, with ``now`` given."""
+"""Pure: agent status (docs/protocol.md, "Agent status") and DERP latency from a node, with
+``now`` given."""
 
 from __future__ import annotations
 

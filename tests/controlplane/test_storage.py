@@ -230,7 +230,8 @@ async def test_durability_flag_sets_sqlite_synchronous(
 
 
 def test_sqlite_store_has_every_store_method_with_its_signature() -> None:
-    """The split into parts keeps the one narrow interface (DESIGN.md decision 7)."""
+    """The split into parts keeps the one narrow interface (docs/design.md, "Embedded
+    default, real engine to grow into")."""
     import inspect
 
     from controlplane.store.base import Store

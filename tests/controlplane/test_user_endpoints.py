@@ -1,5 +1,5 @@
-"""``GET /workspaceagents/{id}``, ``/connection`` and ``/listening-ports`` (reference
-§3.10, §3.11, §3.13), with status computed as Coder does."""
+"""``GET /workspaceagents/{id}``, ``/connection`` and ``/listening-ports`` (docs/protocol.md,
+"Agent status" and "Listening ports"), with status computed as Coder does."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ async def test_coordinate_socket_opens_with_token_cookie(
     assert re.fullmatch(r"nodekey:[0-9a-f]{64}", node["key"])
     assert re.fullmatch(r"discokey:[0-9a-f]{64}", node["disco"])
     assert node["addresses"] == ["fd7a:115c:a1e0:49d6:b259:b7ac:b1b2:48f4/128"]
-    # The order of one attempt (reference §5.2): metadata, startup, then the socket.
+    # The order of one attempt (docs/protocol.md, "Run loop"): metadata, startup, then the socket.
     steps = [r.path.rsplit("/", 1)[-1] for r in fake_cp.requests]
     order = [s for s in steps if s in ("metadata", "startup", "coordinate")]
     assert order[:3] == ["metadata", "startup", "coordinate"]

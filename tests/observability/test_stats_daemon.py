@@ -1,5 +1,5 @@
 """Stats from the real daemon: an idle agent posts once (to learn the interval), then
-nothing, however short the interval (issue 7: Coder posts every empty window)."""
+nothing, however short the interval (Coder posts every empty window)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The unit files in systemd/: `systemd-analyze verify` when it is installed (Debian's
-`systemd` package; scripts/setup installs it), and always a lint of what issue 8 asks of
-them, so a machine without systemd still catches a unit that lost Type=notify or its
-watchdog.
+`systemd` package; scripts/setup installs it), and always a lint of what docs/operations.md
+promises of them, so a machine without systemd still catches a unit that lost Type=notify or
+its watchdog.
 
 `verify` checks that ExecStart's program exists, and /opt/wsagent is not installed on a
 test machine: the units are verified from copies whose ExecStart points at a stub script,

@@ -1,5 +1,6 @@
 """A real ``git clone`` over HTTP with basic auth, answered by ``wsagent`` as GIT_ASKPASS
-with the credential the control plane holds for the user (§5.8)."""
+with the credential the control plane holds for the user (docs/protocol.md, "Git helpers in
+the workspace")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``wsagent gitssh`` with the real ssh client against a real sshd on 127.0.0.1 that
-accepts only the keys a test authorizes (§5.8)."""
+accepts only the keys a test authorizes (docs/protocol.md, "Git helpers in the workspace")."""
 
 from __future__ import annotations
 

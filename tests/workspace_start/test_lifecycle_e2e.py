@@ -1,4 +1,5 @@
-"""The real daemon runs the startup script against the real control plane (§5.3)."""
+"""The real daemon runs the startup script against the real control plane (docs/protocol.md,
+"Startup script")."""
 
 from __future__ import annotations
 
