@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ControlPlane
 from tests.controlplane.cli import admin, wsagent
 from tests.controlplane.conftest import AGENTS, ME, assert_error
@@ -61,6 +63,7 @@ async def _plane_on(make_control_plane: Any, data_dir: Path) -> ControlPlane:
     return plane
 
 
+@pytest.mark.e2e
 async def test_user_and_workspace_created_by_the_cli_work_against_the_server(
     make_control_plane: Any, tmp_path: Path
 ) -> None:
@@ -108,6 +111,7 @@ async def test_user_and_workspace_created_by_the_cli_work_against_the_server(
     assert listed[0]["agents"] == [{"name": "main", "agent_id": agent["agent_id"]}]
 
 
+@pytest.mark.e2e
 async def test_gitauth_and_token_rotation(make_control_plane: Any, tmp_path: Path) -> None:
     data = tmp_path / "data"
     await admin(data, "user", "create", "alice")
@@ -145,6 +149,7 @@ async def test_gitauth_and_token_rotation(make_control_plane: Any, tmp_path: Pat
     assert served["public_key"].strip() == fresh["public_key"]
 
 
+@pytest.mark.e2e
 async def test_apply_a_workspace_file_twice_is_idempotent(
     make_control_plane: Any, tmp_path: Path
 ) -> None:
@@ -181,6 +186,7 @@ async def test_apply_a_workspace_file_twice_is_idempotent(
     assert gpu.spec.instance_id == "1234567890"
 
 
+@pytest.mark.e2e
 async def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
     data = tmp_path / "data"
     await admin(data, "user", "create", "alice")
@@ -273,6 +279,7 @@ BAD_NAMES: list[tuple[str, ...]] = [
 ]
 
 
+@pytest.mark.e2e
 async def test_names_are_dns_labels(tmp_path: Path) -> None:
     data = tmp_path / "data"
     await admin(data, "user", "create", "alice")

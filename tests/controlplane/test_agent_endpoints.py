@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from tests.conftest import poll_until
 from tests.controlplane.conftest import ME, World, assert_error
 
+pytestmark = pytest.mark.e2e
+
 # ------------------------------------------------------------------ metadata
 
 

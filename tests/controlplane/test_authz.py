@@ -13,6 +13,8 @@ import pytest
 from controlplane.store.records import GitAuthProvider
 from tests.controlplane.conftest import AGENTS, ME, World, assert_error
 
+pytestmark = pytest.mark.e2e
+
 AGENT_ENDPOINTS: list[tuple[str, str, Any, int]] = [
     ("GET", "/metadata", None, 200),
     ("POST", "/startup", {"version": "v1.0.0", "expanded_directory": "/w"}, 200),

@@ -9,6 +9,8 @@ import pytest
 
 from tests.controlplane.conftest import AGENTS, ME, World, assert_error
 
+pytestmark = pytest.mark.e2e
+
 POSTS = [f"{ME}/startup", f"{ME}/report-lifecycle", f"{ME}/app-health", f"{ME}/report-stats"]
 
 

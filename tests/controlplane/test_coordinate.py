@@ -19,6 +19,8 @@ from controlplane.store.records import AgentSpec
 from tests.conftest import poll_until
 from tests.controlplane.conftest import AGENTS, ME, World, node
 
+pytestmark = pytest.mark.e2e
+
 Socket = aiohttp.ClientWebSocketResponse
 
 

@@ -17,6 +17,8 @@ from tests.conftest import REPO, poll_until
 from tests.controlplane.cli import admin, cli_env
 from tests.controlplane.conftest import ME
 
+pytestmark = pytest.mark.e2e
+
 
 async def start_server_process(
     data_dir: Path, *extra: str

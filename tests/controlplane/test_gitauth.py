@@ -16,6 +16,8 @@ from controlplane.store.records import GitAuthProvider
 from tests.conftest import poll_until
 from tests.controlplane.conftest import ME, World, assert_error
 
+pytestmark = pytest.mark.e2e
+
 REPO = "https://github.com/coder/coder.git"
 
 

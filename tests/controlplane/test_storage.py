@@ -18,6 +18,7 @@ from tests.conftest import REPO, ControlPlane, poll_until
 from tests.controlplane.conftest import MAIN_AGENT, ME, World
 
 
+@pytest.mark.e2e
 async def test_state_survives_a_restart(world: World) -> None:
     cp = world.cp
     await cp.store.upsert_gitauth_provider(GitAuthProvider("github", r"github\.com", "github"))
@@ -55,6 +56,7 @@ async def test_state_survives_a_restart(world: World) -> None:
     assert workspace.last_used_at is not None
 
 
+@pytest.mark.e2e
 async def test_connection_times_survive_a_restart(world: World) -> None:
     import aiohttp
 
@@ -75,6 +77,7 @@ async def _status(world: World, status: str) -> bool:
     return bool((await world.agent_json())["status"] == status)
 
 
+@pytest.mark.e2e
 async def test_concurrent_writes_from_many_agents_are_all_kept(
     make_control_plane: Any,
 ) -> None:
@@ -160,6 +163,7 @@ async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
         await SQLiteStore.open(tmp_path)
 
 
+@pytest.mark.e2e
 async def test_database_files_are_private(world: World) -> None:
     data_dir = world.cp.config.data_dir
     async with world.agent() as client:  # make sure the WAL exists
@@ -203,6 +207,7 @@ async def test_documented_backup_is_private_under_a_permissive_umask(
         assert conn.execute("SELECT count(*) FROM agents").fetchone()[0] == 1
 
 
+@pytest.mark.e2e
 async def test_tokens_are_stored_only_as_hashes(world: World) -> None:
     import hashlib
 
@@ -215,6 +220,7 @@ async def test_tokens_are_stored_only_as_hashes(world: World) -> None:
         assert hashlib.sha256(token.encode()).hexdigest().encode() in data
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("flag", "pragma"), [("normal", 1), ("full", 2)])
 async def test_durability_flag_sets_sqlite_synchronous(
     make_control_plane: Any, flag: str, pragma: int

@@ -15,6 +15,8 @@ from controlplane.config import DEFAULT_TROUBLESHOOTING_URL
 from tests.conftest import poll_until
 from tests.controlplane.conftest import AGENTS, ME, World, assert_error
 
+pytestmark = pytest.mark.e2e
+
 REQUIRED = {
     "id",
     "created_at",

@@ -12,6 +12,8 @@ from structlog.testing import capture_logs
 
 from agent.children import ChildRegistry
 
+pytestmark = pytest.mark.e2e
+
 # A child that ignores TERM (and HUP) and reports that it is ready to be signalled.
 STUBBORN = (
     "import signal,sys,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 BASE = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
 GOOD = {"CODER_AGENT_URL": "http://127.0.0.1:1", "CODER_AGENT_TOKEN": "x" * 36}
 

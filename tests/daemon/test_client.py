@@ -43,6 +43,7 @@ def client(url: str, timeout: float = 10.0) -> ControlPlaneClient:
     return ControlPlaneClient(url, TokenHolder(TOKEN), verify=False, timeout=timeout)
 
 
+@pytest.mark.e2e
 async def test_error_body_becomes_a_typed_error_with_status_and_detail(serve) -> None:  # type: ignore[no-untyped-def]
     seen: list[str] = []
 
@@ -71,6 +72,7 @@ async def test_error_body_becomes_a_typed_error_with_status_and_detail(serve) ->
     assert seen == [TOKEN]
 
 
+@pytest.mark.e2e
 async def test_401_is_unauthorized_and_non_json_errors_keep_their_text(serve) -> None:  # type: ignore[no-untyped-def]
     async def unauthorized(request: web.Request) -> web.Response:
         return web.json_response({"message": "Workspace agent not authorized."}, status=401)
@@ -88,6 +90,7 @@ async def test_401_is_unauthorized_and_non_json_errors_keep_their_text(serve) ->
     assert "non-JSON" in info.value.message and "bad gateway" in info.value.detail
 
 
+@pytest.mark.e2e
 async def test_wrong_body_is_a_decode_error_naming_the_field(serve) -> None:  # type: ignore[no-untyped-def]
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"apps": 7})
@@ -98,6 +101,7 @@ async def test_wrong_body_is_a_decode_error_naming_the_field(serve) -> None:  # 
     assert info.value.endpoint.endswith("/me/metadata")
 
 
+@pytest.mark.e2e
 async def test_a_dripping_server_hits_the_total_deadline(serve) -> None:  # type: ignore[no-untyped-def]
     """One byte every 100 ms never trips a per-read timeout; the whole call still ends."""
 
@@ -117,6 +121,7 @@ async def test_a_dripping_server_hits_the_total_deadline(serve) -> None:  # type
         assert loop.time() - started < 2.0
 
 
+@pytest.mark.e2e
 async def test_an_oversized_body_is_refused_not_buffered(serve) -> None:  # type: ignore[no-untyped-def]
     async def huge(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})

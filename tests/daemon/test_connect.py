@@ -10,6 +10,8 @@ import pytest
 from tests.daemon.conftest import Daemon, SpawnDaemon
 from tests.fakes.fake_control_plane import FakeControlPlane
 
+pytestmark = pytest.mark.e2e
+
 # golang.org/x/mod/semver.IsValid, which the server applies to the startup version.
 SEMVER = re.compile(
     r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"

@@ -3,8 +3,12 @@ types (logged once, ignored) and malformed values (dropped, the socket stays ope
 
 from __future__ import annotations
 
+import pytest
+
 from tests.daemon.conftest import SpawnDaemon
 from tests.fakes.fake_control_plane import FakeControlPlane
+
+pytestmark = pytest.mark.e2e
 
 PEER = {
     "id": 42,

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
+
 from tests.daemon.conftest import Daemon, SpawnDaemon
 from tests.fakes.fake_control_plane import FakeControlPlane
+
+pytestmark = pytest.mark.e2e
 
 FAST_RETRY = {"CODER_AGENT_RECONNECT_MAX_DELAY": "200ms"}
 ATTEMPTS_PER_MODE = 8

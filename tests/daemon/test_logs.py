@@ -15,8 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.daemon.conftest import SpawnDaemon, daemon_env
 from tests.fakes.fake_control_plane import FakeControlPlane
+
+pytestmark = pytest.mark.e2e
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 FAST_RETRY = {"CODER_AGENT_RECONNECT_MAX_DELAY": "200ms"}

@@ -19,10 +19,13 @@ import pytest
 from tests.daemon.conftest import SpawnDaemon
 from tests.fakes.fake_control_plane import FakeControlPlane
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")),
-    reason="needs root and util-linux unshare/nsenter",
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")),
+        reason="needs root and util-linux unshare/nsenter",
+    ),
+]
 
 
 def children_of(pid: int) -> list[int]:

@@ -14,6 +14,8 @@ from tests.conftest import ControlPlane
 from tests.daemon.conftest import SpawnDaemon
 from tests.fakes.fake_control_plane import FakeControlPlane
 
+pytestmark = pytest.mark.e2e
+
 POLITE_CLOSE_CODES = (1000, 1001)
 
 

@@ -31,6 +31,7 @@ def _service(fake: FakeMetadata, hosts: frozenset[str]) -> IdentityService:
     return IdentityService(identity_config(fake, azure_intermediates=(), azure_aia_hosts=hosts))
 
 
+@pytest.mark.e2e
 async def test_missing_intermediate_is_fetched_once_and_cached(fake_metadata: FakeMetadata) -> None:
     az = fake_metadata.azure
     fake_metadata.files["/aia/issuing.crt"] = az.intermediate.public_bytes(Encoding.DER)
@@ -42,6 +43,7 @@ async def test_missing_intermediate_is_fetched_once_and_cached(fake_metadata: Fa
     assert len(fake_metadata.seen("/aia/")) == 1
 
 
+@pytest.mark.e2e
 async def test_hosts_outside_the_allow_list_are_not_contacted(fake_metadata: FakeMetadata) -> None:
     az = fake_metadata.azure
     fake_metadata.files["/aia/issuing.crt"] = az.intermediate.public_bytes(Encoding.DER)
@@ -51,6 +53,7 @@ async def test_hosts_outside_the_allow_list_are_not_contacted(fake_metadata: Fak
     assert fake_metadata.seen("/aia/") == []
 
 
+@pytest.mark.e2e
 async def test_a_fetched_issuer_still_needs_a_trusted_root(fake_metadata: FakeMetadata) -> None:
     rogue = make_azure_material("rogue-aia")
     fake_metadata.files["/aia/rogue.crt"] = rogue.intermediate.public_bytes(Encoding.PEM)

@@ -14,6 +14,8 @@ from tests.fakes.cloudkeys import make_azure_material, rsa_key
 from tests.fakes.metadata import FakeMetadata
 from tests.identity.conftest import identity_config
 
+pytestmark = pytest.mark.e2e
+
 MakePlane = Callable[..., Awaitable[ControlPlane]]
 
 

@@ -82,6 +82,7 @@ def _targets(url: str, host: str, timeout: float = 2.0) -> ProbeTargets:
     return ProbeTargets(aws_endpoint=url, gce_host=host, azure_endpoint=url, timeout=timeout)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("cloud", "method"), [("aws", AUTH_AWS), ("google", AUTH_GOOGLE), ("azure", AUTH_AZURE)]
 )
@@ -93,6 +94,7 @@ async def test_probe_finds_the_one_cloud_that_answers(
     assert await probe(_targets(fake_metadata.url, fake_metadata.host)) == method
 
 
+@pytest.mark.e2e
 async def test_probe_sends_the_metadata_headers(fake_metadata: FakeMetadata) -> None:
     """The probe asks the way each service requires (it refuses requests without them)."""
     fake_metadata.clouds = frozenset({"google"})
@@ -106,6 +108,7 @@ async def test_probe_sends_the_metadata_headers(fake_metadata: FakeMetadata) -> 
     assert versions.headers.get("Metadata") == "true"
 
 
+@pytest.mark.e2e
 async def test_probe_rejects_a_listener_that_is_not_a_metadata_service(
     wrong_shape: WrongShapeServer,
 ) -> None:
@@ -113,6 +116,7 @@ async def test_probe_rejects_a_listener_that_is_not_a_metadata_service(
     assert await probe(_targets(wrong_shape.url, wrong_shape.host)) is None
 
 
+@pytest.mark.e2e
 async def test_probe_gives_up_on_a_silent_service_within_its_deadline(
     fake_metadata: FakeMetadata,
 ) -> None:
@@ -128,6 +132,7 @@ async def test_probe_with_nothing_listening_finds_nothing(closed_url: str) -> No
     assert await probe(_targets(closed_url, host)) is None
 
 
+@pytest.mark.e2e
 async def test_detect_prefers_dmi_over_the_probe(fake_metadata: FakeMetadata) -> None:
     """DMI decides without any request when it is conclusive."""
     fake_metadata.clouds = frozenset({"google"})
@@ -138,6 +143,7 @@ async def test_detect_prefers_dmi_over_the_probe(fake_metadata: FakeMetadata) ->
     assert fake_metadata.requests == []
 
 
+@pytest.mark.e2e
 async def test_detect_without_any_cloud_names_the_setting(wrong_shape: WrongShapeServer) -> None:
     with pytest.raises(NoCloudDetected, match="CODER_AGENT_AUTH"):
         await detect(DmiFacts(), _targets(wrong_shape.url, wrong_shape.host))

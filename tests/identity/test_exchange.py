@@ -18,6 +18,8 @@ from agent.sdk.models import (
 )
 from tests.fakes.metadata import FakeMetadata
 
+pytestmark = pytest.mark.e2e
+
 
 class RecordingPoster:
     """Stands in for the control-plane client: records what would be posted."""

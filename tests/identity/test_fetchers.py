@@ -16,6 +16,7 @@ from tests.fakes.metadata import FakeMetadata, WrongShapeServer
 # ------------------------------------------------------------------------------- AWS
 
 
+@pytest.mark.e2e
 async def test_aws_imdsv2_token_is_used_and_reused(fake_metadata: FakeMetadata) -> None:
     """One PUT with a TTL; both GETs carry the token; a second fetch reuses it."""
     fake_metadata.aws_mode = "v2-required"
@@ -31,6 +32,7 @@ async def test_aws_imdsv2_token_is_used_and_reused(fake_metadata: FakeMetadata) 
     assert {g.headers.get(TOKEN_HEADER) for g in gets} == fake_metadata.imds_tokens
 
 
+@pytest.mark.e2e
 async def test_aws_forwards_document_and_signature_byte_for_byte(
     fake_metadata: FakeMetadata,
 ) -> None:
@@ -42,6 +44,7 @@ async def test_aws_forwards_document_and_signature_byte_for_byte(
     assert token.signature == fake_metadata.aws.sign(expected_doc)
 
 
+@pytest.mark.e2e
 async def test_aws_token_expiry_leads_to_a_new_token(fake_metadata: FakeMetadata) -> None:
     """Past its TTL (minus a margin) the token is renewed before use."""
     now = [1000.0]
@@ -55,6 +58,7 @@ async def test_aws_token_expiry_leads_to_a_new_token(fake_metadata: FakeMetadata
     assert fetcher.token_puts == 2
 
 
+@pytest.mark.e2e
 async def test_aws_revoked_token_is_replaced_once(fake_metadata: FakeMetadata) -> None:
     """A 401 to a cached token (IMDS restarted) gets a fresh token, not a failure."""
     fake_metadata.aws_mode = "v2-required"
@@ -66,6 +70,7 @@ async def test_aws_revoked_token_is_replaced_once(fake_metadata: FakeMetadata) -
     assert fetcher.token_puts == 2
 
 
+@pytest.mark.e2e
 async def test_aws_falls_back_to_imdsv1_on_405(fake_metadata: FakeMetadata) -> None:
     """PUT -> 405: the GETs go out without a token."""
     fake_metadata.aws_mode = "v1-only"
@@ -74,6 +79,7 @@ async def test_aws_falls_back_to_imdsv1_on_405(fake_metadata: FakeMetadata) -> N
     assert all(TOKEN_HEADER not in g.headers for g in fake_metadata.seen("/latest/dynamic/"))
 
 
+@pytest.mark.e2e
 async def test_aws_falls_back_to_imdsv1_when_the_put_never_answers(
     fake_metadata: FakeMetadata,
 ) -> None:
@@ -85,6 +91,7 @@ async def test_aws_falls_back_to_imdsv1_when_the_put_never_answers(
     assert time.monotonic() - started < 3.0
 
 
+@pytest.mark.e2e
 async def test_aws_v2_required_but_put_unanswered_is_a_clear_error(
     fake_metadata: FakeMetadata,
 ) -> None:
@@ -97,6 +104,7 @@ async def test_aws_v2_required_but_put_unanswered_is_a_clear_error(
 # ------------------------------------------------------------------------------- Google
 
 
+@pytest.mark.e2e
 async def test_google_asks_with_audience_format_and_flavor(fake_metadata: FakeMetadata) -> None:
     """The request carries the configured audience, format=full and the flavour header."""
     token = await GoogleIdentityFetcher(fake_metadata.host, audience="https://cp.test").fetch()
@@ -109,6 +117,7 @@ async def test_google_asks_with_audience_format_and_flavor(fake_metadata: FakeMe
     assert claims["google"]["compute_engine"]["instance_id"] == fake_metadata.google.instance_id
 
 
+@pytest.mark.e2e
 async def test_google_refuses_a_reply_without_the_flavor_header(
     wrong_shape: WrongShapeServer,
 ) -> None:
@@ -117,6 +126,7 @@ async def test_google_refuses_a_reply_without_the_flavor_header(
         await GoogleIdentityFetcher(wrong_shape.host).fetch()
 
 
+@pytest.mark.e2e
 async def test_google_slow_service_times_out(fake_metadata: FakeMetadata) -> None:
     fake_metadata.delay = 2.0
     started = time.monotonic()
@@ -128,6 +138,7 @@ async def test_google_slow_service_times_out(fake_metadata: FakeMetadata) -> Non
 # ------------------------------------------------------------------------------- Azure
 
 
+@pytest.mark.e2e
 async def test_azure_fetches_the_attested_document_with_nonce(fake_metadata: FakeMetadata) -> None:
     """api-version, Metadata: true and the nonce go out; the signature comes back as is."""
     token = await AzureIdentityFetcher(fake_metadata.url).fetch(nonce="1234567890")
@@ -138,17 +149,20 @@ async def test_azure_fetches_the_attested_document_with_nonce(fake_metadata: Fak
     assert len(token.signature) > 500
 
 
+@pytest.mark.e2e
 async def test_azure_rejects_a_malformed_nonce(fake_metadata: FakeMetadata) -> None:
     with pytest.raises(IdentityError, match="nonce"):
         await AzureIdentityFetcher(fake_metadata.url).fetch(nonce="12; rm -rf")
     assert fake_metadata.requests == []
 
 
+@pytest.mark.e2e
 async def test_azure_wrong_shape_listener_is_an_error(wrong_shape: WrongShapeServer) -> None:
     with pytest.raises(MetadataServiceError, match="not JSON"):
         await AzureIdentityFetcher(wrong_shape.url).fetch()
 
 
+@pytest.mark.e2e
 async def test_silent_service_fails_every_fetcher_within_the_deadline(
     fake_metadata: FakeMetadata,
 ) -> None:
@@ -178,6 +192,7 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@pytest.mark.e2e
 async def test_metadata_services_refuse_requests_without_their_headers(
     fake_metadata: FakeMetadata,
 ) -> None:
@@ -196,6 +211,7 @@ async def test_metadata_services_refuse_requests_without_their_headers(
     assert aws.status_code == 400
 
 
+@pytest.mark.e2e
 async def test_a_refusing_service_is_a_typed_error(fake_metadata: FakeMetadata) -> None:
     """Whatever the service refuses surfaces as MetadataServiceError with the status."""
     fake_metadata.clouds = frozenset({"aws"})  # Azure paths now answer 404
@@ -203,6 +219,7 @@ async def test_a_refusing_service_is_a_typed_error(fake_metadata: FakeMetadata) 
         await AzureIdentityFetcher(fake_metadata.url).fetch()
 
 
+@pytest.mark.e2e
 async def test_aws_tokens_rejected_even_when_fresh_is_a_typed_error(
     fake_metadata: FakeMetadata,
 ) -> None:
@@ -214,6 +231,7 @@ async def test_aws_tokens_rejected_even_when_fresh_is_a_typed_error(
     assert fetcher.token_puts == 2
 
 
+@pytest.mark.e2e
 async def test_proxy_settings_are_ignored(
     fake_metadata: FakeMetadata, closed_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,6 +246,7 @@ async def test_proxy_settings_are_ignored(
     await AzureIdentityFetcher(fake_metadata.url).fetch()
 
 
+@pytest.mark.e2e
 async def test_aws_remembers_the_v1_fallback_for_a_while(fake_metadata: FakeMetadata) -> None:
     """After a PUT timeout the next exchanges go straight to IMDSv1 (no timeout each time),
     until IMDSv1 turns out to be refused."""

@@ -17,6 +17,7 @@ from controlplane.identity.google_keys import (
 from tests.fakes.metadata import FakeMetadata
 
 
+@pytest.mark.e2e
 def test_jwks_and_v1_pem_map_give_the_same_key(fake_metadata: FakeMetadata) -> None:
     g = fake_metadata.google
     from_jwks = parse_keys(json.dumps(g.jwks()).encode())
@@ -31,6 +32,7 @@ def test_malformed_key_documents(data: bytes) -> None:
         parse_keys(data)
 
 
+@pytest.mark.e2e
 async def test_keys_are_cached_for_max_age(fake_metadata: FakeMetadata) -> None:
     now = [0.0]
     source = GoogleKeySource(fake_metadata.google_keys_url, clock=lambda: now[0])
@@ -44,6 +46,7 @@ async def test_keys_are_cached_for_max_age(fake_metadata: FakeMetadata) -> None:
     assert fake_metadata.google_key_fetches == 2
 
 
+@pytest.mark.e2e
 async def test_unknown_kid_refreshes_at_most_once_per_interval(fake_metadata: FakeMetadata) -> None:
     now = [0.0]
     source = GoogleKeySource(fake_metadata.url + "/oauth2/v1/certs", clock=lambda: now[0])
@@ -56,6 +59,7 @@ async def test_unknown_kid_refreshes_at_most_once_per_interval(fake_metadata: Fa
     assert fake_metadata.google_key_fetches == 2
 
 
+@pytest.mark.e2e
 async def test_keys_from_a_file(fake_metadata: FakeMetadata, tmp_path: Path) -> None:
     path = tmp_path / "certs.json"
     path.write_text(json.dumps(fake_metadata.google.jwks()))
@@ -66,6 +70,7 @@ async def test_keys_from_a_file(fake_metadata: FakeMetadata, tmp_path: Path) -> 
         await missing.keys()
 
 
+@pytest.mark.e2e
 async def test_unreachable_or_failing_url(fake_metadata: FakeMetadata, closed_url: str) -> None:
     with pytest.raises(KeySourceError):
         await GoogleKeySource(closed_url + "/certs", timeout=1.0).keys()
@@ -73,6 +78,7 @@ async def test_unreachable_or_failing_url(fake_metadata: FakeMetadata, closed_ur
         await GoogleKeySource(fake_metadata.url + "/nothing-here").keys()
 
 
+@pytest.mark.e2e
 async def test_last_good_keys_survive_a_failed_refresh(
     fake_metadata: FakeMetadata, tmp_path: Path
 ) -> None:

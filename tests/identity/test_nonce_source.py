@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agent.identity.nonce import ServerNonceSource
 from tests.conftest import ControlPlane
 from tests.fakes.metadata import FakeMetadata
 
 
+@pytest.mark.e2e
 async def test_nonces_come_from_the_control_plane_and_differ(control_plane: ControlPlane) -> None:
     source = ServerNonceSource(control_plane.url)
     first, second = await source(), await source()
@@ -14,6 +17,7 @@ async def test_nonces_come_from_the_control_plane_and_differ(control_plane: Cont
     assert first.isdigit() and len(first) == 10
 
 
+@pytest.mark.e2e
 async def test_a_server_without_the_endpoint_is_asked_once(fake_metadata: FakeMetadata) -> None:
     """A 404 (a Coder server) means no nonces: the agent stops asking."""
     source = ServerNonceSource(fake_metadata.url)

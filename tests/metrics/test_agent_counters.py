@@ -6,6 +6,7 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.compose import compose
@@ -13,6 +14,8 @@ from agent.config import AgentConfig
 from agent.connection import STATE_CONNECTED
 from agent.errors import WsagentError
 from tests.conftest import poll_until
+
+pytestmark = pytest.mark.e2e
 
 
 def _refused_url() -> str:

@@ -10,6 +10,8 @@ import pytest
 import agent.metrics
 from agent.metrics import MAX_HEAD_BYTES, MetricsServer
 
+pytestmark = pytest.mark.e2e
+
 
 async def _exchange(port: int, payload: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

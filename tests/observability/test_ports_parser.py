@@ -197,6 +197,7 @@ def test_any_bytes_give_listeners_or_an_oserror(data: bytes) -> None:
     assert all(0 <= x.port <= 0xFFFF for x in listeners)
 
 
+@pytest.mark.e2e
 def test_netlink_and_proc_agree_on_real_ipv4_and_ipv6_listeners() -> None:
     socks = []
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
@@ -218,6 +219,7 @@ def test_netlink_and_proc_agree_on_real_ipv4_and_ipv6_listeners() -> None:
             sock.close()
 
 
+@pytest.mark.e2e
 def test_netlink_reader_sees_a_new_listener_and_its_closing() -> None:
     reader = NetlinkListeners()
     try:

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "packaging" / "deb" / "build.sh"
 
 pytestmark = [
+    pytest.mark.e2e,
     pytest.mark.slow,
     pytest.mark.timeout(150),
     pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed"),

@@ -53,6 +53,7 @@ def test_installs_and_starts_the_unit() -> None:
     assert "  - [systemctl, enable, --now, wsagent.service]" in text
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(
     shutil.which("cloud-init") is None,
     reason="cloud-init not installed (Debian package `cloud-init`; scripts/setup installs it)",

@@ -90,6 +90,7 @@ async def _agent_token(control_plane: ControlPlane) -> str:
     return agents["main"][1]
 
 
+@pytest.mark.e2e
 async def test_ready_status_watchdog_stopping(
     control_plane: ControlPlane, start_agent: Any, notify_socket: NotifySocket, tmp_path: Path
 ) -> None:
@@ -143,6 +144,7 @@ async def test_ready_status_watchdog_stopping(
     assert await asyncio.wait_for(agent.proc.wait(), 10) == 0
 
 
+@pytest.mark.e2e
 async def test_watchdog_pings_stop_while_the_loop_is_blocked(
     control_plane: ControlPlane, start_agent: Any, notify_socket: NotifySocket, tmp_path: Path
 ) -> None:
@@ -174,6 +176,7 @@ async def test_watchdog_pings_stop_while_the_loop_is_blocked(
     assert await agent.terminate() == 0
 
 
+@pytest.mark.e2e
 async def test_no_notify_socket_means_no_systemd_and_no_leak_to_children(
     control_plane: ControlPlane, start_agent: Any, notify_socket: NotifySocket, tmp_path: Path
 ) -> None:
@@ -248,6 +251,7 @@ def test_status_is_one_line_and_capped() -> None:
         server.close()
 
 
+@pytest.mark.e2e
 async def test_bad_settings_exit_2_without_ready(
     start_agent: Any, notify_socket: NotifySocket, tmp_path: Path
 ) -> None:

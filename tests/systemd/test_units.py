@@ -90,6 +90,7 @@ def test_server_unit_is_locked_down() -> None:
     assert one(unit, "Service", "StateDirectory") == "wsagent"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     stub = tmp_path / "wsagent"

@@ -100,6 +100,7 @@ async def _scripted(cp: ControlPlane, user: str = "alice") -> tuple[str, str, Sc
     return user_token, agent_id, agent
 
 
+@pytest.mark.e2e
 async def test_init_frame_pipe_and_close_reason(plane: ControlPlane) -> None:
     user_token, agent_id, agent = await _scripted(plane)
     reconnect = str(uuid.uuid4()).upper()  # any form Go's uuid.Parse accepts
@@ -135,6 +136,7 @@ async def test_init_frame_pipe_and_close_reason(plane: ControlPlane) -> None:
     assert (rcvd.code, rcvd.reason) == (1000, "process exited with code 7")
 
 
+@pytest.mark.e2e
 async def test_user_close_closes_the_agent_side(plane: ControlPlane) -> None:
     user_token, agent_id, agent = await _scripted(plane)
     user_task = asyncio.create_task(
@@ -148,6 +150,7 @@ async def test_user_close_closes_the_agent_side(plane: ControlPlane) -> None:
         await asyncio.wait_for(back.recv(), 5)
 
 
+@pytest.mark.e2e
 async def test_dial_back_rules(plane: ControlPlane) -> None:
     user_token, agent_id, agent = await _scripted(plane)
     _, _, other_token = await _workspace(plane, "bob")
@@ -168,6 +171,7 @@ async def test_dial_back_rules(plane: ControlPlane) -> None:
     await user.close()
 
 
+@pytest.mark.e2e
 async def test_agent_that_never_dials_back(plane: ControlPlane) -> None:
     user_token, agent_id, agent = await _scripted(plane)
     user = await _open_user(plane, agent_id, user_token, reconnect=str(uuid.uuid4()))
@@ -183,6 +187,7 @@ async def test_agent_that_never_dials_back(plane: ControlPlane) -> None:
     assert late.value.response.status_code == 404
 
 
+@pytest.mark.e2e
 async def test_agent_must_be_connected(plane: ControlPlane) -> None:
     user_token, agent_id, _ = await _workspace(plane, "carol")
     with pytest.raises(InvalidStatus) as refused:

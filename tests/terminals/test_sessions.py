@@ -17,6 +17,8 @@ from tests.conftest import poll_until
 from tests.fakes.clock import FakeClock
 from tests.terminals.harness import SH_ENV, agentish
 
+pytestmark = pytest.mark.e2e
+
 
 def _id() -> str:
     return str(uuid.uuid4())

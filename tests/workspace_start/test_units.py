@@ -518,6 +518,7 @@ async def test_empty_script_is_ready_at_once(tmp_path: Path) -> None:
     assert registry.groups == {}
 
 
+@pytest.mark.e2e
 async def test_shell_that_cannot_start_is_start_error(tmp_path: Path) -> None:
     posted, registry = await _run_start(tmp_path, "true", str(tmp_path / "no-such-shell"))
     assert posted == ["starting", "start_error"]
