@@ -57,7 +57,9 @@ class Daemon:
     def named(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == event]
 
-    async def wait_for_event(self, event: str, within: float = 10.0, count: int = 1) -> dict:
+    async def wait_for_event(
+        self, event: str, within: float = 10.0, count: int = 1
+    ) -> dict[str, Any]:
         await self.wait_for(
             lambda: len(self.named(event)) >= count, within, f"{event!r} (x{count})"
         )

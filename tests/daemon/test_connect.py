@@ -65,10 +65,11 @@ async def test_reconnects_within_5s_after_socket_drop(
     for round_ in range(2, 4):
         dropped_at = await fake_cp.wait_for(lambda: True)
         await fake_cp.drop_coordinate()
-        back_at = await fake_cp.wait_for(
-            lambda n=round_: len(fake_cp.coordinate_opens) >= n and fake_cp.open_sockets == 1,
-            within=5.0,
-        )
+
+        def reopened(opens: int = round_) -> bool:
+            return len(fake_cp.coordinate_opens) >= opens and fake_cp.open_sockets == 1
+
+        back_at = await fake_cp.wait_for(reopened, within=5.0)
         assert back_at - dropped_at < 5.0
     # Each attempt posts startup again before reopening the socket.
     assert len(fake_cp.startups) == 3

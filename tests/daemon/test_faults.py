@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ FAST_RETRY = {"CODER_AGENT_RECONNECT_MAX_DELAY": "200ms"}
 ATTEMPTS_PER_MODE = 8
 
 
-def file_events(daemon: Daemon) -> list[dict]:
+def file_events(daemon: Daemon) -> list[dict[str, Any]]:
     return [json.loads(line) for line in daemon.log_file.read_text().splitlines()]
 
 
@@ -28,9 +29,12 @@ async def test_metadata_faults_are_survived_throttled_and_recovered(
     fake_cp.metadata_mode = "500"
     daemon = await spawn_daemon(fake_cp.url, agent_token, **FAST_RETRY)
     for mode in ("malformed", "wrong_types", "ok"):
-        seen = len(fake_cp.metadata_requests)
-        await fake_cp.wait_for(lambda s=seen: len(fake_cp.metadata_requests) >= s + 8)
-        fake_cp.metadata_mode = mode  # type: ignore[assignment]
+
+        def eight_more(seen: int = len(fake_cp.metadata_requests)) -> bool:
+            return len(fake_cp.metadata_requests) >= seen + 8
+
+        await fake_cp.wait_for(eight_more)
+        fake_cp.metadata_mode = mode
     await fake_cp.wait_for(lambda: fake_cp.open_sockets == 1 and len(fake_cp.startups) == 1)
     assert daemon.proc.returncode is None
 

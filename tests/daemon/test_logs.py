@@ -73,8 +73,8 @@ async def test_log_file_is_0600_json_lines_mirroring_stdout(
 
 
 def test_terminal_gets_readable_lines_not_json(
-    tmp_path, agent_token: str, unused_port_url: str
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, agent_token: str, unused_port_url: str
+) -> None:
     """With stdout on a terminal the daemon prints human-readable lines; the file stays JSON."""
     home = tmp_path / "home"
     home.mkdir()

@@ -146,7 +146,8 @@ async def test_listening_ports_end_to_end(
 
 
 async def _connected(cp: ControlPlane, agent_id: str, token: str) -> bool:
-    return (await cp.get_agent_json(agent_id, token))["status"] == "connected"
+    status: str = (await cp.get_agent_json(agent_id, token))["status"]
+    return status == "connected"
 
 
 def test_server_filters_ignored_app_and_low_ports() -> None:

@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from aiohttp import WSMsgType, web
 
@@ -104,7 +104,7 @@ class FakeControlPlane:
         for ws in list(self._sockets):
             await ws.close(code=1011, message=b"test dropped the socket")
 
-    async def __aenter__(self) -> FakeControlPlane:
+    async def __aenter__(self) -> Self:
         await self.up()
         return self
 

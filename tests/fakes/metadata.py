@@ -232,14 +232,14 @@ def _handler_for(fake: FakeMetadata) -> type[BaseHTTPRequestHandler]:
                     fake.imds_tokens.add(token)
                 self._send(200, token, headers={"X-aws-ec2-metadata-token-ttl-seconds": ttl})
                 return
-            token = self.headers.get("X-aws-ec2-metadata-token")
-            if token is not None and fake.aws_mode == "reject-tokens":
+            presented = self.headers.get("X-aws-ec2-metadata-token")
+            if presented is not None and fake.aws_mode == "reject-tokens":
                 self._send(401, "")
                 return
-            if token is not None and token not in fake.imds_tokens:
+            if presented is not None and presented not in fake.imds_tokens:
                 self._send(401, "")
                 return
-            if token is None and fake.aws_mode in ("v2-required", "put-silent-required"):
+            if presented is None and fake.aws_mode in ("v2-required", "put-silent-required"):
                 self._send(401, "")
                 return
             doc = fake.aws.document()

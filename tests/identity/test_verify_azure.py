@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from asn1crypto import cms
+from asn1crypto import cms  # type: ignore[import-untyped]
 
 from controlplane.identity.azure import SIGNER_NAME, verify_azure
 from controlplane.identity.errors import InvalidIdentity

@@ -153,13 +153,16 @@ class Agentish:
             idle_timeout=idle_timeout,
             limits=limits or FlowLimits(),
             register_group=self.groups.__setitem__,
-            unregister_group=lambda pgid: self.groups.pop(pgid, None),
+            unregister_group=self._forget_group,
         )
         self.handler = DialBackHandler(
             self.manager, server.dial, self.stats, stall_timeout=stall_timeout
         )
         self.server = server
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _forget_group(self, pgid: int) -> None:
+        self.groups.pop(pgid, None)
 
     async def open(self, pty_id: str, command: str = "", rows: int = 24, cols: int = 80) -> Term:
         task = asyncio.create_task(self.handler.handle(PTYRequest(f"s-{pty_id}")))

@@ -40,7 +40,10 @@ def make_repo(root: Path, name: str = "repo.git") -> Path:
         "HOME": str(root),
         "PATH": "/usr/bin:/bin",
     }
-    run = lambda *a: subprocess.run(["git", *a], cwd=work, env=env, check=True, capture_output=True)  # noqa: E731
+
+    def run(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=work, env=env, check=True, capture_output=True)
+
     work.mkdir(parents=True)
     run("init", "-q", "-b", "main")
     (work / "README").write_text("hello from the test repo\n")

@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,9 @@ pytestmark = [
 
 
 @pytest.fixture
-async def sshd(tmp_path: Path) -> Sshd:
+async def sshd(tmp_path: Path) -> AsyncIterator[Sshd]:
     async with run_sshd(tmp_path / "sshd") as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 async def _owner_key(cp: ControlPlane, user: str) -> tuple[str, str]:

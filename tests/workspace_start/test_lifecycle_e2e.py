@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ async def _wait_state(
     await poll_until(reached, timeout=timeout, message=f"lifecycle never became {state}")
 
 
-def _server_states(logs: list[dict[str, Any]], agent_id: str) -> list[str]:
+def _server_states(logs: Sequence[Mapping[str, Any]], agent_id: str) -> list[str]:
     return [
         e["state"]
         for e in logs
