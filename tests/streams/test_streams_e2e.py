@@ -37,7 +37,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def refusal(world: StreamWorld, target: str, token: str | None = None) -> tuple[int, dict]:
+async def refusal(
+    world: StreamWorld, target: str, token: str | None = None
+) -> tuple[int, dict[str, Any]]:
     with pytest.raises(InvalidStatus) as info:
         await world.open(target, token)
     response = info.value.response
