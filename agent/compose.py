@@ -95,7 +95,7 @@ def compose(
             url=config.url,
         ),
     )
-    exchange = token_exchange or identity_exchange(config, client)
+    exchange = token_exchange or identity_exchange(config, client, clock)
 
     # What every part shares: the child processes to stop at shutdown, the traffic
     # counters, and the supervisor of background tasks.
@@ -140,7 +140,7 @@ def compose(
 
     # What the server asks over the coordinate socket: listening ports, terminals, and
     # byte streams (SSH, forwarded TCP ports).
-    scanner = PortScanner()
+    scanner = PortScanner(clock=clock.monotonic)
     own_port = config.metrics_address[1] if config.metrics_address else -1
     terminals = Terminals(config, client, tokens, children, traffic, clock, executable)
     streams = Streams(client, traffic)
@@ -230,7 +230,9 @@ def compose(
 # ------------------------------------------------------------------ the parts, in order
 
 
-def identity_exchange(config: AgentConfig, client: ControlPlaneClient) -> TokenExchange | None:
+def identity_exchange(
+    config: AgentConfig, client: ControlPlaneClient, clock: Clock
+) -> TokenExchange | None:
     """Instance-identity auth: exchange the cloud's signed proof for a token each attempt.
     None for token auth, which never imports the identity code."""
     if config.auth == AUTH_TOKEN:
@@ -239,7 +241,7 @@ def identity_exchange(config: AgentConfig, client: ControlPlaneClient) -> TokenE
     from agent.identity.nonce import ServerNonceSource
 
     nonces = ServerNonceSource(config.url, verify=client.verify)
-    return IdentityExchange(config, client, nonce_source=nonces)
+    return IdentityExchange(config, client, nonce_source=nonces, clock=clock.monotonic)
 
 
 async def notify_systemd(notifier: sdnotify.Notifier, status: Callable[[], str]) -> None:

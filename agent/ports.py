@@ -20,7 +20,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -249,9 +249,11 @@ class PortScanner:
         cache_seconds: float = CACHE_SECONDS,
         *,
         netlink: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._proc = proc
         self._cache_seconds = cache_seconds
+        self._clock = clock
         # sock_diag reads the kernel's own tables, so it is only right for the real /proc.
         use_netlink = (proc == Path("/proc")) if netlink is None else netlink
         self._netlink = NetlinkListeners() if use_netlink else None
@@ -305,7 +307,7 @@ class PortScanner:
             return self._scan()
 
     def _scan(self) -> list[Port]:
-        now = time.monotonic()
+        now = self._clock()
         if self._cached is not None and now - self._cached[0] < self._cache_seconds:
             return self._cached[1]
         listeners = self.read_listeners()

@@ -12,6 +12,7 @@ this component does not import the client module.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -50,6 +51,7 @@ class IdentityExchange:
         poster: IdentityPoster,
         *,
         nonce_source: NonceSource | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if config.auth not in (AUTH_AUTO, AUTH_AWS, AUTH_AZURE, AUTH_GOOGLE):
             raise IdentityError(f"{config.auth!r} is not an instance-identity method")
@@ -59,7 +61,7 @@ class IdentityExchange:
         self._nonce_source = nonce_source
         # Kept across exchanges: the AWS fetcher reuses its IMDSv2 token until it expires.
         self._aws = AwsIdentityFetcher(
-            config.aws_metadata_endpoint, timeout=config.metadata_timeout
+            config.aws_metadata_endpoint, timeout=config.metadata_timeout, clock=clock
         )
         self._google = GoogleIdentityFetcher(
             config.gce_metadata_host,

@@ -23,6 +23,7 @@ import pytest
 
 from agent import sdnotify
 from tests.conftest import ControlPlane, agent_env, poll_until
+from tests.fakes.clock import FakeClock
 
 WATCHDOG_USEC = 200_000  # pings every 0.1 s
 BLOCK_AFTER = 1.0
@@ -269,28 +270,40 @@ async def test_bad_settings_exit_2_without_ready(
 
 
 async def test_pings_follow_the_watchdog_interval_not_the_status_refresh() -> None:
-    """WATCHDOG_USEC/2 apart, even when STATUS= is refreshed more often."""
+    """WATCHDOG_USEC/2 apart, even when STATUS= is refreshed more often (virtual time)."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = f"wsagent-test-{uuid.uuid4().hex}"
     server.bind("\0" + name)
     server.setblocking(False)
     environ = {"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "600000"}  # a ping every 0.3 s
-    notifier = sdnotify.Notifier.from_environ(environ, os.getpid())
+    clock = FakeClock()
+    notifier = sdnotify.Notifier.from_environ(environ, os.getpid(), clock)
     statuses = iter(range(1000))
     task = asyncio.create_task(
         notifier.run_watchdog(lambda: f"n{next(statuses)}", status_interval=0.05)
     )
     pings: list[float] = []
     status_count = 0
-    loop = asyncio.get_running_loop()
+
+    def receive() -> None:
+        """Take what was sent at the current virtual instant."""
+        nonlocal status_count
+        while True:
+            try:
+                message = server.recv(4096).decode()
+            except BlockingIOError:
+                return
+            if message == "WATCHDOG=1":
+                pings.append(clock.now)
+            else:
+                status_count += 1
+
     try:
-        async with asyncio.timeout(10):
-            while len(pings) < 4:
-                message = (await loop.sock_recv(server, 4096)).decode()
-                if message == "WATCHDOG=1":
-                    pings.append(time.monotonic())
-                else:
-                    status_count += 1
+        await clock.settle()
+        receive()
+        while len(pings) < 4:
+            assert await clock.step() and clock.now < 1000 + 10
+            receive()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
