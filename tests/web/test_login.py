@@ -232,3 +232,38 @@ async def test_password_commands(control_plane: ControlPlane, web_client: MakeCl
     assert short.returncode == 1 and "at least 8" in short.stderr
     unknown = await asyncio.to_thread(admin, "user", "revoke-tokens", "nobody")
     assert unknown.returncode == 1 and "not found" in unknown.stderr
+
+
+async def test_terminal_page_is_the_owners_only(
+    control_plane: ControlPlane, web_client: MakeClient
+) -> None:
+    await user_with_password(control_plane, "alice")
+    await user_with_password(control_plane, "bob")
+    agents = await control_plane.create_workspace("alice", "dev")
+    agent_id, _ = agents["main"]
+    alice, bob = await web_client(), await web_client()
+    await alice.sign_in("alice")
+    await bob.sign_in("bob")
+    page = await alice.http.get("/@alice/dev.main/terminal")
+    assert page.status_code == 200
+    assert f'data-pty="/api/v2/workspaceagents/{agent_id}/pty"' in page.text
+    assert "/static/terminal.js" in page.text
+    assert_security_headers(page)
+    assert (await alice.http.get("/@alice/dev/terminal")).status_code == 200  # one agent
+    for path in ("/@alice/dev.main/terminal", "/@alice/dev.other/terminal", "/@bob/dev/terminal"):
+        assert (await bob.http.get(path)).status_code == 404, path
+    async with control_plane.http() as anonymous:
+        response = await anonymous.get("/@alice/dev.main/terminal")
+    assert response.status_code == 303
+
+
+async def test_static_assets_are_served_gzipped(control_plane: ControlPlane) -> None:
+    async with control_plane.http() as client:
+        js = await client.get("/static/terminal.js", headers={"Accept-Encoding": "gzip"})
+        assert js.status_code == 200, "run scripts/setup to build the web assets"
+        assert js.headers["content-encoding"] == "gzip"
+        assert js.headers["content-type"].startswith("text/javascript") or js.headers[
+            "content-type"
+        ].startswith("application/javascript")
+        assert int(js.headers["content-length"]) < 300 * 1024
+        assert (await client.get("/static/../server.py")).status_code == 404
