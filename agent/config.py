@@ -110,18 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--prometheus-address",
         "--metrics-address",
         dest="metrics_address",
+        metavar="HOST:PORT",
         help="HOST:PORT of the Prometheus endpoint, empty or off disables "
         f"(env CODER_AGENT_PROMETHEUS_ADDRESS or CODER_AGENT_METRICS_ADDRESS; "
         f"default {DEFAULT_METRICS_ADDRESS})",
     )
     parser.add_argument(
         "--pprof-address",
+        metavar="HOST:PORT",
         help="accepted for compatibility with `coder agent`; the Python agent has no "
         "profiler to serve (env CODER_AGENT_PPROF_ADDRESS)",
     )
     for flag, env_name, what in LOG_SINK_FLAGS:
         parser.add_argument(
             f"--{flag}",
+            metavar="PATH",
             help=f"also write {what} logs to this file, /dev/stdout or /dev/stderr "
             f"(env {env_name})",
         )
