@@ -21,8 +21,8 @@ FORBIDDEN = re.compile(
         ]
     )
 )
-ROOTS = ("agent", "controlplane", "wsagent", "wscommon", "docs", "tests", "bench", "systemd")
-ROOTS += ("packaging", "scripts")
+ROOTS: tuple[str, ...] = ("agent", "controlplane", "wsagent", "wscommon", "docs", "tests")
+ROOTS += ("bench", "systemd", "packaging", "scripts")
 SUFFIXES = {".py", ".md", ".toml", ".yaml", ".yml", ".service", ".sh", ""}
 
 
