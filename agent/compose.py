@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from agent import lifecycle, paths, sdnotify, sessionenv, vscode
+from agent import lifecycle, paths, sdnotify, sessionenv, shutdown, vscode
 from agent.children import ChildRegistry
 from agent.client import API_PREFIX, ControlPlaneClient, TokenHolder, tls_context
 from agent.clock import SYSTEM_CLOCK, Clock
@@ -113,6 +113,8 @@ def compose(
     # script's output is streamed to the control plane as well as written to its file.
     async def post_lifecycle(state: str) -> None:
         lifecycle_posted[0] = state
+        if state == lifecycle.SHUTTING_DOWN:
+            notifier.stopping()  # the shutdown script is the start of stopping
         await client.post_lifecycle(state)
 
     startup_logs = StartupLogSender(client.patch_startup_logs, clock=clock, rng=rng)
@@ -132,6 +134,19 @@ def compose(
         output=startup_logs,
         clock=clock,
         rng=rng,
+    )
+
+    # The shutdown script, on the first signal while still connected: shutting_down, the
+    # script, then off / shutdown_error / shutdown_timeout.
+    shutdown_script = shutdown.ShutdownScript(
+        children=children,
+        log_path=config.log_dir / shutdown.LOG_FILE_NAME,
+        max_log_bytes=config.startup_log_max_bytes,
+        shell=paths.login_shell,
+        environment=lambda md: sessionenv.session_environment(md, tokens.token, executable),
+        working_directory=sessionenv.working_directory,
+        watchdog_grace=config.shutdown_grace,
+        extend_stop=notifier.extend_timeout,
     )
 
     # App health, traffic statistics: long-lived reporters fed by each attempt's metadata.
@@ -224,10 +239,31 @@ def compose(
         close_coordinate_socket=coordinator.aclose,
         close_client=client.aclose,
         metrics=metrics,
+        shutdown_phases=[lambda: shut_down_workspace(workspace_start, shutdown_script)],
     )
 
 
 # ------------------------------------------------------------------ the parts, in order
+
+
+async def shut_down_workspace(start: WorkspaceStart, script: shutdown.ShutdownScript) -> None:
+    """shutting_down, the shutdown script, then its outcome, reported before the agent
+    lets go of its connection (bounded: a server that is away does not hold the exit)."""
+    if not start.begin_shutdown() or start.metadata is None:
+        return
+    outcome = await script.run(start.metadata)
+    start.finish_shutdown(
+        {
+            shutdown.OK: lifecycle.SHUTDOWN_OK,
+            shutdown.ERROR: lifecycle.SHUTDOWN_FAILED,
+            shutdown.TIMEOUT: lifecycle.SHUTDOWN_TIMED_OUT,
+        }[outcome]
+    )
+    try:
+        async with asyncio.timeout(shutdown.REPORT_WAIT):
+            await start.report_pending()
+    except TimeoutError:
+        log.warning("shutdown.states_not_reported", timeout_seconds=shutdown.REPORT_WAIT)
 
 
 def identity_exchange(
@@ -530,6 +566,10 @@ def build_metrics(
         lifecycle.START_TIMEOUT,
         lifecycle.START_ERROR,
         lifecycle.READY,
+        lifecycle.SHUTTING_DOWN,
+        lifecycle.SHUTDOWN_TIMEOUT,
+        lifecycle.SHUTDOWN_ERROR,
+        lifecycle.OFF,
     )
 
     def lifecycle_families() -> list[Family]:

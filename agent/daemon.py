@@ -27,6 +27,10 @@ log = structlog.get_logger()
 # Shutdown must finish within 5 s of the signal; these split that budget.
 SHUTDOWN_BUDGET: Final = 4.5
 SOCKET_CLOSE_TIMEOUT: Final = 1.0
+# After a shutdown script (whose time is its own) what is left gets this long, so the
+# whole fits in the script's timeout plus 5 s.
+AFTER_SCRIPT_BUDGET: Final = 2.0
+ATTEMPT_STOP_TIMEOUT: Final = 1.5
 TASK_STOP_TIMEOUT: Final = 0.5
 
 
@@ -47,12 +51,22 @@ class Agent:
     close_client: Callable[[], Awaitable[None]]
     # The Prometheus series (CODER_AGENT_METRICS_ADDRESS), served by a background task.
     metrics: AgentMetrics | None = None
+    # Run on the first signal, before anything stops, while the agent is still connected
+    # (the shutdown script and the states it reports). Each bounds its own time.
+    shutdown_phases: Sequence[Callable[[], Awaitable[None]]] = ()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start the background tasks, then connect and reconnect until ``stop`` is set."""
         for name, factory in self.background:
             self.supervisor.start(name, factory)
         await self.connection.run(stop)
+
+    async def run_shutdown_phases(self) -> None:
+        for phase in self.shutdown_phases:
+            try:
+                await phase()
+            except Exception as exc:  # one component's bug must not stop the shutdown
+                log.error("agent.shutdown_phase_failed", error=str(exc), exc_info=exc)
 
     async def shutdown(self, budget: float = SHUTDOWN_BUDGET) -> None:
         """Close politely, stop children (TERM, grace, KILL), release the client.
@@ -107,10 +121,32 @@ async def run_until_signalled(agent: Agent, early: list[int] | None = None) -> i
         loop.add_signal_handler(signum, on_signal, signum)
     for pending in early or ():
         on_signal(pending)
+    halt = asyncio.Event()
+    runner = asyncio.create_task(agent.run(halt), name="agent.run")
+    phase_time = 0.0
     try:
-        await agent.run(stop)
+        signalled = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({runner, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            signalled.cancel()
+        if stop.is_set() and not runner.done():
+            # The workspace's own shutdown (the shutdown script and the states it reports)
+            # runs while the agent is still connected; the socket closes after it.
+            started = agent.clock.monotonic()
+            await agent.run_shutdown_phases()
+            phase_time = agent.clock.monotonic() - started
+        halt.set()
+        await runner
     finally:
+        halt.set()
+        if not runner.done():
+            runner.cancel()
+            await asyncio.wait({runner}, timeout=ATTEMPT_STOP_TIMEOUT)
         # The 5 s promise runs from the signal: stopping the attempt already used some.
         spent = agent.clock.monotonic() - signalled_at[0] if signalled_at else 0.0
-        await agent.shutdown(max(1.0, SHUTDOWN_BUDGET - spent))
+        budget = max(1.0, SHUTDOWN_BUDGET - (spent - phase_time))
+        if phase_time > 1.0:
+            budget = min(budget, AFTER_SCRIPT_BUDGET)
+        await agent.shutdown(budget)
     return 0

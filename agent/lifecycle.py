@@ -7,6 +7,10 @@ States (docs/protocol.md, "Startup and lifecycle")::
                           +--timeout--> start_timeout --exited_ok----> ready
                                                       --exited_error-> start_error
 
+    any of the above --shutdown--> shutting_down --shutdown_ok------> off
+                                                 --shutdown_error---> shutdown_error
+                                                 --shutdown_timeout-> shutdown_timeout
+
 Coder keeps one "current state" slot and may skip intermediate states; here every state is
 queued and posted in order, so the control plane sees ``starting`` before ``ready`` even
 for a script that exits at once. After a reconnect the current state is queued again: the
@@ -25,11 +29,19 @@ STARTING: Final = "starting"
 START_TIMEOUT: Final = "start_timeout"
 START_ERROR: Final = "start_error"
 READY: Final = "ready"
+SHUTTING_DOWN: Final = "shutting_down"
+SHUTDOWN_TIMEOUT: Final = "shutdown_timeout"
+SHUTDOWN_ERROR: Final = "shutdown_error"
+OFF: Final = "off"
 
 START: Final = "start"
 TIMEOUT: Final = "timeout"
 EXITED_OK: Final = "exited_ok"
 EXITED_ERROR: Final = "exited_error"
+SHUTDOWN: Final = "shutdown"
+SHUTDOWN_OK: Final = "shutdown_ok"
+SHUTDOWN_FAILED: Final = "shutdown_failed"
+SHUTDOWN_TIMED_OUT: Final = "shutdown_timed_out"
 
 TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (CREATED, START): STARTING,
@@ -38,9 +50,16 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (STARTING, EXITED_ERROR): START_ERROR,
     (START_TIMEOUT, EXITED_OK): READY,
     (START_TIMEOUT, EXITED_ERROR): START_ERROR,
+    **{
+        (state, SHUTDOWN): SHUTTING_DOWN
+        for state in (CREATED, STARTING, START_TIMEOUT, START_ERROR, READY)
+    },
+    (SHUTTING_DOWN, SHUTDOWN_OK): OFF,
+    (SHUTTING_DOWN, SHUTDOWN_FAILED): SHUTDOWN_ERROR,
+    (SHUTTING_DOWN, SHUTDOWN_TIMED_OUT): SHUTDOWN_TIMEOUT,
 }
 
-# The table allows at most three transitions, plus one re-send after a reconnect; the cap
+# The table allows at most five transitions, plus one re-send after a reconnect; the cap
 # only guards against a caller looping on reconnected().
 MAX_OUTBOX: Final = 8
 

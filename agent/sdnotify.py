@@ -118,8 +118,15 @@ class Notifier:
             self.send(f"STATUS={status}")
 
     def stopping(self) -> None:
+        if self._status == "stopping":
+            return  # said once, when the shutdown began
         self._status = "stopping"
         self.send("STOPPING=1\nSTATUS=stopping")
+
+    def extend_timeout(self, seconds: float) -> None:
+        """Ask for ``seconds`` more before systemd's current timeout (TimeoutStopSec while
+        stopping) kills the service: the shutdown script's timeout plus a margin."""
+        self.send(f"EXTEND_TIMEOUT_USEC={max(1, round(seconds * 1_000_000))}")
 
     async def run_watchdog(
         self, current_status: Callable[[], str], status_interval: float = STATUS_INTERVAL

@@ -17,12 +17,11 @@ the script's group. PR_SET_PDEATHSIG would only reach the shell, not its childre
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 import structlog
 
@@ -30,6 +29,7 @@ from agent.clock import Clock, sleep_unless_set
 from agent.lifecycle import (
     EXITED_ERROR,
     EXITED_OK,
+    SHUTDOWN,
     START,
     START_ERROR,
     START_TIMEOUT,
@@ -37,181 +37,16 @@ from agent.lifecycle import (
     Lifecycle,
 )
 from agent.retry import Retry, is_retryable, traceback_fields
+from agent.scriptlog import Children, LogPump, OutputSink, spawn_script
 from agent.sdk.errors import WsagentError
 from agent.sdk.models import Metadata
-from wscommon.logfile import LogFileError, make_log_dir, open_log_file
 
 log = structlog.get_logger()
 
 LOG_FILE_NAME: Final = "coder-startup-script.log"
 POST_BACKOFF_FLOOR: Final = 1.0
 POST_BACKOFF_CEILING: Final = 15.0
-READ_CHUNK: Final = 64 * 1024
-# Per wake-up of the pipe reader, so a chatty script cannot starve the event loop.
-MAX_READ_PER_WAKEUP: Final = 1 << 20
-# Room kept below the cap for the two lines saying output was dropped.
-TRAILER_RESERVE: Final = 256
-MIN_LOG_BYTES: Final = 4096
 OUTPUT_FLUSH_TIMEOUT: Final = 5.0
-
-WATCHDOG_SCRIPT: Final = (
-    # dash's kill takes no "--"; "-TERM -PGID" works in dash and bash alike.
-    'read _ignored; kill -TERM "-$1" 2>/dev/null || exit 0; '
-    'sleep "$2"; kill -KILL "-$1" 2>/dev/null; exit 0'
-)
-
-
-class Children(Protocol):
-    def add(self, pgid: int, what: str) -> None: ...
-
-
-class OutputSink(Protocol):
-    """Where the script's output goes besides the log file (the streamed startup logs)."""
-
-    def begin(self) -> None: ...
-    def feed(self, data: bytes) -> None: ...
-    def end(self) -> None: ...
-    async def flush(self) -> None: ...
-
-
-class CappedLog:
-    """Decides which script output bytes reach the log file. Pure.
-
-    Output up to ``max_bytes - TRAILER_RESERVE`` is kept verbatim; the rest is counted and
-    dropped, with one line when dropping starts and one at the end with the total.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max(max_bytes, MIN_LOG_BYTES)
-        self.budget = self.max_bytes - TRAILER_RESERVE
-        self.kept = 0
-        self.dropped = 0
-        self._last = b"\n"
-
-    def feed(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        room = self.budget - self.kept
-        if self.dropped == 0 and len(data) <= room:
-            self.kept += len(data)
-            self._last = data[-1:]
-            return data
-        keep = data[: max(room, 0)] if self.dropped == 0 else b""
-        out = keep
-        if self.dropped == 0:
-            self.kept += len(keep)
-            if keep:
-                self._last = keep[-1:]
-            out += self._line(
-                f"[wsagent] startup script output reached the log limit of {self.max_bytes}"
-                " bytes; further output is dropped"
-            )
-        self.dropped += len(data) - len(keep)
-        return out
-
-    def finish(self) -> bytes:
-        if not self.dropped:
-            return b""
-        return self._line(f"[wsagent] {self.dropped} bytes of startup script output were dropped")
-
-    def _line(self, text: str) -> bytes:
-        prefix = b"" if self._last == b"\n" else b"\n"
-        self._last = b"\n"
-        return prefix + text.encode() + b"\n"
-
-
-class LogPump:
-    """Moves the script's output from a non-blocking pipe into the capped log file."""
-
-    def __init__(
-        self, read_fd: int, log_fd: int, cap: CappedLog, sink: OutputSink | None = None
-    ) -> None:
-        self._read_fd = read_fd
-        self._log_fd = log_fd
-        self._cap = cap
-        self._sink = sink
-        self.closed = asyncio.Event()
-        os.set_blocking(read_fd, False)
-        asyncio.get_running_loop().add_reader(read_fd, self._on_readable)
-
-    def _on_readable(self) -> None:
-        self.drain(MAX_READ_PER_WAKEUP)
-
-    def drain(self, limit: int | None = None) -> None:
-        """Read what is in the pipe now (never waits). After the shell exits this moves all
-        it wrote into the file, even if a background child keeps the pipe open."""
-        taken = 0
-        while self._read_fd >= 0 and (limit is None or taken < limit):
-            try:
-                data = os.read(self._read_fd, READ_CHUNK)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._close()
-                return
-            taken += len(data)
-            if self._sink is not None:
-                self._sink.feed(data)  # uncapped: the sink has its own cap
-            self._write(self._cap.feed(data))
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self._log_fd, view)
-            except OSError as exc:
-                log.warning("startup.log_write_failed", error=str(exc))
-                return
-            view = view[written:]
-
-    def _close(self) -> None:
-        if self._read_fd < 0:
-            return
-        asyncio.get_running_loop().remove_reader(self._read_fd)
-        os.close(self._read_fd)
-        self._read_fd = -1
-        self._write(self._cap.finish())
-        os.close(self._log_fd)
-        if self._sink is not None:
-            self._sink.end()
-        self.closed.set()
-
-
-def open_log(path: Path) -> int:
-    """Create or truncate the log file, mode 0600 even if it existed with looser bits.
-
-    A name the agent must not write through (a planted link, another user's file) is
-    refused with a warning, and the script's output goes nowhere: the script still runs.
-    """
-    make_log_dir(path.parent)
-    try:
-        return open_log_file(path, truncate=True)
-    except LogFileError as exc:
-        log.warning("startup.log_refused", path=str(path), error=str(exc))
-        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-
-
-def start_watchdog(pgid: int, grace: float) -> tuple[subprocess.Popen[bytes], int]:
-    """Start the watchdog for process group ``pgid``; returns it and the pipe's write end,
-    which must stay open for as long as the agent lives."""
-    read_fd, write_fd = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", WATCHDOG_SCRIPT, "wsagent-watchdog", str(pgid), f"{grace:g}"],
-            stdin=read_fd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError:
-        os.close(write_fd)
-        raise
-    finally:
-        os.close(read_fd)
-    return proc, write_fd
 
 
 class LifecycleReporter:
@@ -230,6 +65,7 @@ class LifecycleReporter:
         self._clock = clock
         self._retry = Retry(POST_BACKOFF_FLOOR, POST_BACKOFF_CEILING, rng=rng)
         self._wake = asyncio.Event()
+        self._posted = asyncio.Event()
         self._last_reported: str | None = None
         self.stopped = False
 
@@ -252,6 +88,14 @@ class LifecycleReporter:
             self._wake.clear()
             await self.flush()
 
+    async def drained(self) -> None:
+        """Wait until the running reporter has posted every queued state (the caller
+        bounds the wait; posting stays with one task, so no state is posted twice)."""
+        self.notify()
+        while self.lifecycle.pending() is not None and not self.stopped:
+            self._posted.clear()
+            await self._posted.wait()
+
     async def flush(self) -> None:
         """Post until the outbox is empty (or the reporter is stopped)."""
         while not self.stopped and (state := self.lifecycle.pending()) is not None:
@@ -273,6 +117,7 @@ class LifecycleReporter:
                 continue
             self._retry.succeeded()
             self.lifecycle.posted(state)
+            self._posted.set()
             # A re-post after a reconnect is routine: one info line per real transition,
             # so a flapping socket does not add a line per retry.
             if state == self._last_reported:
@@ -317,9 +162,12 @@ class WorkspaceStart:
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._watchdog_fd = -1
         self._closing = False
+        self._shutting_down = False
+        self.metadata: Metadata | None = None
         self.pump: LogPump | None = None
 
     async def on_metadata(self, metadata: Metadata, first: bool) -> None:
+        self.metadata = metadata  # the newest: the shutdown script comes from it
         if not first:
             self.lifecycle.reconnected()
             self.reporter.kick()
@@ -340,13 +188,33 @@ class WorkspaceStart:
         self.reporter.stopped = True
         self.reporter.notify()
 
+    def begin_shutdown(self) -> bool:
+        """Report ``shutting_down``; False if the agent never connected (nothing to report).
+
+        From here on the startup script's end is not reported: the shutdown states are."""
+        if self.metadata is None or self._closing or self._shutting_down:
+            return False
+        self._event(SHUTDOWN)
+        self._shutting_down = True
+        return True
+
+    def finish_shutdown(self, event: str) -> None:
+        """``event`` is SHUTDOWN_OK, SHUTDOWN_FAILED or SHUTDOWN_TIMED_OUT."""
+        self._event(event, allow_in_shutdown=True)
+
+    async def report_pending(self) -> None:
+        """Wait until every queued state was posted (the caller bounds the wait)."""
+        await self.reporter.drained()
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _event(self, event: str, exit_code: int | None = None) -> None:
-        if self._closing:
+    def _event(
+        self, event: str, exit_code: int | None = None, *, allow_in_shutdown: bool = False
+    ) -> None:
+        if self._closing or (self._shutting_down and not allow_in_shutdown):
             return
         state = self.lifecycle.apply(event)
         if state in (START_ERROR, START_TIMEOUT):
@@ -387,38 +255,22 @@ class WorkspaceStart:
         self._event(EXITED_OK if code == 0 else EXITED_ERROR, code)
 
     async def _execute(self, metadata: Metadata) -> int | None:
-        env = self._environment(metadata)
         cwd = self._working_directory(metadata)
         shell = self._shell()
-        log_fd = open_log(self._log_path)
-        read_fd, write_fd = os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                shell,
-                "-c",
-                metadata.startup_script,
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            os.close(read_fd)
-            os.write(log_fd, f"[wsagent] could not start {shell}: {exc}\n".encode())
-            os.close(log_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        self._children.add(proc.pid, "startup script")
-        if self._output is not None:
-            self._output.begin()
-        self.pump = LogPump(read_fd, log_fd, CappedLog(self._max_log_bytes), self._output)
-        try:
-            self._watchdog, self._watchdog_fd = start_watchdog(proc.pid, self._grace)
-        except OSError as exc:
-            log.warning("startup.watchdog_failed", error=str(exc))
+        running = await spawn_script(
+            shell=shell,
+            script=metadata.startup_script,
+            env=self._environment(metadata),
+            cwd=cwd,
+            log_path=self._log_path,
+            max_log_bytes=self._max_log_bytes,
+            children=self._children,
+            what="startup script",
+            grace=self._grace,
+            sink=self._output,
+        )
+        proc, self.pump = running.proc, running.pump
+        self._watchdog, self._watchdog_fd = running.watchdog, running.watchdog_fd
         log.info("startup.script_started", pid=proc.pid, shell=shell, cwd=cwd)
         timeout = metadata.startup_script_timeout
         try:

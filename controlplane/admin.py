@@ -114,12 +114,17 @@ def agent_spec(raw: dict[str, Any], where: str = "agent") -> AgentSpec:
         _expect(value, str, f"{where}.env.{key}")
     apps = _expect(raw.get("apps", []), list, f"{where}.apps")
     timeout = raw.get("startup_script_timeout_seconds", raw.get("startup_script_timeout", 0))
+    stop_timeout = raw.get("shutdown_script_timeout_seconds", raw.get("shutdown_script_timeout", 0))
     return AgentSpec(
         name=name,
         auth=auth,
         instance_id=instance_id,
         startup_script=_expect(raw.get("startup_script", ""), str, f"{where}.startup_script"),
         startup_script_timeout_seconds=_timeout_seconds(timeout, f"{where}.startup_script_timeout"),
+        shutdown_script=_expect(raw.get("shutdown_script", ""), str, f"{where}.shutdown_script"),
+        shutdown_script_timeout_seconds=_timeout_seconds(
+            stop_timeout, f"{where}.shutdown_script_timeout"
+        ),
         directory=_expect(raw.get("directory", ""), str, f"{where}.directory"),
         environment_variables=dict(env),
         motd_file=_expect(raw.get("motd_file", ""), str, f"{where}.motd_file"),

@@ -95,6 +95,13 @@ def admin_parser() -> argparse.ArgumentParser:
     c.add_argument("--instance-id", default="", help="cloud instance id (instance-identity auth)")
     c.add_argument("--startup-script", default="", help="shell script run when the agent starts")
     c.add_argument("--startup-script-timeout", type=float, default=0, help="seconds; 0 = none")
+    c.add_argument("--shutdown-script", default="", help="shell script run when the agent stops")
+    c.add_argument(
+        "--shutdown-script-timeout",
+        type=float,
+        default=0,
+        help="seconds; 0 = the agent's default, 300",
+    )
     c.add_argument("--directory", default="", help="working directory of sessions (~ allowed)")
     c.add_argument(
         "--env",
@@ -333,6 +340,8 @@ async def _create_workspace(store: Any, args: argparse.Namespace) -> dict[str, A
             "instance_id": args.instance_id,
             "startup_script": args.startup_script,
             "startup_script_timeout": args.startup_script_timeout,
+            "shutdown_script": args.shutdown_script,
+            "shutdown_script_timeout": args.shutdown_script_timeout,
             "directory": args.directory,
             "env": env_flag(args.env),
             "motd_file": args.motd_file,

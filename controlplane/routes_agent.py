@@ -92,6 +92,8 @@ async def metadata(request: web.Request) -> web.Response:
         startup_script_timeout_ns=round(spec.startup_script_timeout_seconds * NANOS_PER_SECOND),
         directory=spec.directory,
         motd_file=spec.motd_file,
+        shutdown_script=spec.shutdown_script,
+        shutdown_script_timeout_ns=round(spec.shutdown_script_timeout_seconds * NANOS_PER_SECOND),
     )
     return respond(body.to_json())
 

@@ -44,6 +44,8 @@ async def agent_model(request: web.Request, agent: AgentRecord) -> WorkspaceAgen
         startup_script=spec.startup_script,
         startup_logs_length=agent.startup_logs_length,
         startup_logs_overflowed=agent.startup_logs_overflowed,
+        shutdown_script=spec.shutdown_script,
+        shutdown_script_timeout_seconds=math.ceil(spec.shutdown_script_timeout_seconds),
         directory=spec.directory,
         expanded_directory=agent.expanded_directory,
         version=agent.version,

@@ -18,7 +18,17 @@ from agent.sdk.tailnet import DERPMap
 NANOS_PER_SECOND: Final = 1_000_000_000
 
 LIFECYCLE_STATES: Final = frozenset(
-    {"created", "starting", "start_timeout", "start_error", "ready"}
+    {
+        "created",
+        "starting",
+        "start_timeout",
+        "start_error",
+        "ready",
+        "shutting_down",
+        "shutdown_timeout",
+        "shutdown_error",
+        "off",
+    }
 )
 APP_HEALTHS: Final = frozenset({"disabled", "initializing", "healthy", "unhealthy"})
 REPORTABLE_APP_HEALTHS: Final = frozenset({"initializing", "healthy", "unhealthy"})
@@ -216,6 +226,8 @@ class Metadata:
     startup_script_timeout_ns: int = 0
     directory: str = ""
     motd_file: str = ""
+    shutdown_script: str = ""
+    shutdown_script_timeout_ns: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -228,6 +240,8 @@ class Metadata:
             "startup_script_timeout": self.startup_script_timeout_ns,
             "directory": self.directory,
             "motd_file": self.motd_file,
+            "shutdown_script": self.shutdown_script,
+            "shutdown_script_timeout": self.shutdown_script_timeout_ns,
         }
 
     @classmethod
@@ -239,6 +253,9 @@ class Metadata:
         timeout = o.integer("startup_script_timeout", 0)
         if timeout < 0:
             raise DecodeError(endpoint, "$.startup_script_timeout", "negative duration")
+        shutdown_timeout = o.integer("shutdown_script_timeout", 0)
+        if shutdown_timeout < 0:
+            raise DecodeError(endpoint, "$.shutdown_script_timeout", "negative duration")
         return cls(
             git_auth_configs=o.integer("git_auth_configs", 0),
             vscode_port_proxy_uri=o.text("vscode_port_proxy_uri", ""),
@@ -249,12 +266,19 @@ class Metadata:
             startup_script_timeout_ns=timeout,
             directory=o.text("directory", ""),
             motd_file=o.text("motd_file", ""),
+            shutdown_script=o.text("shutdown_script", ""),
+            shutdown_script_timeout_ns=shutdown_timeout,
         )
 
     @property
     def startup_script_timeout(self) -> float:
         """Seconds; 0 means no timeout."""
         return self.startup_script_timeout_ns / NANOS_PER_SECOND
+
+    @property
+    def shutdown_script_timeout(self) -> float:
+        """Seconds; 0 means the template set none (the agent then applies its default)."""
+        return self.shutdown_script_timeout_ns / NANOS_PER_SECOND
 
 
 # ---------------------------------------------------------------- agent posts

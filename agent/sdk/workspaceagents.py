@@ -52,6 +52,8 @@ class WorkspaceAgent:
     latency: dict[str, DERPRegionLatency] = field(default_factory=dict)
     startup_logs_length: int = 0
     startup_logs_overflowed: bool = False
+    shutdown_script: str = ""
+    shutdown_script_timeout_seconds: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -91,6 +93,9 @@ class WorkspaceAgent:
         out["troubleshooting_url"] = self.troubleshooting_url
         out["startup_script_timeout_seconds"] = self.startup_script_timeout_seconds
         out["login_before_ready"] = self.login_before_ready
+        if self.shutdown_script:
+            out["shutdown_script"] = self.shutdown_script
+        out["shutdown_script_timeout_seconds"] = self.shutdown_script_timeout_seconds
         return out
 
     @classmethod
@@ -118,6 +123,8 @@ class WorkspaceAgent:
             startup_script=o.text("startup_script", ""),
             startup_logs_length=o.integer("startup_logs_length", 0),
             startup_logs_overflowed=o.flag("startup_logs_overflowed", False),
+            shutdown_script=o.text("shutdown_script", ""),
+            shutdown_script_timeout_seconds=o.integer("shutdown_script_timeout_seconds", 0),
             directory=o.text("directory", ""),
             expanded_directory=o.text("expanded_directory", ""),
             version=o.text("version", ""),

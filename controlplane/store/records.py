@@ -64,6 +64,9 @@ class AgentSpec:
     startup_script: str = ""
     # Seconds; fractions are allowed (the wire carries nanoseconds), 0 means none.
     startup_script_timeout_seconds: float = 0
+    shutdown_script: str = ""
+    # Seconds, as above; 0 leaves it to the agent (which then allows 300 s).
+    shutdown_script_timeout_seconds: float = 0
     directory: str = ""
     environment_variables: dict[str, str] = field(default_factory=dict)
     motd_file: str = ""

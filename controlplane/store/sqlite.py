@@ -363,6 +363,8 @@ def _spec_to_json(spec: AgentSpec) -> dict[str, Any]:
         "instance_id": spec.instance_id,
         "startup_script": spec.startup_script,
         "startup_script_timeout_seconds": spec.startup_script_timeout_seconds,
+        "shutdown_script": spec.shutdown_script,
+        "shutdown_script_timeout_seconds": spec.shutdown_script_timeout_seconds,
         "directory": spec.directory,
         "environment_variables": spec.environment_variables,
         "motd_file": spec.motd_file,

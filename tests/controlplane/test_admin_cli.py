@@ -38,6 +38,8 @@ name = "dev"
   name = "main"
   startup_script = "echo ready"
   startup_script_timeout = 300
+  shutdown_script = "echo stopping"
+  shutdown_script_timeout = 60
   directory = "~/src"
   motd_file = "/etc/motd"
   connection_timeout = 60
@@ -86,6 +88,10 @@ async def test_user_and_workspace_created_by_the_cli_work_against_the_server(
         "true",
         "--startup-script-timeout",
         "9",
+        "--shutdown-script",
+        "echo bye",
+        "--shutdown-script-timeout",
+        "1.5",
         "--app",
         "slug=web,url=http://localhost:8080,healthcheck-url=http://localhost:8080/h,interval=2",
     )
@@ -95,8 +101,12 @@ async def test_user_and_workspace_created_by_the_cli_work_against_the_server(
         body = (await client.get(f"{AGENTS}/{agent['agent_id']}")).json()
     assert body["environment_variables"] == {"A": "1"}
     assert body["startup_script_timeout_seconds"] == 9
+    assert body["shutdown_script"] == "echo bye"
+    assert body["shutdown_script_timeout_seconds"] == 2  # whole seconds, rounded up
     async with cp.http(agent["token"]) as client:
         metadata = (await client.get(f"{ME}/metadata")).json()
+    assert metadata["shutdown_script"] == "echo bye"
+    assert metadata["shutdown_script_timeout"] == 1_500_000_000  # nanoseconds
     assert metadata["apps"][0]["healthcheck"] == {
         "url": "http://localhost:8080/h",
         "interval": 2,
@@ -174,6 +184,8 @@ async def test_apply_a_workspace_file_twice_is_idempotent(
         metadata = (await client.get(f"{ME}/metadata")).json()
         auth = await client.get(f"{ME}/gitauth", params={"url": "https://gitlab.example.com/a"})
     assert metadata["environment_variables"] == {"EDITOR": "vim"}
+    assert metadata["shutdown_script"] == "echo stopping"
+    assert metadata["shutdown_script_timeout"] == 60_000_000_000
     assert metadata["apps"][0]["display_name"] == "VS Code"
     assert metadata["apps"][0]["health"] == "initializing"
     assert auth.json() == {"username": "oauth2", "password": "glpat-example", "url": ""}

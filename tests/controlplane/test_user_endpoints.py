@@ -36,8 +36,10 @@ REQUIRED = {
     "login_before_ready",
     "startup_logs_length",
     "startup_logs_overflowed",
+    "shutdown_script_timeout_seconds",
 }
 OMITEMPTY = {
+    "shutdown_script",
     "first_connected_at",
     "last_connected_at",
     "disconnected_at",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import gitaskpass, gitssh, lifecycle, motd, sessionenv, startup, vscode
+from agent import gitaskpass, gitssh, lifecycle, motd, scriptlog, sessionenv, startup, vscode
 from agent.clock import SYSTEM_CLOCK
 from agent.gitaskpass import AskpassError, Credential
 from agent.sdk.errors import WsagentError
@@ -236,13 +236,13 @@ def test_wsagent_executable(tmp_path: Path) -> None:
 
 
 def test_capped_log_passes_small_output() -> None:
-    cap = startup.CappedLog(8192)
+    cap = scriptlog.CappedLog(8192)
     assert cap.feed(b"hello\n") == b"hello\n"
     assert cap.finish() == b""
 
 
 def test_capped_log_drops_and_says_so() -> None:
-    cap = startup.CappedLog(8192)
+    cap = scriptlog.CappedLog(8192)
     out = b""
     total = 0
     for _ in range(100):
@@ -252,7 +252,7 @@ def test_capped_log_drops_and_says_so() -> None:
     out += cap.finish()
     assert len(out) <= 8192
     kept = out.count(b"x")
-    assert kept == 8192 - startup.TRAILER_RESERVE
+    assert kept == 8192 - scriptlog.TRAILER_RESERVE
     assert b"\n[wsagent] startup script output reached the log limit of 8192 bytes" in out
     assert out.endswith(
         f"[wsagent] {total - kept} bytes of startup script output were dropped\n".encode()
@@ -261,7 +261,7 @@ def test_capped_log_drops_and_says_so() -> None:
 
 
 def test_capped_log_minimum_size() -> None:
-    assert startup.CappedLog(10).max_bytes == startup.MIN_LOG_BYTES
+    assert scriptlog.CappedLog(10).max_bytes == scriptlog.MIN_LOG_BYTES
 
 
 # ---------------------------------------------------------------- lifecycle
