@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ async def _start(start_agent: Any, cp: ControlPlane, token: str, tmp_path: Path)
     return agent
 
 
-def _states(logs: list[dict[str, Any]], agent_id: str) -> list[str]:
+def _states(logs: Sequence[Mapping[str, Any]], agent_id: str) -> list[str]:
     return [
         e["state"]
         for e in logs
