@@ -61,6 +61,12 @@ def check_keys(raw: dict[str, Any], allowed: frozenset[str], where: str) -> None
         raise SpecError(speckeys.unknown_key_message(key, allowed, where))
 
 
+def unknown_value(where: str, value: str, allowed: frozenset[str]) -> str:
+    hint = speckeys.nearest(value, allowed)
+    suggestion = f" (did you mean {hint!r}?)" if hint else ""
+    return f"{where}: {value!r} is not one of {sorted(allowed)}{suggestion}"
+
+
 def app_spec(raw: dict[str, Any], where: str) -> AppSpec:
     _expect(raw, dict, where)
     check_keys(raw, speckeys.APP_KEYS, where)
@@ -71,7 +77,7 @@ def app_spec(raw: dict[str, Any], where: str) -> AppSpec:
     check_keys(health, speckeys.HEALTHCHECK_KEYS, f"{where}.healthcheck")
     sharing = _expect(raw.get("sharing_level", "owner"), str, f"{where}.sharing_level")
     if sharing not in SHARING_LEVELS:
-        raise SpecError(f"{where}.sharing_level: must be one of {sorted(SHARING_LEVELS)}")
+        raise SpecError(unknown_value(f"{where}.sharing_level", sharing, SHARING_LEVELS))
     return AppSpec(
         slug=slug,
         display_name=_expect(raw.get("display_name", slug), str, f"{where}.display_name"),
@@ -105,7 +111,7 @@ def agent_spec(raw: dict[str, Any], where: str = "agent") -> AgentSpec:
     name = valid_name(_expect(raw.get("name", "main"), str, f"{where}.name"), f"{where}.name")
     auth = _expect(raw.get("auth", "token"), str, f"{where}.auth")
     if auth not in AUTH_KINDS:
-        raise SpecError(f"{where}.auth: must be one of {sorted(AUTH_KINDS)}")
+        raise SpecError(unknown_value(f"{where}.auth", auth, AUTH_KINDS))
     instance_id = _expect(raw.get("instance_id", ""), str, f"{where}.instance_id")
     if auth != "token" and not instance_id:
         raise SpecError(f"{where}.instance_id: required for {auth}")

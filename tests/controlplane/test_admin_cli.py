@@ -316,6 +316,14 @@ TYPO_FILES = {
         WORKSPACE_FILE.replace('env = { EDITOR = "vim" }', 'enviroment = { EDITOR = "vim" }'),
         "workspaces[0].agents[0]: unknown key 'enviroment' (did you mean 'environment_variables'?)",
     ),
+    "auth value": (
+        WORKSPACE_FILE.replace(
+            'auth = "google-instance-identity"', 'auth = "google-instance-identiy"'
+        ),
+        "workspaces[0].agents[1].auth: 'google-instance-identiy' is not one of ["
+        "'aws-instance-identity', 'azure-instance-identity', 'google-instance-identity',"
+        " 'token'] (did you mean 'google-instance-identity'?)",
+    ),
     "healthcheck.intervall": (
         WORKSPACE_FILE.replace("interval = 5,", "intervall = 5,"),
         "healthcheck: unknown key 'intervall' (did you mean 'interval'?)",
