@@ -91,6 +91,7 @@ async def test_agent_connects_over_verified_tls_and_refuses_unknown_ca(
     untrusting = await start_agent(agent_env(cp.url, agent_token, tmp_path / "logs1"))
     failure = await untrusting.wait_for_event("agent.run_failed", timeout=15)
     assert "CERTIFICATE_VERIFY_FAILED" in failure["error"] or "certificate" in failure["error"]
+    assert failure["error_type"] == "TLSError"  # told apart from a refused connection
     assert await status() == "connecting"
     assert await untrusting.terminate() == 0
 
