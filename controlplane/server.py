@@ -34,7 +34,7 @@ from controlplane.gitauth import GitAuthNotifier
 from controlplane.httpapi import error_middleware, respond
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SQLiteStore
-from controlplane.webui import dashboard, login, sockets, static, terminal_page
+from controlplane.webui import dashboard, login, proxy, sockets, static, terminal_page
 from controlplane.webui.pages import login_middleware
 from controlplane.webui.security import add_security_headers
 
@@ -78,6 +78,7 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         static.setup,
         dashboard.setup,
         terminal_page.setup,
+        proxy.setup,
     ):
         setup(app)
     metrics.setup(app)

@@ -1,14 +1,19 @@
 """The web front end in a real browser (Debian's Chromium through Playwright): sign in,
-see the agent connected, use the terminal (echo, reload replay, resize), sign out."""
+see the agent connected, use the terminal (echo, reload replay, resize, restart), sign
+out; open an app and a port; follow askpass's URL through sign-in to the git-auth form."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.sessionenv import wsagent_executable
+from controlplane.store.records import GitAuthProvider
 from tests.conftest import ControlPlane
 from tests.web.browser import (
     Shots,
@@ -24,6 +29,9 @@ from tests.web.browser import (
     stop_agent,
     term_text_js,
 )
+from tests.web.conftest import PASSWORD
+from tests.web.echo_app import running_echo_app
+from tests.workspace_start.githttp import git_backend, make_repo, serve_git
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, needs_chromium, in_session_loop]
 __all__ = ["browser", "context", "plane", "shots"]  # fixtures used by name
@@ -128,3 +136,94 @@ async def test_sign_in_dashboard_terminal_and_sign_out(
         await shots(page, "signed-out")
     finally:
         await stop_agent(agent)
+
+
+async def test_app_and_port_links(
+    plane: ControlPlane, context: Any, shots: Shots, tmp_path: Path
+) -> None:
+    async with running_echo_app() as app_port, running_echo_app() as other_port:
+        await make_user(plane, "alice")
+        agents = await plane.create_workspace(
+            "alice",
+            "dev",
+            [{"name": "main", "apps": [{"slug": "echo", "url": f"http://127.0.0.1:{app_port}/"}]}],
+        )
+        agent = await start_agent(plane, agents["main"][1], tmp_path)
+        try:
+            page = await context.new_page()
+            await sign_in(page, plane, "alice")
+            await page.wait_for_selector('[data-agent="main"][data-status="connected"]')
+            port_link = f'[data-port="{other_port}"] a'
+            await page.wait_for_selector(port_link)  # listening ports arrive live
+            await shots(page, "dashboard-app-and-port")
+
+            async with context.expect_page() as opened:
+                await page.click('[data-app="echo"] a')
+            app_page = await opened.value
+            await app_page.wait_for_selector("#echo:has-text('echo:ping')")
+            assert "/@alice/dev.main/apps/echo/" in app_page.url
+            await shots(app_page, "app-page-websocket-echo")
+
+            async with context.expect_page() as opened:
+                await page.click(port_link)
+            port_page = await opened.value
+            await port_page.wait_for_selector("#echo:has-text('echo:ping')")
+            assert f"/@alice/dev.main/ports/{other_port}/" in port_page.url
+            await shots(port_page, "port-page")
+        finally:
+            await stop_agent(agent)
+
+
+@pytest.mark.skipif(git_backend() is None, reason="git http-backend is not installed")
+async def test_askpass_url_leads_through_sign_in_to_the_git_auth_form(
+    plane: ControlPlane, context: Any, shots: Shots, tmp_path: Path
+) -> None:
+    await make_user(plane, "jo")
+    agents = await plane.create_workspace("jo", "dev")
+    _, token = agents["main"]
+    await plane.store.upsert_gitauth_provider(
+        GitAuthProvider("forge", r"^http://127\.0\.0\.1:", "gitlab")
+    )
+    make_repo(tmp_path / "srv")
+    async with serve_git(tmp_path / "srv", lambda u, p: (u, p) == ("oauth2", "tok-123")) as git:
+        home = tmp_path / "home"
+        home.mkdir()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_ASKPASS": wsagent_executable(),
+            "CODER_AGENT_URL": plane.url,
+            "CODER_AGENT_TOKEN": token,
+        }
+        clone = await asyncio.create_subprocess_exec(
+            "git", "clone", "-q", f"{git.url}/repo.git", str(tmp_path / "out"),
+            env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert clone.stderr is not None
+            line = (await asyncio.wait_for(clone.stderr.readline(), 30)).decode()
+            url = re.search(r"https?://\S+/gitauth/forge", line)
+            assert url, line
+
+            page = await context.new_page()
+            await page.goto(url.group(0))
+            await page.wait_for_url(re.compile(r".*/login\?return_to=/gitauth/forge"))
+            await page.fill("input[name=username]", "jo")
+            await page.fill("input[name=password]", PASSWORD)
+            await shots(page, "askpass-sign-in")
+            await page.click("button[type=submit]")
+            await page.wait_for_url(url.group(0))
+            await shots(page, "git-auth-form")
+            await page.fill("input[name=token]", "tok-123")
+            await page.click("form[action='/gitauth/forge'] button[type=submit]")
+            await page.wait_for_selector("text=Saved")
+            await shots(page, "git-auth-saved")
+            _, err = await asyncio.wait_for(clone.communicate(), 60)
+            assert clone.returncode == 0, err
+        finally:
+            if clone.returncode is None:
+                clone.kill()
+                await clone.wait()
+    assert (tmp_path / "out" / "README").exists()
