@@ -25,6 +25,9 @@ from controlplane.store.records import UserRecord
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A test that starts a process or a server without the e2e mark fails (tests/e2e_guard.py).
+pytest_plugins = ["tests.e2e_guard"]
+
 
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> None:

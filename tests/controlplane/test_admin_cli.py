@@ -331,6 +331,7 @@ TYPO_FILES = {
 }
 
 
+@pytest.mark.e2e
 async def test_typos_in_a_workspace_file_are_errors_and_write_nothing(tmp_path: Path) -> None:
     """Each typo: exit 1, one line naming the key and the nearest valid one, and no
     database written (the file declares users before the typo, and none is created)."""
@@ -346,6 +347,7 @@ async def test_typos_in_a_workspace_file_are_errors_and_write_nothing(tmp_path: 
         assert not data.exists(), label
 
 
+@pytest.mark.e2e
 async def test_typos_in_workspace_create_flags_write_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     await admin(data, "user", "create", "alice")
@@ -366,6 +368,7 @@ async def test_typos_in_workspace_create_flags_write_nothing(tmp_path: Path) -> 
     assert await admin(data, "workspace", "list") == []
 
 
+@pytest.mark.e2e
 async def test_a_mistyped_data_dir_is_an_error_not_a_new_database(tmp_path: Path) -> None:
     """Only `user create`, `apply` and `--init` create a database; every other command
     names the database it looked for. Human output says which database was opened."""
@@ -405,6 +408,7 @@ async def test_a_mistyped_data_dir_is_an_error_not_a_new_database(tmp_path: Path
     ]
 
 
+@pytest.mark.e2e
 async def test_reapplying_a_changed_workspace_says_it_was_not_rebuilt(tmp_path: Path) -> None:
     data = tmp_path / "data"
     spec = tmp_path / "workspaces.toml"
