@@ -160,8 +160,9 @@ async def test_unknown_agent_is_404(world: World) -> None:
     assert_error(response, 404, "Resource not found or you do not have access to this resource")
 
 
+# "/" is the dashboard now (tests/web); every other unknown path stays a JSON 404.
 @pytest.mark.parametrize(
-    "path", ["/", "/api/v2/nope", f"{ME}/nope", f"{AGENTS}/x/y/z", "/favicon.ico"]
+    "path", ["/api/v2/nope", f"{ME}/nope", f"{AGENTS}/x/y/z", "/favicon.ico", "/nope"]
 )
 async def test_unknown_routes_are_json_404(world: World, path: str) -> None:
     async with world.user() as client:
