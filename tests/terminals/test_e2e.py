@@ -212,8 +212,12 @@ async def test_stats_show_the_traffic(
     await pty.expect(rb"traffic-42\r\n")
 
     async def reported() -> Any:
+        # Input and output can land in different windows (and a later window may be merged
+        # into a stored row), so wait until both directions have been reported.
         rows = await cp.store.list_stats(setup.agent_id)
-        return [r for r in rows if r.conns_by_proto.get("reconnecting_pty")]
+        rows = [r for r in rows if r.conns_by_proto.get("reconnecting_pty")]
+        both = sum(r.rx_bytes for r in rows) > 0 and sum(r.tx_bytes for r in rows) > 0
+        return rows if both else None
 
     rows = await poll_until(reported, timeout=15)
     assert sum(r.rx_bytes for r in rows) > 0
