@@ -28,6 +28,7 @@ from agent.errors import (
     transport_kind,
 )
 from agent.sdk import codec
+from agent.sdk.agentmetadata import MetadataResult
 from agent.sdk.errors import ValidationError
 from agent.sdk.models import (
     AuthenticateResponse,
@@ -219,6 +220,14 @@ class ControlPlaneClient:
             "/workspaceagents/me/startup-logs",
             body=PatchStartupLogs(logs).to_json(),
             extra_headers={STREAM_HEADER: stream, SEQ_HEADER: str(first_seq)},
+        )
+
+    async def post_metadata(self, key: str, result: MetadataResult) -> None:
+        """One agent metadata key's latest result (204)."""
+        await self._request(
+            "POST",
+            "/workspaceagents/me/metadata/" + quote(key, safe=""),
+            body=result.to_json(),
         )
 
     async def report_stats(self, stats: Stats) -> StatsResponse:

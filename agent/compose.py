@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from agent import lifecycle, paths, sdnotify, sessionenv, shutdown, vscode
+from agent.agentmetadata import MetadataCollector
 from agent.children import ChildRegistry
 from agent.client import ControlPlaneClient, TokenHolder, tls_context
 from agent.clock import SYSTEM_CLOCK, Clock
@@ -141,6 +142,15 @@ def compose(
         extend_stop=notifier.extend_timeout,
     )
 
+    # Agent metadata: the template's commands, each on its interval, results posted.
+    agent_metadata = MetadataCollector(
+        client.post_metadata,
+        shell=paths.login_shell,
+        environment=lambda md: sessionenv.session_environment(md, tokens.token, executable),
+        working_directory=sessionenv.working_directory,
+        children=children,
+    )
+
     # App health, traffic statistics: long-lived reporters fed by each attempt's metadata.
     app_health = AppHealth(client.post_app_health, supervisor, clock)
     stats_reporter = StatsReporter(client.report_stats, traffic, clock=clock, rng=rng)
@@ -169,6 +179,7 @@ def compose(
             startup_logs.kick()  # a new connection: pending lines go out now
         await supervisor.isolate("workspace_start", workspace_start.on_metadata(metadata, first))
         await supervisor.isolate("apphealth", app_health.on_metadata(metadata))
+        agent_metadata.update(metadata)
         if first:
             supervisor.start("stats", stats_reporter.run)
 
@@ -218,7 +229,13 @@ def compose(
         host, port = config.metrics_address
         background.append(("metrics", lambda: serve_metrics(page, host, port)))
     background.append(("startuplogs", startup_logs.run))
-    on_shutdown += [startup_logs.close, workspace_start.close, scanner.close, streams.close]
+    on_shutdown += [
+        agent_metadata.close,
+        startup_logs.close,
+        workspace_start.close,
+        scanner.close,
+        streams.close,
+    ]
 
     return Agent(
         connection=connection,

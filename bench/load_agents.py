@@ -2,13 +2,18 @@
 
     .venv/bin/python bench/load_agents.py [--steps 250,500,1000,2000] [--step-seconds 20]
                                           [--stats-interval 10] [--health-interval 30]
+                                          [--metadata-keys 2] [--metadata-interval 10]
 
 Each simulated agent does what the daemon does on the wire (docs/protocol.md, "Wire notes"), without
 running anything: token auth, ``GET /me/metadata``, ``POST /me/startup``,
 ``POST /me/report-lifecycle`` (starting, ready), then it holds ``/me/coordinate`` open with
 one agent node, posts ``/me/report-stats`` (non-zero traffic) every ``--stats-interval``
-and flips its app's health every ``--health-interval`` on average. Every agent has its own
-workspace with one app carrying a health check URL.
+and flips its app's health every ``--health-interval`` on average, and posts each of its
+``--metadata-keys`` agent metadata keys every ``--metadata-interval`` (Coder's scale test:
+2 keys every 10 s). Every agent has its own workspace with one app carrying a health check
+URL. The server's metadata counters (posts, store transactions, rows) are scraped from its
+metrics endpoint after each step: the transactions stay at one per second however many
+agents post (the writes are coalesced per tick).
 
 The server is a real ``wsagent server`` process (SQLite in a temp dir) on loopback; this
 process is the generator: one aiohttp session, one connection pool. The fleet ramps up in
@@ -71,6 +76,9 @@ class Step:
     connected: int = 0
     ready: int = 0
     listen_overflows: int = 0  # machine-wide, over the window and the check
+    metadata_posts: float = 0.0  # server counters over the window
+    metadata_writes: float = 0.0
+    metadata_rows: float = 0.0
 
     @property
     def error_count(self) -> int:
@@ -97,6 +105,7 @@ class Load:
         self.tasks: list[asyncio.Task[None]] = []
         self.running = 0  # agents past start-up, socket open
         self.baseline_rss = 0
+        self.metrics_url = ""
         # One pool; websockets hold their connection for good, so no per-host cap.
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
@@ -183,10 +192,13 @@ class Load:
         rng = random.Random(sim.id)
         stats_at = time.monotonic() + rng.uniform(0, args.stats_interval)
         health_at = time.monotonic() + rng.uniform(0, 2 * args.health_interval)
+        meta_at = time.monotonic() + rng.uniform(0, args.metadata_interval)
+        if not args.metadata_keys:
+            meta_at = float("inf")
         healthy = False
         while not self.stop.is_set():
             now = time.monotonic()
-            wake = min(stats_at, health_at)
+            wake = min(stats_at, health_at, meta_at)
             if wake > now:
                 try:
                     await asyncio.wait_for(self.stop.wait(), wake - now)
@@ -205,11 +217,37 @@ class Load:
                     "tx_bytes": rng.randint(100, 50_000),
                 }
                 await self.call("POST report-stats", "POST", f"{ME}/report-stats", sim.token, stats)
+            if now >= meta_at:
+                meta_at += args.metadata_interval
+                for k in range(args.metadata_keys):
+                    body = {
+                        "collected_at": "2023-05-01T12:00:00Z",
+                        "age": 0,
+                        "value": f"{rng.random():.3f}",
+                        "error": "",
+                    }
+                    await self.call("POST metadata", "POST", f"{ME}/metadata/k{k}", sim.token, body)
             if now >= health_at and apps:
                 health_at += rng.uniform(0, 2 * args.health_interval)
                 healthy = not healthy
                 body = {"Healths": {apps[0]: "healthy" if healthy else "unhealthy"}}
                 await self.call("POST app-health", "POST", f"{ME}/app-health", sim.token, body)
+
+    async def metadata_counters(self) -> tuple[float, float, float]:
+        """(posts, transactions, rows) of agent metadata, from the server's metrics."""
+        if not self.metrics_url:
+            return (0.0, 0.0, 0.0)
+        try:
+            async with self.session.get(self.metrics_url) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return (0.0, 0.0, 0.0)
+        values = dict.fromkeys(("posts", "writes", "rows_written"), 0.0)
+        for line in text.splitlines():
+            for name in values:
+                if line.startswith(f"wsagent_server_metadata_{name}_total "):
+                    values[name] = float(line.split()[1])
+        return values["posts"], values["writes"], values["rows_written"]
 
     async def verify(self, user_token: str, agents: list[SimAgent]) -> tuple[int, int]:
         """(connected, ready) as the API reports them, read for every agent."""
@@ -258,7 +296,12 @@ class Load:
             # Measure the steady state.
             cpu0, own0, rss0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
             requests0, overflows0 = step.requests, listen_overflows()
+            meta0 = await self.metadata_counters()
             await asyncio.sleep(args.step_seconds)
+            meta1 = await self.metadata_counters()
+            step.metadata_posts, step.metadata_writes, step.metadata_rows = (
+                b - a for a, b in zip(meta0, meta1, strict=True)
+            )
             step.window_seconds = time.perf_counter() - rss0
             step.server_cpu = cpu_seconds(pid) - cpu0
             step.client_cpu = cpu_seconds(os.getpid()) - own0
@@ -284,6 +327,9 @@ def step_row(step: Step) -> str:
         f"  client CPU {100 * step.client_cpu / max(step.window_seconds, 1e-9):3.0f} %"
         f"  errors {step.error_count}  connected {step.connected}/{step.agents}"
         f"  ready {step.ready}/{step.agents}"
+        f"  metadata {step.metadata_posts / max(step.window_seconds, 1e-9):.0f} posts/s"
+        f" -> {step.metadata_writes / max(step.window_seconds, 1e-9):.1f} writes/s"
+        f" ({step.metadata_rows:.0f} rows)"
     )
 
 
@@ -325,6 +371,15 @@ def report(steps: list[Step], baseline_rss: int, args: argparse.Namespace) -> No
     print(f"largest N with p95 < 200 ms and no errors: {max(ok) if ok else 'none'}")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def raise_nofile(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
@@ -332,7 +387,7 @@ def raise_nofile(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def prepare(data_dir: Path, count: int) -> tuple[str, list[SimAgent]]:
+async def prepare(data_dir: Path, count: int, metadata_keys: int = 2) -> tuple[str, list[SimAgent]]:
     """A user, and one workspace per agent with one health-checked app."""
     from controlplane.admin import agent_spec, create_user, create_workspace
     from controlplane.store.sqlite import SQLiteStore
@@ -344,6 +399,9 @@ async def prepare(data_dir: Path, count: int) -> tuple[str, list[SimAgent]]:
             {
                 "name": "main",
                 "apps": [{"slug": "web", "healthcheck": {"url": "http://localhost:1/"}}],
+                "metadata": [
+                    {"key": f"k{k}", "script": "true", "interval": 10} for k in range(metadata_keys)
+                ],
             }
         )
         agents = []
@@ -361,18 +419,20 @@ async def run_load(args: argparse.Namespace) -> tuple[list[Step], int, list[str]
     raise_nofile(2 * max(args.steps) + 1024)
     with tempfile.TemporaryDirectory(prefix="wsagent-load-") as tmp:
         data_dir = Path(tmp)
-        user_token, agents = await prepare(data_dir, max(args.steps))
+        user_token, agents = await prepare(data_dir, max(args.steps), args.metadata_keys)
+        metrics_port = free_port()  # no fixed port: runs may overlap on a shared machine
         proc, url = await start_server(
             data_dir,
             "normal",
             "--heartbeat-interval",
             f"{args.heartbeat_interval:g}s",
-            "--metrics-address=",  # no fixed port: runs may overlap on a shared machine
+            f"--metrics-address=127.0.0.1:{metrics_port}",
         )
         try:
             baseline_rss = rss_bytes(proc.pid)
             load = Load(url, args)
             load.baseline_rss = baseline_rss
+            load.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             async with asyncio.timeout(args.max_seconds):
                 steps = await load.run(user_token, agents, proc.pid)
         finally:
@@ -397,6 +457,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--heartbeat-interval", type=float, default=3.0, help="the server's (its default)"
     )
+    parser.add_argument("--metadata-keys", type=int, default=2, help="per agent (Coder: 2)")
+    parser.add_argument("--metadata-interval", type=float, default=10.0, help="seconds")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on the run")
     return parser.parse_args(argv)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent.sdk.agentmetadata import KEY_PATTERN, MetadataDescription
 from agent.sdk.models import SHARING_LEVELS
 from controlplane import speckeys
 from controlplane.gitauth import credential_for
@@ -97,6 +98,44 @@ def app_spec(raw: dict[str, Any], where: str) -> AppSpec:
     )
 
 
+# Each key is a command the agent runs on its interval: a template with hundreds would be a
+# mistake, and every key costs a row and a post per interval.
+MAX_METADATA_KEYS = 32
+MAX_METADATA_SECONDS = 86400
+
+
+def metadata_spec(raw: object, where: str) -> tuple[MetadataDescription, ...]:
+    items = _expect(raw, list, where)
+    if len(items) > MAX_METADATA_KEYS:
+        raise SpecError(f"{where}: at most {MAX_METADATA_KEYS} entries")
+    out: list[MetadataDescription] = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        _expect(item, dict, at)
+        check_keys(item, speckeys.METADATA_KEYS, at)
+        key = _expect(item.get("key", ""), str, f"{at}.key")
+        if not KEY_PATTERN.fullmatch(key):
+            raise SpecError(f"{at}.key: 1-128 of letters, digits, '_', '.', '-'")
+        if any(m.key == key for m in out):
+            raise SpecError(f"{at}.key: {key!r} appears twice")
+        seconds = {}
+        for name in ("interval", "timeout"):
+            value = _expect(item.get(name, 0), int, f"{at}.{name}")
+            if isinstance(value, bool) or not 0 <= value <= MAX_METADATA_SECONDS:
+                raise SpecError(f"{at}.{name}: whole seconds between 0 and {MAX_METADATA_SECONDS}")
+            seconds[name] = value
+        out.append(
+            MetadataDescription(
+                key=key,
+                script=_expect(item.get("script", ""), str, f"{at}.script"),
+                interval=seconds["interval"],
+                timeout=seconds["timeout"],
+                display_name=_expect(item.get("display_name", key), str, f"{at}.display_name"),
+            )
+        )
+    return tuple(out)
+
+
 def _timeout_seconds(value: object, where: str) -> float:
     seconds = _expect(value, (int, float), where)
     if isinstance(seconds, bool) or seconds < 0 or seconds != seconds or seconds > 86400 * 365:
@@ -135,6 +174,7 @@ def agent_spec(raw: dict[str, Any], where: str = "agent") -> AgentSpec:
         environment_variables=dict(env),
         motd_file=_expect(raw.get("motd_file", ""), str, f"{where}.motd_file"),
         apps=tuple(app_spec(a, f"{where}.apps[{i}]") for i, a in enumerate(apps)),
+        metadata=metadata_spec(raw.get("metadata", []), f"{where}.metadata"),
         connection_timeout_seconds=_expect(
             raw.get("connection_timeout_seconds", raw.get("connection_timeout", 120)),
             int,

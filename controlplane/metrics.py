@@ -28,6 +28,7 @@ from agent.sdk.promtext import (
     render,
 )
 from controlplane.appkeys import COORDINATOR
+from controlplane.metadatabatch import METADATA
 
 log = structlog.get_logger()
 
@@ -119,7 +120,27 @@ def setup(app: web.Application) -> None:
 
 
 def render_page(app: web.Application) -> str:
-    return render(app[METRICS].families(app[COORDINATOR].connected_agents))
+    families = app[METRICS].families(app[COORDINATOR].connected_agents)
+    batcher = app.get(METADATA)
+    if batcher is not None:
+        families += [
+            counter(
+                "wsagent_server_metadata_posts_total",
+                "Agent metadata results posted.",
+                batcher.posts,
+            ),
+            counter(
+                "wsagent_server_metadata_writes_total",
+                "Store transactions writing agent metadata (one per tick at most).",
+                batcher.writes,
+            ),
+            counter(
+                "wsagent_server_metadata_rows_written_total",
+                "Agent metadata rows written (the newest per agent and key in a tick).",
+                batcher.rows_written,
+            ),
+        ]
+    return render(families)
 
 
 async def start_endpoint(app: web.Application, host: str, port: int) -> web.AppRunner | None:

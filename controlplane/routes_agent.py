@@ -94,6 +94,7 @@ async def metadata(request: web.Request) -> web.Response:
         motd_file=spec.motd_file,
         shutdown_script=spec.shutdown_script,
         shutdown_script_timeout_ns=round(spec.shutdown_script_timeout_seconds * NANOS_PER_SECOND),
+        metadata=spec.metadata,
     )
     return respond(body.to_json())
 

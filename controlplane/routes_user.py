@@ -14,6 +14,7 @@ from controlplane.appkeys import CONFIG, COORDINATOR, STORE
 from controlplane.auth import authenticate_user, owned_agent
 from controlplane.config import derp_map_for
 from controlplane.httpapi import respond
+from controlplane.metadatabatch import current_metadata
 from controlplane.routes_shared import app_model, parse_agent_id
 from controlplane.status import agent_status, derp_latency
 from controlplane.store.records import AgentRecord
@@ -46,6 +47,7 @@ async def agent_model(request: web.Request, agent: AgentRecord) -> WorkspaceAgen
         startup_logs_overflowed=agent.startup_logs_overflowed,
         shutdown_script=spec.shutdown_script,
         shutdown_script_timeout_seconds=math.ceil(spec.shutdown_script_timeout_seconds),
+        metadata=tuple(await current_metadata(request.app, agent)),
         directory=spec.directory,
         expanded_directory=agent.expanded_directory,
         version=agent.version,

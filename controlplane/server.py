@@ -18,6 +18,7 @@ from aiohttp import web
 from controlplane import (
     dialback,
     gitauth_web,
+    metadata_routes,
     metrics,
     ports,
     ptyrelay,
@@ -73,6 +74,7 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         ports.setup,
         gitauth_web.setup,
         startuplogs.setup,
+        metadata_routes.setup,
         sockets.setup,
         login.setup,
         static.setup,

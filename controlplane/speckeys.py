@@ -27,6 +27,7 @@ AGENT_KEYS: Final = frozenset(
         "shutdown_script",
         "shutdown_script_timeout",
         "shutdown_script_timeout_seconds",
+        "metadata",
         "directory",
         "env",
         "environment_variables",
@@ -38,6 +39,7 @@ AGENT_KEYS: Final = frozenset(
         "login_before_ready",
     }
 )
+METADATA_KEYS: Final = frozenset({"key", "display_name", "script", "interval", "timeout"})
 APP_KEYS: Final = frozenset(
     {
         "slug",

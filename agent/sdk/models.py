@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from agent.sdk.agentmetadata import MetadataDescription, decode_descriptions
 from agent.sdk.codec import MISSING, Obj, check_str
 from agent.sdk.errors import DecodeError, ValidationError
 from agent.sdk.tailnet import DERPMap
@@ -228,6 +229,7 @@ class Metadata:
     motd_file: str = ""
     shutdown_script: str = ""
     shutdown_script_timeout_ns: int = 0
+    metadata: tuple[MetadataDescription, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -242,6 +244,7 @@ class Metadata:
             "motd_file": self.motd_file,
             "shutdown_script": self.shutdown_script,
             "shutdown_script_timeout": self.shutdown_script_timeout_ns,
+            "metadata": [m.to_json() for m in self.metadata],
         }
 
     @classmethod
@@ -268,6 +271,7 @@ class Metadata:
             motd_file=o.text("motd_file", ""),
             shutdown_script=o.text("shutdown_script", ""),
             shutdown_script_timeout_ns=shutdown_timeout,
+            metadata=tuple(decode_descriptions(o, "metadata")),
         )
 
     @property

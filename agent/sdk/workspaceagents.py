@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from agent.sdk.agentmetadata import WorkspaceAgentMetadata
 from agent.sdk.codec import Obj, format_time
 from agent.sdk.errors import DecodeError
 from agent.sdk.models import AGENT_STATUSES, LIFECYCLE_STATES, WorkspaceApp, decode_apps
@@ -54,6 +55,8 @@ class WorkspaceAgent:
     startup_logs_overflowed: bool = False
     shutdown_script: str = ""
     shutdown_script_timeout_seconds: int = 0
+    # wsagent's addition (omitted when the template defines none): the latest metadata.
+    metadata: tuple[WorkspaceAgentMetadata, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -96,6 +99,8 @@ class WorkspaceAgent:
         if self.shutdown_script:
             out["shutdown_script"] = self.shutdown_script
         out["shutdown_script_timeout_seconds"] = self.shutdown_script_timeout_seconds
+        if self.metadata:
+            out["metadata"] = [m.to_json() for m in self.metadata]
         return out
 
     @classmethod
@@ -125,6 +130,9 @@ class WorkspaceAgent:
             startup_logs_overflowed=o.flag("startup_logs_overflowed", False),
             shutdown_script=o.text("shutdown_script", ""),
             shutdown_script_timeout_seconds=o.integer("shutdown_script_timeout_seconds", 0),
+            metadata=tuple(
+                o.array("metadata", lambda v, p: WorkspaceAgentMetadata.from_json(v, endpoint))
+            ),
             directory=o.text("directory", ""),
             expanded_directory=o.text("expanded_directory", ""),
             version=o.text("version", ""),

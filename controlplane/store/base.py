@@ -22,6 +22,7 @@ from controlplane.store.records import (
     GitAuthLink,
     GitAuthProvider,
     GitSSHKeyRecord,
+    MetadataRecord,
     NewStartupLog,
     StartupLogRecord,
     StatsRecord,
@@ -113,6 +114,13 @@ class Store(Protocol):
         ...
 
     async def list_stats(self, agent_id: str) -> list[StatsRecord]: ...
+
+    # agent metadata
+    async def upsert_agent_metadata(self, rows: list[MetadataRecord]) -> None:
+        """Store each row as the latest of its (agent, key), all in one transaction."""
+        ...
+
+    async def list_agent_metadata(self, agent_id: str) -> list[MetadataRecord]: ...
 
     # startup logs
     async def append_startup_logs(

@@ -125,6 +125,17 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE users ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';
     CREATE INDEX user_tokens_user ON user_tokens (user_id);
     """,
+    # 4: agent metadata, the latest result per agent and key.
+    """
+    CREATE TABLE agent_metadata (
+        agent_id TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL DEFAULT '',
+        error TEXT NOT NULL DEFAULT '',
+        collected_at TEXT NOT NULL,
+        PRIMARY KEY (agent_id, key)
+    );
+    """,
 )
 
 

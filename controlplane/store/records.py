@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from agent.sdk.agentmetadata import MetadataDescription
 from agent.sdk.models import MAX_STATS_PROTOCOLS, Stats
 
 
@@ -67,6 +68,8 @@ class AgentSpec:
     shutdown_script: str = ""
     # Seconds, as above; 0 leaves it to the agent (which then allows 300 s).
     shutdown_script_timeout_seconds: float = 0
+    # Commands the agent runs on an interval, their results posted per key.
+    metadata: tuple[MetadataDescription, ...] = ()
     directory: str = ""
     environment_variables: dict[str, str] = field(default_factory=dict)
     motd_file: str = ""
@@ -204,3 +207,14 @@ class AppendLogsResult:
     first_id: int | None
     overflowed: bool
     newly: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataRecord:
+    """The latest result of one agent metadata key."""
+
+    agent_id: str
+    key: str
+    value: str
+    error: str
+    collected_at: datetime

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from agent.sdk.agentmetadata import MetadataDescription
 from controlplane.sshkeys import generate_ed25519
 from controlplane.store.base import Conflict, NotFound
 from controlplane.store.records import (
@@ -365,6 +366,7 @@ def _spec_to_json(spec: AgentSpec) -> dict[str, Any]:
         "startup_script_timeout_seconds": spec.startup_script_timeout_seconds,
         "shutdown_script": spec.shutdown_script,
         "shutdown_script_timeout_seconds": spec.shutdown_script_timeout_seconds,
+        "metadata": [m.to_json() for m in spec.metadata],
         "directory": spec.directory,
         "environment_variables": spec.environment_variables,
         "motd_file": spec.motd_file,
@@ -379,4 +381,14 @@ def _spec_to_json(spec: AgentSpec) -> dict[str, Any]:
 
 def _spec_from_json(value: dict[str, Any]) -> AgentSpec:
     apps = tuple(_app_from_json(a) for a in value.pop("apps", []))
-    return AgentSpec(apps=apps, **value)
+    metadata = tuple(
+        MetadataDescription(
+            key=m["key"],
+            script=m["script"],
+            interval=m["interval"],
+            timeout=m["timeout"],
+            display_name=m["display_name"],
+        )
+        for m in value.pop("metadata", [])
+    )
+    return AgentSpec(apps=apps, metadata=metadata, **value)

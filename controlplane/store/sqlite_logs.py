@@ -1,11 +1,17 @@
-"""The store's startup-log part: capped, de-duplicated appends and reads by id."""
+"""The store's startup-log part (capped, de-duplicated appends and reads by id) and the
+agent metadata (the latest result per key)."""
 
 from __future__ import annotations
 
 import sqlite3
 
 from controlplane.store.base import NotFound
-from controlplane.store.records import AppendLogsResult, NewStartupLog, StartupLogRecord
+from controlplane.store.records import (
+    AppendLogsResult,
+    MetadataRecord,
+    NewStartupLog,
+    StartupLogRecord,
+)
 from controlplane.store.sqlite_base import SQLiteBase, _now, _req_dt, _ts
 
 
@@ -67,6 +73,36 @@ class LogStore(SQLiteBase):
             return AppendLogsResult(stored, skip, first_id, overflowed, overflowed)
 
         return await self._run(self._tx, op)
+
+    async def upsert_agent_metadata(self, rows: list[MetadataRecord]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            # An agent deleted meanwhile (a new build) takes its rows with it: skip those.
+            conn.executemany(
+                "INSERT INTO agent_metadata (agent_id, key, value, error, collected_at)"
+                " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM agents WHERE id=?)"
+                " ON CONFLICT (agent_id, key) DO UPDATE SET value=excluded.value,"
+                " error=excluded.error, collected_at=excluded.collected_at",
+                [
+                    (r.agent_id, r.key, r.value, r.error, _ts(r.collected_at), r.agent_id)
+                    for r in rows
+                ],
+            )
+
+        await self._run(self._tx, op)
+
+    async def list_agent_metadata(self, agent_id: str) -> list[MetadataRecord]:
+        def op() -> list[MetadataRecord]:
+            rows = self.conn.execute(
+                "SELECT * FROM agent_metadata WHERE agent_id=? ORDER BY key", (agent_id,)
+            ).fetchall()
+            return [
+                MetadataRecord(
+                    r["agent_id"], r["key"], r["value"], r["error"], _req_dt(r["collected_at"])
+                )
+                for r in rows
+            ]
+
+        return await self._read(op)
 
     async def list_startup_logs(
         self, agent_id: str, *, after: int = 0, before: int = 0, limit: int = 50_000

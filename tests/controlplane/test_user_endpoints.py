@@ -40,6 +40,7 @@ REQUIRED = {
 }
 OMITEMPTY = {
     "shutdown_script",
+    "metadata",
     "first_connected_at",
     "last_connected_at",
     "disconnected_at",

@@ -36,6 +36,7 @@ async def test_fifty_agents_all_connected_without_errors() -> None:
             "--step-seconds=3",
             "--stats-interval=1",
             "--health-interval=1",
+            "--metadata-interval=1",
             "--spawn-rate=100",
             "--max-seconds=60",
         ]
@@ -52,6 +53,10 @@ async def test_fifty_agents_all_connected_without_errors() -> None:
         "WS coordinate",
         "POST report-stats",
         "POST app-health",
+        "POST metadata",
     ):
         assert step.latencies[endpoint], endpoint
     assert len(step.latencies["WS coordinate"]) == 50
+    # 50 agents x 2 keys a second: ~100 posts/s, coalesced to about one write a second.
+    assert step.metadata_posts >= 100
+    assert step.metadata_writes <= step.window_seconds + 2
