@@ -13,6 +13,7 @@ from typing import Final
 from aiohttp import web
 
 from controlplane.appkeys import STORE
+from controlplane.connguard import mark_authenticated
 from controlplane.httpapi import HTTPError
 from controlplane.store.records import AgentRecord, UserRecord, WorkspaceRecord
 from controlplane.tokens import hash_token, well_formed
@@ -60,6 +61,7 @@ async def authenticate_agent(request: web.Request) -> AgentRecord:
             "Workspace agent not authorized.",
             "The agent token is unknown, revoked or expired; the workspace may have been rebuilt.",
         )
+    mark_authenticated(request)
     return agent
 
 
@@ -82,6 +84,7 @@ async def authenticate_user(request: web.Request, *, app_hosts: bool = False) ->
         check_origin(request, app_hosts=app_hosts)
     request[AUTH_USER] = user
     request[AUTH_TOKEN_HASH] = hash_token(token)
+    mark_authenticated(request)
     return user
 
 

@@ -31,6 +31,14 @@ class ServerConfig:
     stats_min_spacing: float | None = None
     agent_heartbeat_interval: float = 3.0  # refresh last_connected_at this often
     max_body_bytes: int = 1 << 20
+    # Connection limits (controlplane/connguard.py): a request head must be complete this
+    # long after its first byte, an idle keep-alive connection is closed after idle_timeout,
+    # a body must arrive within body_timeout, and at most max_unauthenticated connections
+    # may be open without having presented a valid token (capped by the fd limit too).
+    head_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    body_timeout: float = 30.0
+    max_unauthenticated: int = 1024
     troubleshooting_url: str = DEFAULT_TROUBLESHOOTING_URL
     identity_token_ttl: float = 24 * 3600.0
     pty_dial_timeout: float = 10.0

@@ -6,6 +6,7 @@ traceback. Responses are Go-style JSON (compact, trailing newline); "no body" is
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
@@ -59,18 +60,33 @@ def error_response(exc: HTTPError) -> web.Response:
     return respond(exc.body(), exc.status)
 
 
+async def read_body(request: web.Request, limit: int, seconds: float) -> bytearray:
+    """The request body, capped on the bytes actually read (a chunked body declares no
+    length) and on time (413 past the cap, 408 if it trickles in slower than ``seconds``)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise HTTPError(413, "Request body is too large.", f"The limit is {limit} bytes.")
+    body = bytearray()
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    raise HTTPError(
+                        413, "Request body is too large.", f"The limit is {limit} bytes."
+                    )
+    except TimeoutError:
+        raise HTTPError(
+            408, "Request body was not received in time.", f"The limit is {seconds:g} seconds."
+        ) from None
+    return body
+
+
 async def read_json(request: web.Request) -> object:
     """Read and parse a JSON body under the size cap (413 past it, 400 if malformed)."""
     from controlplane.appkeys import CONFIG
 
-    limit = request.app[CONFIG].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise HTTPError(413, "Request body is too large.", f"The limit is {limit} bytes.")
-    chunks = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        chunks += chunk
-        if len(chunks) > limit:
-            raise HTTPError(413, "Request body is too large.", f"The limit is {limit} bytes.")
+    config = request.app[CONFIG]
+    chunks = await read_body(request, config.max_body_bytes, config.body_timeout)
     try:
         return parse_json(chunks.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

@@ -30,6 +30,15 @@ from controlplane import (
 )
 from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
 from controlplane.config import ServerConfig
+from controlplane.connguard import (
+    GUARD,
+    ConnectionGuard,
+    GuardedSockSite,
+    GuardLimits,
+    cap_for,
+    guard_middleware,
+    raise_open_file_limit,
+)
 from controlplane.coordinator import Coordinator
 from controlplane.gitauth import GitAuthNotifier
 from controlplane.httpapi import error_middleware, respond
@@ -56,7 +65,11 @@ async def build_info(request: web.Request) -> web.Response:
 
 def create_app(config: ServerConfig, store: Store) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, login_middleware], client_max_size=config.max_body_bytes
+        middlewares=[guard_middleware, error_middleware, login_middleware],
+        client_max_size=config.max_body_bytes,
+    )
+    app[GUARD] = ConnectionGuard(
+        GuardLimits(config.head_timeout, config.idle_timeout, config.max_unauthenticated)
     )
     app[CONFIG] = config
     app[STORE] = store
@@ -126,7 +139,16 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     if store is None:
         store = await SQLiteStore.open(config.data_dir, durability=config.durability)
     app = create_app(config, store)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    fd_limit = raise_open_file_limit()
+    guard = app[GUARD]
+    guard.cap = cap_for(config.max_unauthenticated, fd_limit)
+    # aiohttp's own keep-alive timer is only a backstop behind the guard's.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=2.0,
+        keepalive_timeout=config.idle_timeout + config.head_timeout,
+    )
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -139,7 +161,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         await store.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     port = sock.getsockname()[1]
-    site = web.SockSite(runner, sock, ssl_context=tls_context(config))
+    site = GuardedSockSite(runner, sock, guard, ssl_context=tls_context(config))
     await site.start()
     if not config.access_url:
         config.access_url = config.resolved_access_url(port)
@@ -148,6 +170,8 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         url=config.access_url,
         address=f"{config.host}:{port}",
         data_dir=str(config.data_dir),
+        fd_limit=fd_limit,
+        max_unauthenticated=guard.cap,
     )
     metrics_runner = None
     if config.metrics_address is not None:

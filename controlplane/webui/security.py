@@ -21,7 +21,7 @@ from aiohttp import web
 
 from controlplane.appkeys import CONFIG
 from controlplane.config import ServerConfig
-from controlplane.httpapi import HTTPError
+from controlplane.httpapi import HTTPError, read_body
 
 CSRF_COOKIE: Final = "wsagent_csrf"
 CSRF_FIELD: Final = "csrf"
@@ -130,13 +130,7 @@ async def read_form(request: web.Request, limit: int = MAX_FORM_BYTES) -> dict[s
             "Unsupported form encoding.",
             f"Send application/x-www-form-urlencoded, not {request.content_type[:64]}.",
         )
-    if request.content_length is not None and request.content_length > limit:
-        raise HTTPError(413, "Request body is too large.", f"The limit is {limit} bytes.")
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(8192):
-        body += chunk
-        if len(body) > limit:
-            raise HTTPError(413, "Request body is too large.", f"The limit is {limit} bytes.")
+    body = await read_body(request, limit, request.app[CONFIG].body_timeout)
     try:
         pairs = parse_qsl(
             body.decode("utf-8"),

@@ -7,6 +7,7 @@ import json
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 
 async def start_server_process(
-    data_dir: Path, *extra: str
+    data_dir: Path, *extra: str, preexec_fn: Callable[[], None] | None = None
 ) -> tuple[asyncio.subprocess.Process, str]:
     """Run ``wsagent server`` on a free port; its URL comes from the ``server.listening``
     log line (JSON on stdout when stdout is not a terminal)."""
@@ -40,6 +41,7 @@ async def start_server_process(
         env=cli_env(),
         cwd=str(REPO),
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
     assert proc.stdout is not None
     lines: list[str] = []

@@ -88,6 +88,8 @@ def test_server_unit_is_locked_down() -> None:
         assert service[key] == ["yes"], key
     assert service["ProtectSystem"] == ["strict"]
     assert one(unit, "Service", "StateDirectory") == "wsagent"
+    # Far above systemd's soft default of 1,024 file descriptors: each client is one.
+    assert int(one(unit, "Service", "LimitNOFILE")) >= 65536
 
 
 @pytest.mark.e2e
