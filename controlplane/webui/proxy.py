@@ -15,7 +15,7 @@ Failures are HTML pages: agent offline, app unhealthy, connection refused.
 from __future__ import annotations
 
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import structlog
 from aiohttp import web
@@ -23,12 +23,19 @@ from aiohttp import web
 from agent.sdk.extensions import TARGET_TCP, Target
 from controlplane.appkeys import CONFIG, COORDINATOR, STORE
 from controlplane.auth import SESSION_COOKIE, SESSION_HEADER, authenticate_user, request_token
-from controlplane.httpapi import HTTPError
+from controlplane.httpapi import Handler, HTTPError
 from controlplane.store.records import AgentRecord, UserRecord, WorkspaceRecord
 from controlplane.streams import StreamOpenError, open_stream
-from controlplane.webui.pages import LoginRequired, esc, render, wants_html
+from controlplane.tokens import well_formed
+from controlplane.webui.links import SubdomainTarget, parse_subdomain
+from controlplane.webui.pages import LoginRequired, esc, page_user, render, wants_html
 from controlplane.webui.resolve import owned_agent_by_name
-from controlplane.webui.security import CSRF_COOKIE, is_websocket
+from controlplane.webui.security import (
+    CSRF_COOKIE,
+    is_websocket,
+    needs_origin_check,
+    safe_return_to,
+)
 from controlplane.webui.upstream import HOP_BY_HOP, UpstreamError, forward_http, forward_websocket
 
 log = structlog.get_logger()
@@ -225,7 +232,123 @@ def _scheme(request: web.Request) -> str:
     return urlsplit(request.app[CONFIG].resolved_access_url()).scheme or "http"
 
 
+# ---------------------------------------------------------------------------- subdomains
+#
+# With --wildcard-access-url, <slug|port>--<agent>--<workspace>--<owner>.<wildcard> is an
+# app on its own origin. The session cookie belongs to the access URL's host, so an app
+# host gets a session of its own: a browser without one is sent to <access URL>/apps-auth
+# (signing in there if needed), which mints a session token for that user and sends the
+# browser back to <app host>/.wsagent/app-auth?token=..., where the proxy sets it as the
+# host-only wsagent_app_token cookie and redirects to the page first asked for. The app
+# never sees either step, nor the cookie.
+
+APP_AUTH_PATH: Final = "/.wsagent/app-auth"
+
+
+def _app_origin(request: web.Request) -> str:
+    return f"{_scheme(request)}://{request.host}".lower()
+
+
+def _app_token(request: web.Request) -> str:
+    return (
+        request.cookies.get(APP_COOKIE)
+        or request.query.get(SESSION_COOKIE)
+        or request.headers.get(SESSION_HEADER)
+        or ""
+    )
+
+
+async def _subdomain(request: web.Request, target: SubdomainTarget) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    if request.path == APP_AUTH_PATH:
+        return await _accept_app_token(request)
+    token = _app_token(request)
+    user = await request.app[STORE].user_by_token(token) if well_formed(token) else None
+    if user is None:
+        if wants_html(request) and request.method == "GET" and not is_websocket(request):
+            back = f"{_app_origin(request)}{request.path_qs}"
+            location = f"{config.resolved_access_url()}/apps-auth?redirect={quote(back, safe='')}"
+            return web.Response(status=303, headers={"Location": location})
+        raise HTTPError(401, "You must be logged in to use this resource.")
+    if request.cookies.get(APP_COOKIE) and needs_origin_check(request):
+        origin = request.headers.get("Origin", "").lower()
+        if origin != _app_origin(request):
+            raise HTTPError(403, "Cross-origin request refused.", f"Origin {origin[:100]!r}.")
+    agent, _ = await owned_agent_by_name(
+        request.app, user, target.owner, f"{target.workspace}.{target.agent}"
+    )
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    if target.port:
+        return await forward(
+            request, agent, target.port, upstream_path("/", raw_path, raw_query), _scheme(request)
+        )
+    found = await app_target(request, agent, target.slug)
+    if isinstance(found, web.Response):
+        return found
+    port, base = found
+    return await forward(
+        request, agent, port, upstream_path(base, raw_path, raw_query), _scheme(request)
+    )
+
+
+async def _accept_app_token(request: web.Request) -> web.Response:
+    token = request.query.get("token", "")
+    if not well_formed(token) or await request.app[STORE].user_by_token(token) is None:
+        raise HTTPError(401, "Invalid session token.", "Open the app from the dashboard again.")
+    response = web.Response(
+        status=303,
+        headers={
+            "Location": safe_return_to(request.query.get("redirect")),
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        },
+    )
+    ttl = request.app[CONFIG].session_ttl
+    response.set_cookie(
+        APP_COOKIE,
+        token,
+        max_age=int(ttl),
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=_scheme(request) == "https",
+    )
+    return response
+
+
+async def apps_auth(request: web.Request) -> web.Response:
+    """On the access URL: hand a signed-in owner's browser a session for an app host."""
+    user = await page_user(request)
+    config = request.app[CONFIG]
+    redirect = urlsplit(request.query.get("redirect", ""))
+    target = parse_subdomain(config, redirect.netloc)
+    if target is None or redirect.scheme != _scheme(request):
+        raise HTTPError(400, "The redirect is not an app on this deployment.")
+    if target.owner != user.name:
+        raise HTTPError(404, "Resource not found or you do not have access to this resource")
+    token = await request.app[STORE].create_user_token(user.id, config.session_ttl)
+    path = redirect.path or "/"
+    if redirect.query:
+        path += f"?{redirect.query}"
+    query = urlencode({"token": token, "redirect": path})
+    location = f"{redirect.scheme}://{redirect.netloc}{APP_AUTH_PATH}?{query}"
+    return web.Response(
+        status=303, headers={"Location": location, "Referrer-Policy": "no-referrer"}
+    )
+
+
+@web.middleware
+async def subdomain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    target = parse_subdomain(request.app[CONFIG], request.host)
+    if target is None:
+        return await handler(request)
+    return await _subdomain(request, target)
+
+
 def setup(app: web.Application) -> None:
     for route, handler in ((APP_ROUTE, app_path), (PORT_ROUTE, port_path)):
         app.router.add_route("*", route, handler)
         app.router.add_route("*", route + "/{tail:.*}", handler)
+    app.router.add_get("/apps-auth", apps_auth)
+    if app[CONFIG].wildcard_access_url:
+        app.middlewares.append(subdomain_middleware)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import httpx
 import pytest
 
 from controlplane.appkeys import COORDINATOR
@@ -154,3 +155,65 @@ async def test_app_and_port_proxy(
     await agent.terminate()
     offline = await alice.http.get(f"{base}/apps/echo/")
     assert offline.status_code == 502 and "offline" in offline.text
+
+
+async def test_subdomain_forms_with_a_wildcard_access_url(
+    make_control_plane: Callable[..., Awaitable[ControlPlane]],
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    tmp_path: Path,
+    echo_port: int,
+) -> None:
+    plane = await make_control_plane(wildcard_access_url="*.apps.test")
+    await _setup(plane, start_agent, tmp_path, echo_port)
+    alice, bob = WebClient(plane), WebClient(plane)
+    try:
+        await alice.sign_in("alice")
+        await bob.sign_in("bob")
+        app_host = f"echo--main--dev--alice.apps.test:{plane.config.port}"
+        port_host = f"{echo_port}--main--dev--alice.apps.test:{plane.config.port}"
+        html = {"Accept": "text/html"}
+        async with httpx.AsyncClient(base_url=plane.url, timeout=15) as raw:
+            first = await raw.get("/x?y=1", headers={**html, "Host": app_host})
+            assert first.status_code == 303
+            assert first.headers["location"].startswith(f"{plane.url}/apps-auth?redirect=")
+            minted = await alice.http.get(first.headers["location"].removeprefix(plane.url))
+            assert minted.status_code == 303
+            back = minted.headers["location"]
+            assert back.startswith(f"http://{app_host}/.wsagent/app-auth?token=")
+            accepted = await raw.get(back.split(app_host, 1)[1], headers={"Host": app_host})
+            assert accepted.status_code == 303 and accepted.headers["location"] == "/x?y=1"
+            cookie = accepted.headers["set-cookie"]
+            assert cookie.startswith("wsagent_app_token=") and "HttpOnly" in cookie
+            assert "SameSite=Lax" in cookie
+            app_cookie = {"Cookie": cookie.split(";", 1)[0] + "; theme=dark"}
+            raw.cookies.clear()  # sent by hand below, per host
+
+            page = await raw.get("/x?y=1", headers={"Host": app_host, **app_cookie})
+            assert page.status_code == 200 and '<code id="path">/base/x?y=1</code>' in page.text
+            seen = header_map(
+                (await raw.get("/headers", headers={"Host": port_host, **app_cookie})).text
+            )
+            assert seen["cookie"] == "theme=dark" and seen["host"] == port_host
+            assert seen["x-forwarded-host"] == port_host
+
+            # Another user's session opens nothing of alice's; another host's origin cannot
+            # use the app cookie for a WebSocket or a post.
+            bobs = {"Coder-Session-Token": bob.session}
+            assert (await raw.get("/", headers={"Host": app_host, **bobs})).status_code == 404
+            denied = await bob.http.get(first.headers["location"].removeprefix(plane.url))
+            assert denied.status_code == 404
+            evil = await raw.post(
+                "/upload",
+                content=b"x",
+                headers={"Host": port_host, **app_cookie, "Origin": f"http://{app_host}"},
+            )
+            assert evil.status_code == 403
+            own = await raw.post(
+                "/upload",
+                content=b"x",
+                headers={"Host": port_host, **app_cookie, "Origin": f"http://{port_host}"},
+            )
+            assert own.status_code == 200 and own.json() == {"received": 1}
+    finally:
+        await alice.http.aclose()
+        await bob.http.aclose()
