@@ -19,7 +19,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
@@ -43,6 +43,7 @@ Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 class Children(Protocol):
     def add(self, pgid: int, what: str) -> None: ...
     def discard(self, pgid: int) -> None: ...
+    def launch_argv(self, argv: Sequence[str]) -> list[str]: ...
 
 
 def effective_timeout(description: MetadataDescription) -> float:
@@ -122,9 +123,7 @@ class MetadataCollector:
         timeout = effective_timeout(description)
         try:
             proc = await self._spawn(
-                self._shell(),
-                "-c",
-                description.script,
+                *self._children.launch_argv([self._shell(), "-c", description.script]),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

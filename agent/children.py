@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Sequence
 
 import structlog
 
 from agent.clock import SYSTEM_CLOCK, Clock
+from agent.procprio import ChildPriority
 
 log = structlog.get_logger()
 
@@ -62,9 +64,16 @@ def signal_group(pgid: int, signum: int) -> bool:
 
 
 class ChildRegistry:
-    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, priority: ChildPriority | None = None) -> None:
         self._clock = clock
         self._groups: dict[int, str] = {}
+        self._priority = priority or ChildPriority()
+
+    def launch_argv(self, argv: Sequence[str]) -> list[str]:
+        """The argv to start a child with. Every child the agent starts comes through here
+        (scripts, terminals, metadata commands, SSH sessions), so process-priority
+        management (agent/procprio.py) reaches all of them."""
+        return self._priority.argv(argv)
 
     def add(self, pgid: int, what: str) -> None:
         self._groups[pgid] = what

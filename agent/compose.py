@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from agent import lifecycle, paths, sdnotify, sessionenv, shutdown, vscode
+from agent import lifecycle, paths, procprio, sdnotify, sessionenv, shutdown, vscode
 from agent.agentmetadata import MetadataCollector
 from agent.children import ChildRegistry
 from agent.client import ControlPlaneClient, TokenHolder, tls_context
@@ -92,7 +92,7 @@ def compose(
 
     # What every part shares: the child processes to stop at shutdown, the traffic
     # counters, and the supervisor of background tasks.
-    children = ChildRegistry(clock)
+    children = ChildRegistry(clock, procprio.ChildPriority.from_environ(environ))
     traffic = StatsCollector()
     supervisor = Supervisor(clock)
 

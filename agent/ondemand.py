@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sized
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING
 
 from agent import lifecycle, paths, sessionenv
@@ -109,6 +109,7 @@ class Terminals:
 
         from agent import motd
         from agent.pty import CommandBuilder, DialBackHandler, SessionManager
+        from agent.pty.process import PtyChild, spawn
 
         def environment() -> Mapping[str, str]:
             md = self.metadata
@@ -123,6 +124,13 @@ class Terminals:
         def directory() -> str:
             md = self.metadata
             return sessionenv.working_directory(md) if md else ""
+
+        children = self._children
+
+        def launch_pty(
+            argv: Sequence[str], env: Mapping[str, str], cwd: str | None, rows: int, cols: int
+        ) -> PtyChild:
+            return spawn(children.launch_argv(argv), env, cwd, rows, cols)
 
         builder = CommandBuilder(
             environment=environment,
@@ -140,6 +148,7 @@ class Terminals:
             scrollback_bytes=self._config.pty_scrollback_bytes,
             register_group=self._children.add,
             unregister_group=self._children.discard,
+            spawner=launch_pty,
         )
         self.sessions = manager.sessions
         client = self._client

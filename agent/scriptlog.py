@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -37,6 +37,7 @@ WATCHDOG_SCRIPT: Final = (
 
 class Children(Protocol):
     def add(self, pgid: int, what: str) -> None: ...
+    def launch_argv(self, argv: Sequence[str]) -> list[str]: ...
 
 
 class OutputSink(Protocol):
@@ -217,9 +218,7 @@ async def spawn_script(
     read_fd, write_fd = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
-            shell,
-            "-c",
-            script,
+            *children.launch_argv([shell, "-c", script]),
             stdin=subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -483,6 +484,9 @@ class _Registry:
 
     def add(self, pgid: int, what: str) -> None:
         self.groups[pgid] = what
+
+    def launch_argv(self, argv: Sequence[str]) -> list[str]:
+        return list(argv)
 
 
 async def _run_start(tmp_path: Path, script: str, shell: str) -> tuple[list[str], _Registry]:
