@@ -15,6 +15,7 @@ commands:
   demo         control plane and agent together on loopback
   terminal     open a terminal to a workspace agent through the control plane
   logs         print a workspace agent's startup logs (--follow to keep printing)
+  stat         CPU, memory and disk usage (cpu|mem|disk, --host, -o json): for metadata
   login        save the control plane URL and your session token (mode 0600)
   ssh          SSH into a workspace (--stdio: the ProxyCommand form)
   config-ssh   add your workspaces to ~/.ssh/config
@@ -58,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.gitssh import main as gitssh_main
 
         return gitssh_main(rest)
+    if command == "stat":
+        from agent.statcmd import main as stat_main
+
+        return stat_main(rest)
     if command == "logs":
         # A user's tool, but it needs only the agent's own dependencies (httpx, websockets).
         from controlplane.logs_cli import main as logs_main
