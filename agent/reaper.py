@@ -1,8 +1,16 @@
 """PID 1 duty: reap orphans and forward signals (docs/design.md, "Reaping").
 
 ``waitpid(-1)`` inside the asyncio agent would steal its own children's exit statuses, so
-when the agent is PID 1 it forks: the parent only reaps and forwards signals, the child
-(re-executed with ``--no-reap``) runs the agent. The parent exits with the child's code.
+when the agent is PID 1 it becomes a separate, minimal reaper: :func:`exec_init` replaces
+the process with a bare interpreter (``python -I -S``) running this file as a script, which
+forks and execs the real agent (with ``--no-reap``), then only reaps and forwards signals
+and exits with the agent's code.
+
+Why a fresh interpreter rather than a fork of the agent's: whatever the PID 1 process has
+imported stays resident for the container's lifetime. A bare ``-I -S`` interpreter running
+this file (``os``, ``signal`` and ``sys`` only: builtin modules) keeps the smallest private
+footprint Python allows; its code pages are shared with the agent's interpreter. So this
+module imports nothing else, not even ``typing``.
 """
 
 from __future__ import annotations
@@ -10,10 +18,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Final
 
-FORWARDED: Final = (
+FORWARDED = (
     signal.SIGTERM,
     signal.SIGINT,
     signal.SIGHUP,
@@ -33,7 +39,13 @@ def exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def run_as_init(argv: Sequence[str]) -> int:
+def exec_init(agent_argv: list[str]) -> None:
+    """Replace this process with the minimal reaper, which runs ``agent_argv``."""
+    script = os.path.abspath(__file__)
+    os.execv(sys.executable, [sys.executable, "-I", "-S", script, *agent_argv])
+
+
+def run_as_init(argv: list[str]) -> int:
     """Fork/exec ``argv`` (with ``--no-reap``), reap everything, return the child's code."""
     child_argv = [*argv, "--no-reap"]
     pid = os.fork()
@@ -72,3 +84,7 @@ def run_as_init(argv: Sequence[str]) -> int:
                 if other == 0:
                     break
             return code
+
+
+if __name__ == "__main__":  # pragma: no cover - the reaper process, see exec_init
+    sys.exit(run_as_init(sys.argv[1:]))

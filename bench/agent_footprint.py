@@ -119,6 +119,16 @@ def rss_mib(pid: int) -> float:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def private_mib(pid: int) -> float:
+    """Pages only this process maps (USS): what it adds beside the processes it shares
+    code with. RSS counts the interpreter's and libraries' shared pages in each of them."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total / 1024
+
+
 def cpu_ns(pid: int) -> int:
     """CPU time of the whole process (all threads), in ns.
 
@@ -224,9 +234,12 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-async def pid1_footprint(url: str, token: str, work: Path) -> tuple[float, float] | None:
-    """(reaper RSS, agent RSS) in MiB when the agent is PID 1 of a new PID namespace, or
-    None where that cannot be set up (needs root and util-linux ``unshare``)."""
+async def pid1_footprint(
+    url: str, token: str, work: Path
+) -> tuple[float, float, float, float] | None:
+    """(reaper RSS, reaper USS, agent RSS, agent USS) in MiB when the agent is PID 1 of a
+    new PID namespace, or None where that cannot be set up (needs root and util-linux
+    ``unshare``)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return None
     prefix = ("unshare", "--pid", "--fork", "--mount-proc")
@@ -235,7 +248,7 @@ async def pid1_footprint(url: str, token: str, work: Path) -> tuple[float, float
     try:
         await asyncio.sleep(2.0)
         [agent] = children_of(init)
-        return rss_mib(init), rss_mib(agent)
+        return rss_mib(init), private_mib(init), rss_mib(agent), private_mib(agent)
     finally:
         os.kill(init, signal.SIGTERM)  # PID 1 forwards it to the agent, then exits
         async with asyncio.timeout(10):
@@ -288,8 +301,8 @@ async def main() -> int:
     print(f"  agent CPU used while idle: {cpu_used * 1000:.2f} ms")
     if pid1 is not None:
         print(
-            f"  as PID 1 of a new PID namespace: reaper {pid1[0]:.1f} MiB"
-            f" + agent {pid1[1]:.1f} MiB (the reaper only reaps and forwards signals)"
+            f"  as PID 1 of a new PID namespace: reaper RSS {pid1[0]:.1f} MiB, private"
+            f" {pid1[1]:.1f} MiB; agent RSS {pid1[2]:.1f} MiB, private {pid1[3]:.1f} MiB"
         )
     print(f"  first-request runs (ms): {', '.join(f'{f * 1000:.0f}' for f in firsts)}")
     return 0

@@ -50,6 +50,15 @@ def proc_field(pid: int, name: str) -> str:
     raise KeyError(name)
 
 
+def private_kib(pid: int) -> int:
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    return sum(
+        int(line.split()[1])
+        for line in rollup
+        if line.startswith(("Private_Clean:", "Private_Dirty:"))
+    )
+
+
 def cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
@@ -77,6 +86,9 @@ async def test_pid1_reaps_orphans_and_forwards_sigterm(
     # PID 1 forked the real agent (with --no-reap) instead of running it in-process.
     [agent] = children_of(init)
     assert "--no-reap" in cmdline(agent)
+    # The reaper is a bare interpreter, not a copy of the agent: about 3.5 MiB of its own
+    # pages (an agent's start-up imports would make it 8 MiB or more).
+    assert private_kib(init) < 5 * 1024
 
     nsenter = await asyncio.create_subprocess_exec(
         "nsenter", "--target", str(init), "--pid", "--", "sh", "-c", "sleep 0.5 & exit 0"
