@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -36,6 +36,8 @@ from controlplane.store.records import AgentRecord, WorkspaceRecord
 log = structlog.get_logger()
 
 ME: Final = "/api/v2/workspaceagents/me"
+# The agent's shutdown script timeout when the template sets none.
+SHUTDOWN_DEFAULT: Final = 300.0
 # golang.org/x/mod/semver.IsValid: v-prefixed MAJOR[.MINOR[.PATCH[-PRE][+BUILD]]]
 _SEMVER: Final = re.compile(
     r"v(0|[1-9]\d*)(\.(0|[1-9]\d*)(\.(0|[1-9]\d*)(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?"
@@ -125,7 +127,14 @@ async def report_lifecycle(request: web.Request) -> web.Response:
             "Invalid lifecycle state.",
             f'Invalid lifecycle state "{body.state}", must be be one of [{allowed}].',
         )
-    await request.app[STORE].set_agent_lifecycle(agent.id, body.state)
+    store = request.app[STORE]
+    await store.set_agent_lifecycle(agent.id, body.state)
+    if body.state == "shutting_down":
+        # The shutdown script may call back (git credentials...) with the agent's token:
+        # an expiring one stays valid until the script's timeout has passed (Coder's stop
+        # scripts failed that way, coder/coder#19467).
+        grace = (agent.spec.shutdown_script_timeout_seconds or SHUTDOWN_DEFAULT) + 60
+        await store.extend_agent_tokens(agent.id, datetime.now(UTC) + timedelta(seconds=grace))
     log.info("agent.lifecycle", agent_id=agent.id, state=body.state)
     return respond(None, 204)
 

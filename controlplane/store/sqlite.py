@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -344,6 +344,18 @@ class SQLiteStore(ReportStore, GitStore, LogStore, SessionStore):
 
         await self._run(self._tx, op)
         return token
+
+    async def extend_agent_tokens(self, agent_id: str, until: datetime) -> int:
+        stamp = _ts(until)
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE agent_tokens SET expires_at=? WHERE agent_id=?"
+                " AND expires_at IS NOT NULL AND expires_at < ?",
+                (stamp, agent_id, stamp),
+            ).rowcount
+
+        return await self._run(self._tx, op)
 
     async def revoke_agent_tokens(self, agent_id: str) -> int:
         def op(conn: sqlite3.Connection) -> int:
