@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from controlplane.admin import SpecError
-from controlplane.cliargs import OneLineParser, check_data_dir, default_data_dir, parse_seconds
+from controlplane.cliargs import (
+    OneLineParser,
+    add_database_flags,
+    check_data_dir,
+    default_data_dir,
+    parse_seconds,
+)
 from controlplane.speckeys import APP_KEYS, nearest
 
 # Commands that may create the database; every other one needs an existing database, so a
@@ -44,6 +50,7 @@ def admin_parser() -> argparse.ArgumentParser:
         help="state directory holding wsagent.db (env WSAGENT_DATA_DIR, "
         "default ~/.local/share/wsagent)",
     )
+    add_database_flags(p)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument(
         "--init", action="store_true", help="create the database if it does not exist yet"
@@ -222,12 +229,16 @@ def env_flag(values: list[str]) -> dict[str, str]:
     return env
 
 
-def database_path(args: argparse.Namespace) -> Path:
+def database_path(args: argparse.Namespace) -> str:
     """The database this command uses; an error (nothing created) when it does not exist
-    and the command is not one that creates it."""
+    and the command is not one that creates it. A PostgreSQL URL is shown without its
+    password."""
     from controlplane.store.base import NotFound
+    from controlplane.store.open import check_database_url, redact_url
     from controlplane.store.sqlite import DB_NAME
 
+    if args.database_url:
+        return redact_url(check_database_url(args.database_url))
     data_dir: Path = args.data_dir or default_data_dir()
     check_data_dir(data_dir)
     database = data_dir / DB_NAME
@@ -236,19 +247,19 @@ def database_path(args: argparse.Namespace) -> Path:
             f"no database at {database} (is --data-dir right?); create one with"
             " `wsagent admin --init`, `user create` or `apply`"
         )
-    return database
+    return str(database)
 
 
-async def run_admin_command(args: argparse.Namespace, database: Path) -> Any:
+async def run_admin_command(args: argparse.Namespace, database: str) -> Any:
     from controlplane import admin
+    from controlplane.store.open import open_store
     from controlplane.store.records import GitAuthProvider
-    from controlplane.store.sqlite import SQLiteStore
 
-    store = await SQLiteStore.open(database.parent)
+    store = await open_store(args.data_dir or default_data_dir(), args.database_url, jobs=False)
     try:
         match (args.area, args.action):
             case (None, None):
-                return {"database": str(database), "ok": True}
+                return {"database": database, "ok": True}
             case ("user", "create"):
                 password = read_password(confirm=False) if args.password_stdin else None
                 user, token = await admin.create_user(store, args.name, args.email, password)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from controlplane.cliargs import (
     OneLineParser,
+    add_database_flags,
     check_data_dir,
     configure_logging,
     default_data_dir,
@@ -68,6 +70,18 @@ def server_parser() -> argparse.ArgumentParser:
         default="normal",
         help="SQLite synchronous mode: normal survives kill -9, full also power loss",
     )
+    add_database_flags(p)
+    p.add_argument(
+        "--replica-id",
+        default=os.environ.get("WSAGENT_REPLICA_ID", ""),
+        help="this replica's stable name (env WSAGENT_REPLICA_ID; default host:port)",
+    )
+    p.add_argument(
+        "--replica-url",
+        default=os.environ.get("WSAGENT_REPLICA_URL", ""),
+        help="URL other replicas and agents' terminal dial-backs reach THIS replica at"
+        " (env WSAGENT_REPLICA_URL; default from --address)",
+    )
     p.add_argument(
         "--metrics-address",
         default="127.0.0.1:2114",
@@ -102,6 +116,9 @@ def server_config_from_args(args: argparse.Namespace) -> Any:
         stats_min_spacing=args.stats_min_spacing,
         agent_heartbeat_interval=args.heartbeat_interval,
         durability=args.durability,
+        database_url=args.database_url,
+        replica_id=args.replica_id,
+        replica_url=args.replica_url,
         identity=identity_config_from_args(args),
         metrics_address=metrics_address(args.metrics_address),
     )
@@ -136,7 +153,8 @@ def run_server(argv: Sequence[str]) -> int:
     from controlplane.store.migrations import MigrationError
 
     try:
-        check_data_dir(config.data_dir)
+        if not config.database_url:
+            check_data_dir(config.data_dir)
         asyncio.run(main())
     except KeyboardInterrupt:
         pass

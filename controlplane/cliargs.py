@@ -26,6 +26,15 @@ def default_data_dir() -> Path:
     return Path(base) / "wsagent"
 
 
+def add_database_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("WSAGENT_DATABASE_URL", ""),
+        help="postgres://user@host/db: use PostgreSQL instead of SQLite in --data-dir"
+        " (env WSAGENT_DATABASE_URL)",
+    )
+
+
 def parse_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:

@@ -44,6 +44,13 @@ class ServerConfig:
     pty_dial_timeout: float = 10.0
     durability: str = "normal"
     session_ttl: float = 7 * 24 * 3600.0  # a browser sign-in lasts this long
+    # PostgreSQL instead of SQLite in data_dir (several replicas share one database).
+    database_url: str = ""
+    database_pool_size: int = 10
+    # This replica's stable name and the URL its peers (and agents' PTY dial-backs) reach
+    # it at, not the load balancer's; derived from host and port when empty.
+    replica_id: str = ""
+    replica_url: str = ""
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     # Prometheus endpoint (host, port); None is off. The CLI turns it on at 127.0.0.1:2114.
     metrics_address: tuple[str, int] | None = None
@@ -63,6 +70,23 @@ class ServerConfig:
             return self.access_url.rstrip("/")
         host = self.host if ":" not in self.host else f"[{self.host}]"
         return f"{self.scheme}://{host}:{bound_port or self.port}"
+
+    def resolved_replica_url(self, bound_port: int | None = None) -> str:
+        if self.replica_url:
+            return self.replica_url.rstrip("/")
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        if host in ("0.0.0.0", "[::]"):
+            import socket
+
+            host = socket.gethostname()
+        return f"{self.scheme}://{host}:{bound_port or self.port}"
+
+    def resolved_replica_id(self, bound_port: int | None = None) -> str:
+        if self.replica_id:
+            return self.replica_id
+        import socket
+
+        return f"{socket.gethostname()}:{bound_port or self.port}"
 
     @property
     def inactive_timeout(self) -> float:

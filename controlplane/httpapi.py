@@ -17,6 +17,7 @@ from aiohttp import web
 from agent.sdk.codec import parse_json
 from agent.sdk.errors import DecodeError, ValidationError
 from agent.sdk.models import ErrorResponse
+from controlplane.store.base import StoreUnavailable
 
 log = structlog.get_logger()
 
@@ -128,6 +129,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message=exc.message,
         )
         return error_response(exc)
+    except StoreUnavailable as exc:
+        # PostgreSQL is down or restarting: the client retries; the pool reconnects by
+        # itself once the database is back.
+        log.warning("http.store_unavailable", method=request.method, path=request.path)
+        return respond(
+            ErrorResponse("The database is unavailable; try again shortly.", str(exc)).to_json(),
+            503,
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -43,7 +43,7 @@ from controlplane.coordinator import Coordinator
 from controlplane.gitauth import GitAuthNotifier
 from controlplane.httpapi import error_middleware, respond
 from controlplane.store.base import Store
-from controlplane.store.sqlite import SQLiteStore
+from controlplane.store.open import open_store
 from controlplane.webui import dashboard, login, proxy, sockets, static, terminal_page
 from controlplane.webui.pages import login_middleware
 from controlplane.webui.security import add_security_headers
@@ -137,7 +137,12 @@ class RunningServer:
 async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
     """Open the store, bind the socket, serve. ``port=0`` picks a free port."""
     if store is None:
-        store = await SQLiteStore.open(config.data_dir, durability=config.durability)
+        store = await open_store(
+            config.data_dir,
+            config.database_url,
+            durability=config.durability,
+            pool_size=config.database_pool_size,
+        )
     app = create_app(config, store)
     fd_limit = raise_open_file_limit()
     guard = app[GUARD]

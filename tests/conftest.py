@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from controlplane.admin import agent_spec, create_user, create_workspace
 from controlplane.config import ServerConfig
 from controlplane.server import RunningServer, start_server
 from controlplane.store.records import UserRecord
+from tests.pgserver import PgTemplate, PgUnavailable, start_template_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,12 +122,63 @@ class ControlPlane:
 
 
 @pytest.fixture
+def store_backend() -> str:
+    """Which store the control planes of a test use; tests/controlplane runs both."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgTemplate]:
+    """One throwaway PostgreSQL cluster per test session (per xdist worker), started only
+    when a test asks for PostgreSQL; each test gets fresh databases from its template."""
+    try:
+        template = start_template_cluster()
+    except PgUnavailable as exc:
+        if os.environ.get("CI"):
+            raise  # CI installs PostgreSQL (scripts/setup): never skip there
+        pytest.skip(str(exc))
+    try:
+        yield template
+    finally:
+        template.cluster.destroy()
+
+
+@pytest.fixture
+def _pg(request: pytest.FixtureRequest, store_backend: str) -> PgTemplate | None:
+    if store_backend != "postgres":
+        return None
+    template: PgTemplate = request.getfixturevalue("pg_cluster")
+    return template
+
+
+@pytest.fixture
+async def make_database(_pg: PgTemplate | None) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """``await make_database()``: a new empty, migrated PostgreSQL database's URL, or ""
+    when the test runs on SQLite. Dropped after the test."""
+    created: list[str] = []
+
+    async def make() -> str:
+        if _pg is None:
+            return ""
+        name = await _pg.create_database()
+        created.append(name)
+        return _pg.cluster.url(name)
+
+    yield make
+    if _pg is not None:
+        for name in created:
+            await _pg.drop_database(name)
+
+
+@pytest.fixture
 async def make_control_plane(
-    tmp_path: Path,
+    tmp_path: Path, make_database: Callable[[], Awaitable[str]]
 ) -> AsyncIterator[Callable[..., Awaitable[ControlPlane]]]:
     planes: list[ControlPlane] = []
 
     async def make(**overrides: Any) -> ControlPlane:
+        if "database_url" not in overrides:
+            overrides["database_url"] = await make_database()
         config = ServerConfig(
             data_dir=tmp_path / f"server{len(planes)}",
             host="127.0.0.1",

@@ -1,7 +1,8 @@
 """The one narrow interface between handlers and storage.
 
-SQLite implements it today (``controlplane.store.sqlite``); a PostgreSQL backend can be
-added behind the same methods without touching the handlers. All methods are async.
+SQLite (``controlplane.store.sqlite``, the zero-setup default) and PostgreSQL
+(``controlplane.store.pg``, for several replicas) implement it; ``controlplane.store.open``
+picks one from the configuration. All methods are async.
 Secrets (session and agent tokens) are stored only as hashes: the methods that create a
 token return the plaintext once.
 """
@@ -41,6 +42,13 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now (PostgreSQL down or restarting).
+
+    Handlers let it through: the HTTP layer answers 503 and the client retries.
+    """
 
 
 class Store(Protocol):

@@ -51,8 +51,22 @@ async def wsagent(*args: str, timeout: float = 30.0) -> Result:
     return Result(proc.returncode, out.decode(), err.decode())
 
 
-async def admin(data_dir: Path, *args: str) -> Any:
+@dataclass
+class Where:
+    """A control plane's state: its data directory and, on PostgreSQL, its database."""
+
+    data_dir: Path
+    database_url: str = ""
+
+    def flags(self) -> list[str]:
+        flags = ["--data-dir", str(self.data_dir)]
+        return [*flags, "--database-url", self.database_url] if self.database_url else flags
+
+
+async def admin(where: Path | Where, *args: str) -> Any:
     """``wsagent admin --data-dir D --json ...``; asserts success, returns the JSON."""
-    result = await wsagent("admin", "--data-dir", str(data_dir), "--json", *args)
+    if isinstance(where, Path):
+        where = Where(where)
+    result = await wsagent("admin", *where.flags(), "--json", *args)
     assert result.code == 0, (result.code, result.stderr)
     return result.json

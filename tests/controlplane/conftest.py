@@ -120,3 +120,16 @@ def assert_error(
     if message is not None:
         assert body["message"] == message, body
     return dict(body)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test here that starts a control plane runs on SQLite and on PostgreSQL, unless
+    it checks something only SQLite has (``@pytest.mark.sqlite_only``)."""
+    if "store_backend" not in metafunc.fixturenames:
+        return
+    backends = ["sqlite", "postgres"]
+    if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+        backends = ["sqlite"]
+    elif metafunc.definition.get_closest_marker("postgres_only") is not None:
+        backends = ["postgres"]
+    metafunc.parametrize("store_backend", backends)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ControlPlane
-from tests.controlplane.cli import admin, wsagent
+from tests.controlplane.cli import Where, admin, wsagent
 from tests.controlplane.conftest import AGENTS, ME, assert_error
 
 WORKSPACE_FILE = """
@@ -60,16 +60,18 @@ name = "dev"
 """
 
 
-async def _plane_on(make_control_plane: Any, data_dir: Path) -> ControlPlane:
-    plane: ControlPlane = await make_control_plane(data_dir=data_dir)
+async def _plane_on(make_control_plane: Any, where: Where) -> ControlPlane:
+    plane: ControlPlane = await make_control_plane(
+        data_dir=where.data_dir, database_url=where.database_url
+    )
     return plane
 
 
 @pytest.mark.e2e
 async def test_user_and_workspace_created_by_the_cli_work_against_the_server(
-    make_control_plane: Any, tmp_path: Path
+    make_control_plane: Any, tmp_path: Path, make_database: Any
 ) -> None:
-    data = tmp_path / "data"
+    data = Where(tmp_path / "data", await make_database())
     user = await admin(data, "user", "create", "alice", "--email", "a@example.com")
     assert set(user) == {"id", "name", "session_token"}
     cp = await _plane_on(make_control_plane, data)
@@ -122,8 +124,10 @@ async def test_user_and_workspace_created_by_the_cli_work_against_the_server(
 
 
 @pytest.mark.e2e
-async def test_gitauth_and_token_rotation(make_control_plane: Any, tmp_path: Path) -> None:
-    data = tmp_path / "data"
+async def test_gitauth_and_token_rotation(
+    make_control_plane: Any, tmp_path: Path, make_database: Any
+) -> None:
+    data = Where(tmp_path / "data", await make_database())
     await admin(data, "user", "create", "alice")
     created = await admin(data, "workspace", "create", "--owner", "alice", "--name", "dev")
     agent = created["agents"][0]
@@ -161,9 +165,9 @@ async def test_gitauth_and_token_rotation(make_control_plane: Any, tmp_path: Pat
 
 @pytest.mark.e2e
 async def test_apply_a_workspace_file_twice_is_idempotent(
-    make_control_plane: Any, tmp_path: Path
+    make_control_plane: Any, tmp_path: Path, make_database: Any
 ) -> None:
-    data = tmp_path / "data"
+    data = Where(tmp_path / "data", await make_database())
     spec = tmp_path / "workspaces.toml"
     spec.write_text(WORKSPACE_FILE)
     first = await admin(data, "apply", str(spec))

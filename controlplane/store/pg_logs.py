@@ -1,0 +1,94 @@
+"""The PostgreSQL store's startup-log part: capped, de-duplicated appends and reads by id.
+
+The agent's row is locked (``FOR UPDATE``) for the append, so two replicas appending for
+the same agent at once keep the cap and the stream's sequence exact.
+"""
+
+from __future__ import annotations
+
+from controlplane.store.base import NotFound
+from controlplane.store.pg_base import PGBase, now, parse_uuid, sid
+from controlplane.store.records import AppendLogsResult, NewStartupLog, StartupLogRecord
+from controlplane.store.sqlite_logs import _size
+
+
+class PGLogStore(PGBase):
+    async def append_startup_logs(
+        self,
+        agent_id: str,
+        logs: list[NewStartupLog],
+        *,
+        cap_bytes: int,
+        stream: str = "",
+        first_seq: int = 0,
+    ) -> AppendLogsResult:
+        key = parse_uuid(agent_id)
+        if key is None:
+            raise NotFound(f"agent {agent_id} not found")
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "SELECT startup_logs_length, startup_logs_overflowed, startup_logs_stream,"
+                " startup_logs_next_seq FROM agents WHERE id=$1 FOR UPDATE",
+                key,
+            )
+            if row is None:
+                raise NotFound(f"agent {agent_id} not found")
+            if row["startup_logs_overflowed"]:
+                return AppendLogsResult(0, 0, None, True, False)
+            skip = 0
+            if stream and stream == row["startup_logs_stream"]:
+                # A retried batch: its lines below the next expected number are stored.
+                skip = min(len(logs), max(0, row["startup_logs_next_seq"] - first_seq))
+            length = row["startup_logs_length"]
+            kept: list[NewStartupLog] = []
+            overflowed = False
+            for line in logs[skip:]:
+                size = _size(line.output)
+                if length + size > cap_bytes:
+                    overflowed = True
+                    break
+                kept.append(line)
+                length += size
+            first_id: int | None = None
+            if kept:
+                ids = await conn.fetch(
+                    "INSERT INTO agent_startup_logs (agent_id, created_at, output, level)"
+                    " SELECT $1, c, o, l FROM unnest($2::timestamptz[], $3::text[], $4::text[])"
+                    " WITH ORDINALITY AS v(c, o, l, n) ORDER BY n RETURNING id",
+                    key,
+                    [line.created_at for line in kept],
+                    [line.output for line in kept],
+                    [line.level for line in kept],
+                )
+                first_id = min(r["id"] for r in ids)
+            next_seq = first_seq + len(logs) if stream else 0
+            if skip < len(logs) or stream != row["startup_logs_stream"]:
+                await conn.execute(
+                    "UPDATE agents SET startup_logs_length=$1, startup_logs_overflowed=$2,"
+                    " startup_logs_stream=$3, startup_logs_next_seq=$4, updated_at=$5"
+                    " WHERE id=$6",
+                    length,
+                    overflowed,
+                    stream,
+                    next_seq,
+                    now(),
+                    key,
+                )
+        return AppendLogsResult(len(kept), skip, first_id, overflowed, overflowed)
+
+    async def list_startup_logs(
+        self, agent_id: str, *, after: int = 0, before: int = 0, limit: int = 50_000
+    ) -> list[StartupLogRecord]:
+        key = parse_uuid(agent_id)
+        if key is None:
+            return []
+        sql = "SELECT * FROM agent_startup_logs WHERE agent_id=$1 AND id>$2"
+        params: list[object] = [key, after]
+        if before > 0:
+            sql += " AND id<$3"
+            params.append(before)
+        rows = await self._fetch(sql + f" ORDER BY id LIMIT ${len(params) + 1}", *params, limit)
+        return [
+            StartupLogRecord(r["id"], sid(r["agent_id"]), r["created_at"], r["output"], r["level"])
+            for r in rows
+        ]
