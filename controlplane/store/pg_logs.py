@@ -1,4 +1,5 @@
-"""The PostgreSQL store's startup-log part: capped, de-duplicated appends and reads by id.
+"""The PostgreSQL store's startup-log and agent-metadata part: capped, de-duplicated log
+appends and reads by id; the latest metadata result per agent and key.
 
 The agent's row is locked (``FOR UPDATE``) for the append, so two replicas appending for
 the same agent at once keep the cap and the stream's sequence exact.
@@ -8,7 +9,12 @@ from __future__ import annotations
 
 from controlplane.store.base import NotFound
 from controlplane.store.pg_base import PGBase, now, parse_uuid, sid
-from controlplane.store.records import AppendLogsResult, NewStartupLog, StartupLogRecord
+from controlplane.store.records import (
+    AppendLogsResult,
+    MetadataRecord,
+    NewStartupLog,
+    StartupLogRecord,
+)
 from controlplane.store.sqlite_logs import _size
 
 
@@ -75,6 +81,39 @@ class PGLogStore(PGBase):
                     key,
                 )
         return AppendLogsResult(len(kept), skip, first_id, overflowed, overflowed)
+
+    async def upsert_agent_metadata(self, rows: list[MetadataRecord]) -> None:
+        latest: dict[tuple[str, str], MetadataRecord] = {}
+        for r in rows:
+            if parse_uuid(r.agent_id) is not None:
+                latest[(r.agent_id, r.key)] = r  # one statement may touch a row only once
+        if not latest:
+            return
+        values = list(latest.values())
+        # An agent deleted meanwhile (a new build) takes its rows with it: skip those.
+        await self._execute(
+            "INSERT INTO agent_metadata (agent_id, key, value, error, collected_at)"
+            " SELECT v.a, v.k, v.v, v.e, v.c FROM unnest($1::uuid[], $2::text[], $3::text[],"
+            " $4::text[], $5::timestamptz[]) AS v(a, k, v, e, c)"
+            " WHERE EXISTS (SELECT 1 FROM agents WHERE id = v.a)"
+            " ON CONFLICT (agent_id, key) DO UPDATE SET value=excluded.value,"
+            " error=excluded.error, collected_at=excluded.collected_at",
+            [r.agent_id for r in values],
+            [r.key for r in values],
+            [r.value for r in values],
+            [r.error for r in values],
+            [r.collected_at for r in values],
+        )
+
+    async def list_agent_metadata(self, agent_id: str) -> list[MetadataRecord]:
+        key = parse_uuid(agent_id)
+        if key is None:
+            return []
+        rows = await self._fetch("SELECT * FROM agent_metadata WHERE agent_id=$1 ORDER BY key", key)
+        return [
+            MetadataRecord(sid(r["agent_id"]), r["key"], r["value"], r["error"], r["collected_at"])
+            for r in rows
+        ]
 
     async def list_startup_logs(
         self, agent_id: str, *, after: int = 0, before: int = 0, limit: int = 50_000

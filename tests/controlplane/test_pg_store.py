@@ -23,7 +23,7 @@ from tests.controlplane.cli import Where, admin, wsagent
 from tests.controlplane.conftest import ME, World, assert_error, make_world
 from tests.pgserver import PgCluster
 
-pytestmark = pytest.mark.postgres_only
+pytestmark = [pytest.mark.postgres_only, pytest.mark.e2e]
 
 
 async def test_tokens_are_stored_only_as_hashes(world: World) -> None:
@@ -113,7 +113,6 @@ async def test_the_admin_cli_and_server_share_a_database_url(
     assert "postgres://" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.e2e
 async def test_an_outage_is_503_and_the_store_recovers_without_a_restart(
     make_control_plane: Callable[..., Awaitable[ControlPlane]], tmp_path: Path
 ) -> None:
