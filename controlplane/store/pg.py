@@ -11,7 +11,7 @@ tests run against both.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
@@ -342,6 +342,18 @@ class PostgresStore(PGReportStore, PGGitStore, PGLogStore, PGSessionStore):
                 MAX_IDENTITY_TOKENS_PER_AGENT,
             )
         return token
+
+    async def extend_agent_tokens(self, agent_id: str, until: datetime) -> int:
+        key = parse_uuid(agent_id)
+        if key is None:
+            return 0
+        status = await self._execute(
+            "UPDATE agent_tokens SET expires_at=$1 WHERE agent_id=$2"
+            " AND expires_at IS NOT NULL AND expires_at < $1",
+            until,
+            key,
+        )
+        return int(status.split()[-1])
 
     async def revoke_agent_tokens(self, agent_id: str) -> int:
         key = parse_uuid(agent_id)
