@@ -25,6 +25,7 @@ from typing import Final, Protocol
 
 import structlog
 
+from agent.clock import SYSTEM_CLOCK, Clock
 from agent.retry import FailureThrottle, error_key
 from agent.sdk.agentmetadata import MetadataDescription, MetadataResult
 from agent.sdk.errors import WsagentError
@@ -61,8 +62,8 @@ class MetadataCollector:
         environment: Callable[[Metadata], Mapping[str, str]],
         working_directory: Callable[[Metadata], str],
         children: Children,
+        clock: Clock = SYSTEM_CLOCK,
         spawn: Spawn | None = None,
-        now: Callable[[], datetime] | None = None,
     ) -> None:
         self._post = post
         self._shell = shell
@@ -70,7 +71,7 @@ class MetadataCollector:
         self._working_directory = working_directory
         self._children = children
         self._spawn = spawn or asyncio.create_subprocess_exec
-        self._now = now or (lambda: datetime.now(UTC))
+        self._clock = clock
         self._metadata: Metadata | None = None
         self._loops: dict[str, tuple[MetadataDescription, asyncio.Task[None]]] = {}
         self._throttle = FailureThrottle()
@@ -100,25 +101,25 @@ class MetadataCollector:
         self._loops.clear()
 
     async def _loop(self, description: MetadataDescription) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         while True:
-            started = loop.time()
+            started = clock.monotonic()
             result = await self.collect(description)
             try:
                 await self._post(description.key, result)
             except WsagentError as exc:
-                if self._throttle.failure(error_key(exc), loop.time()) is not None:
+                if self._throttle.failure(error_key(exc), clock.monotonic()) is not None:
                     log.warning("metadata.post_failed", key=description.key, error=str(exc))
             else:
                 self._throttle.success()
             if description.interval <= 0:
                 return
-            await asyncio.sleep(max(0.0, started + description.interval - loop.time()))
+            await clock.sleep(max(0.0, started + description.interval - clock.monotonic()))
 
     async def collect(self, description: MetadataDescription) -> MetadataResult:
         """Run the command once; never raises (a failure is the result's ``error``)."""
         self.runs += 1
-        collected_at = self._now()
+        collected_at = datetime.fromtimestamp(self._clock.time(), UTC)
         metadata = self._metadata or Metadata()
         timeout = effective_timeout(description)
         try:

@@ -149,6 +149,7 @@ def compose(
         environment=lambda md: sessionenv.session_environment(md, tokens.token, executable),
         working_directory=sessionenv.working_directory,
         children=children,
+        clock=clock,
     )
 
     # App health, traffic statistics: long-lived reporters fed by each attempt's metadata.
