@@ -1,7 +1,7 @@
 """The parts of the composition root that import their component on first use, so an
 idle agent does not pay for them: app health (on the first metadata with a health
 check), terminals and byte streams (on the first request; they bring websockets and
-ptyprocess), and the metrics endpoint (only when configured).
+the PTY code), and the metrics endpoint (only when configured).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class AppHealth:
 class Terminals:
     """Reconnecting terminals: dial back to the control plane for each PTYRequest.
 
-    agent.pty (and with it websockets and ptyprocess) is imported on the first request, so
+    agent.pty (and with it websockets) is imported on the first request, so
     terminals cost nothing at start-up and nothing to an agent that never opens one."""
 
     def __init__(

@@ -62,16 +62,28 @@ def parse_reconnect(raw: str | None) -> str:
 # ---------------------------------------------------------------------------- user side
 
 
+def parse_command(raw: str) -> str:
+    # No exec can take a NUL byte: refuse it here rather than have the agent fail to start it.
+    if "\0" in raw:
+        raise HTTPError(
+            400,
+            "Query param 'command' must not contain a NUL byte.",
+            validations=[("command", "contains a NUL byte")],
+        )
+    return raw
+
+
 async def pty(request: web.Request) -> web.StreamResponse:
     user = await authenticate_user(request)
     agent, _ = await owned_agent(request, user, parse_agent_id(request))
-    await require_connected(request, agent)
     query = request.query
+    command = parse_command(query.get("command", ""))
+    await require_connected(request, agent)
     init = ReconnectingPTYInit(
         id=parse_reconnect(query.get("reconnect")),
         height=parse_dimension(query.get("height")),
         width=parse_dimension(query.get("width")),
-        command=query.get("command", ""),
+        command=command,
     )
     user_ws = web.WebSocketResponse(
         compress=False, heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE_BYTES

@@ -1,7 +1,11 @@
 """A child process on a pseudo-terminal: spawn, resize, signal, reap.
 
-ptyprocess does the fork/exec (controlling terminal, window size, exec errors reported
-back to the parent). From then on this module owns the master fd and the pid: the fd is
+``spawn`` forks on a new PTY (``pty.fork``: session leader, controlling terminal) and
+execs; exec errors come back to the parent over a close-on-exec pipe. The child never
+returns into the agent's code: whatever happens between fork and exec ends in
+``os._exit``, so a bad command cannot leave a second copy of the agent running its tasks,
+logs and shutdown hooks in the user's terminal. From then on this module owns the master
+fd and the pid: the fd is
 switched to non-blocking for ``loop.add_reader`` and the exit status is collected with a
 pidfd watched by the event loop, so nothing blocks the loop and no ``waitpid(-1)`` steals
 another component's child (docs/design.md, "Reaping").
@@ -131,25 +135,86 @@ class PtyChild:
         return await self.wait()
 
 
+def check_exec_args(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> None:
+    """Refuse what ``execve`` cannot take, before anything forks."""
+    if not argv or not argv[0]:
+        raise PtyError("empty command")
+    texts = [*argv, *env.keys(), *env.values(), cwd or ""]
+    if any("\0" in text for text in texts):
+        raise PtyError("the command, its environment or directory contains a NUL byte")
+    if any(not key or "=" in key for key in env):
+        raise PtyError("an environment variable name is empty or contains '='")
+
+
 def spawn(
     argv: Sequence[str], env: Mapping[str, str], cwd: str | None, rows: int, cols: int
 ) -> PtyChild:
     """Start ``argv`` on a new PTY. Raises :class:`PtyError` when it cannot start."""
-    from ptyprocess import PtyProcess  # imported lazily: agents without terminals skip it
+    import pty
+    import shutil
 
+    check_exec_args(argv, env, cwd)
     if cwd is not None and not os.path.isdir(cwd):
         cwd = None
+    executable = shutil.which(argv[0], path=env.get("PATH", os.defpath))
+    if executable is None:
+        raise PtyError(f"start {argv[0]!r}: command not found or not executable")
+    err_read, err_write = os.pipe()  # both close-on-exec (PEP 446)
     try:
-        proc = PtyProcess.spawn(
-            list(argv), cwd=cwd, env=dict(env), dimensions=(rows or 24, cols or 80)
-        )
-    except (OSError, ValueError) as exc:
+        pid, fd = pty.fork()
+    except OSError as exc:
+        os.close(err_read)
+        os.close(err_write)
         raise PtyError(f"start {argv[0]!r}: {exc}") from exc
-    # Take the descriptor and the pid over from ptyprocess: detach its file objects
-    # (without closing the fd) and mark it closed so its __del__ neither closes our fd nor
-    # sleeps and reaps in the event loop.
-    fd = os.dup(proc.fd)
-    proc.fileobj.close()
-    proc.closed = True
-    proc.terminated = True
-    return PtyChild(proc.pid, fd)
+    if pid == 0:  # pragma: no cover - the child execs or exits; coverage cannot follow
+        _exec_child(executable, argv, env, cwd, rows or 24, cols or 80, err_read, err_write)
+    os.close(err_write)
+    try:
+        failure = _read_all(err_read)  # EOF at exec: the write end closes on exec
+    finally:
+        os.close(err_read)
+    if failure:
+        os.close(fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise PtyError(f"start {argv[0]!r}: {failure.decode('utf-8', 'replace')}")
+    return PtyChild(pid, fd)
+
+
+def _read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 1024):
+        data += chunk[: 4096 - len(data)]
+    return data
+
+
+def _exec_child(
+    executable: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None,
+    rows: int,
+    cols: int,
+    err_read: int,
+    err_write: int,
+) -> None:
+    """The child between fork and exec: it leaves by exec or ``os._exit``, never by
+    returning or raising into the agent's code."""
+    try:
+        os.close(err_read)
+        # stdin/stdout/stderr are the PTY's slave side (pty.fork set them up).
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        # Python ignores SIGPIPE and SIGXFSZ; a shell and its programs expect the defaults.
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(signum, signal.SIG_DFL)
+        os.closerange(3, err_write)
+        os.closerange(err_write + 1, max(err_write + 1, os.sysconf("SC_OPEN_MAX")))
+        if cwd is not None:
+            os.chdir(cwd)
+        os.execve(executable, list(argv), dict(env))
+    except BaseException as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+        with contextlib.suppress(BaseException):
+            os.write(err_write, reason.encode("utf-8", "replace"))
+    finally:
+        os._exit(127)

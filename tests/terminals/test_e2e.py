@@ -154,6 +154,24 @@ async def test_another_user_gets_404_and_bad_requests_are_400(term: Setup) -> No
         assert dial.status_code == 401
 
 
+async def test_a_nul_byte_in_the_command_is_400_and_the_agent_runs_on(term: Setup) -> None:
+    path = f"/api/v2/workspaceagents/{term.agent_id}/pty"
+    async with httpx.AsyncClient(base_url=term.cp.url, timeout=10) as client:
+        bad = await client.get(
+            path,
+            params={"reconnect": str(uuid.uuid4()), "command": "echo a\0b"},
+            headers={"Coder-Session-Token": term.token},
+        )
+    assert bad.status_code == 400
+    assert bad.json() == {
+        "message": "Query param 'command' must not contain a NUL byte.",
+        "validations": [{"field": "command", "detail": "contains a NUL byte"}],
+    }
+    pty = await term.open(command="echo fine-$((40+2))")
+    await pty.expect(rb"fine-42")
+    assert term.agent.proc.returncode is None
+
+
 async def test_unparsable_dimensions_default_to_80(term: Setup) -> None:
     pty = await term.open(height="tall", width="99999", command="stty size")
     await pty.expect(rb"80 80\r\n")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +216,56 @@ async def test_every_attachment_gets_all_output_before_the_exit_close() -> None:
             assert (code, reason) == (1000, "process exited with code 4")
             assert term.output.endswith(b"19999\r\n20000\r\n")
             assert b"\r\n10000\r\n" in term.output
+
+
+def _copies_of_this_process() -> list[int]:
+    """Children of this process running this very program: a fork that returned into our
+    code instead of exec'ing would be one."""
+    me = os.getpid()
+    cmdline = Path(f"/proc/{me}/cmdline").read_bytes()
+    copies = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != me:
+                continue
+            if Path(f"/proc/{entry}/cmdline").read_bytes() == cmdline:
+                copies.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return copies
+
+
+async def test_a_nul_byte_in_the_command_is_refused_before_any_fork() -> None:
+    async with agentish() as agent:
+        refused = await agent.open(_id(), command="echo a\0b")
+        code, reason = await refused.closed()
+        assert code == 1011 and "NUL" in reason
+        assert agent.manager.sessions == {}
+        assert _copies_of_this_process() == []
+        ok = await agent.open(_id(), command="echo still-$((20+22))")
+        await ok.expect(rb"still-42")
+
+
+async def test_a_child_that_cannot_exec_exits_instead_of_returning() -> None:
+    """exec fails inside the child (not an executable format): the child reports it and
+    exits; it never comes back as a second copy of this process."""
+    # A short path, so the whole error fits in a WebSocket close reason.
+    tmp_path = Path(tempfile.mkdtemp(prefix="ws", dir="/tmp"))
+    bogus = tmp_path / "sh"
+    bogus.write_bytes(b"\x7fELF\x00\x00garbage")
+    bogus.chmod(0o755)
+    builder = CommandBuilder(
+        environment=lambda: SH_ENV, shell=lambda: str(bogus), home=lambda: str(tmp_path)
+    )
+    me = os.getpid()
+    async with agentish(builder=builder) as agent:
+        refused = await agent.open(_id())
+        code, reason = await refused.closed()
+        assert os.getpid() == me
+        assert code == 1011 and "Exec format error" in reason, reason
+        assert agent.manager.sessions == {}
+        assert _copies_of_this_process() == []
+    shutil.rmtree(tmp_path)
