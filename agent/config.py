@@ -53,6 +53,9 @@ class AgentConfig:
     pty_scrollback_bytes: int = 256 * 1024
     dmi_dir: Path = Path("/sys/class/dmi/id")
     hypervisor_uuid_path: Path = Path("/sys/hypervisor/uuid")
+    cloud_id_path: Path = Path("/run/cloud-init/cloud-id")
+    # AWS_EC2_METADATA_DISABLED=true, as the AWS SDKs read it: auto never picks AWS.
+    aws_metadata_disabled: bool = False
     aws_metadata_endpoint: str = "http://169.254.169.254"
     gce_metadata_host: str = "169.254.169.254"
     azure_imds_endpoint: str = "http://169.254.169.254"
@@ -247,6 +250,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
         hypervisor_uuid_path=Path(
             _env_or(env, "CODER_AGENT_HYPERVISOR_UUID_PATH", "/sys/hypervisor/uuid")
         ),
+        cloud_id_path=Path(_env_or(env, "CODER_AGENT_CLOUD_ID_PATH", "/run/cloud-init/cloud-id")),
+        aws_metadata_disabled=env.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() == "true",
         aws_metadata_endpoint=aws.rstrip("/"),
         gce_metadata_host=_env_or(env, "GCE_METADATA_HOST", "169.254.169.254"),
         azure_imds_endpoint=azure.rstrip("/"),

@@ -6,6 +6,11 @@ AWS by the vendor strings on Nitro, and on older Xen instances by ``bios_version
 world-readable ``/sys/hypervisor/uuid`` starting with "ec2". The probe runs only when DMI
 says nothing, as in a container on a VM, and it checks the *shape* of each reply: a TCP
 connect to 169.254.169.254 succeeds in many sandboxes where nothing useful answers.
+
+Between the two, cloud-init's ``/run/cloud-init/cloud-id`` (``aws``, ``aws-china``,
+``azure``, ``gce`` ...) is a hint that needs no network. ``AWS_EC2_METADATA_DISABLED=true``
+(the AWS SDKs' switch) rules AWS out: an agent that may not ask the instance metadata
+service cannot fetch an AWS identity document.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class DmiFacts:
     chassis_asset_tag: str = ""
     product_uuid: str = ""
     hypervisor_uuid: str = ""
+    cloud_id: str = ""  # cloud-init's verdict, when cloud-init ran
 
 
 def _read_small(path: Path) -> str:
@@ -60,9 +66,25 @@ def _read_small(path: Path) -> str:
         return ""
 
 
-def read_dmi(dmi_dir: Path, hypervisor_uuid_path: Path) -> DmiFacts:
+def read_dmi(
+    dmi_dir: Path, hypervisor_uuid_path: Path, cloud_id_path: Path | None = None
+) -> DmiFacts:
     values = {name: _read_small(dmi_dir / name) for name in DMI_FILES}
-    return DmiFacts(**values, hypervisor_uuid=_read_small(hypervisor_uuid_path))
+    cloud_id = _read_small(cloud_id_path) if cloud_id_path is not None else ""
+    return DmiFacts(**values, hypervisor_uuid=_read_small(hypervisor_uuid_path), cloud_id=cloud_id)
+
+
+def from_cloud_id(cloud_id: str) -> str | None:
+    """cloud-init's cloud id as an auth method: ``aws``, ``aws-china``, ``aws-gov``;
+    ``azure``, ``azure-china``; ``gce``. Anything else (``none``, ``lxd`` ...) says nothing."""
+    name = cloud_id.strip().lower()
+    if name == "aws" or name.startswith("aws-"):
+        return AUTH_AWS
+    if name == "azure" or name.startswith("azure-"):
+        return AUTH_AZURE
+    if name == "gce":
+        return AUTH_GOOGLE
+    return None
 
 
 def classify(facts: DmiFacts) -> str | None:
@@ -88,6 +110,7 @@ class ProbeTargets:
     gce_host: str
     azure_endpoint: str
     timeout: float = 2.0
+    aws_disabled: bool = False  # AWS_EC2_METADATA_DISABLED: never probe or pick AWS
 
 
 async def _probe_google(http: httpx.AsyncClient, targets: ProbeTargets) -> bool:
@@ -141,8 +164,9 @@ async def probe(targets: ProbeTargets) -> str | None:
             return False
 
     timeout = targets.timeout
+    probes = [(n, c) for n, c in _PROBES if not (n == AUTH_AWS and targets.aws_disabled)]
     async with metadata_client(timeout) as http:
-        tasks = [asyncio.create_task(one(name, check)) for name, check in _PROBES]
+        tasks = [asyncio.create_task(one(name, check)) for name, check in probes]
         try:
             async with asyncio.timeout(timeout):
                 results = await asyncio.gather(*tasks)
@@ -152,7 +176,7 @@ async def probe(targets: ProbeTargets) -> str | None:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    for (name, _), ok in zip(_PROBES, results, strict=True):
+    for (name, _), ok in zip(probes, results, strict=True):
         if ok:
             return name
     return None
@@ -160,16 +184,25 @@ async def probe(targets: ProbeTargets) -> str | None:
 
 async def detect(facts: DmiFacts, targets: ProbeTargets) -> str:
     """The auth method for this machine; :class:`NoCloudDetected` when there is none."""
-    method = classify(facts)
-    if method is not None:
-        log.info("identity.detected", method=method, source="dmi")
-        return method
+    ruled_out = False
+    for source, method in (("dmi", classify(facts)), ("cloud-id", from_cloud_id(facts.cloud_id))):
+        if method == AUTH_AWS and targets.aws_disabled:
+            log.info("identity.aws_metadata_disabled", source=source)
+            ruled_out = True
+        elif method is not None:
+            log.info("identity.detected", method=method, source=source)
+            return method
     method = await probe(targets)
     if method is not None:
         log.info("identity.detected", method=method, source="probe")
         return method
+    why = (
+        "this looks like AWS but AWS_EC2_METADATA_DISABLED=true forbids its metadata service"
+        if ruled_out
+        else "DMI names no known cloud and no metadata service answered"
+    )
     raise NoCloudDetected(
-        "no cloud detected: DMI names no known cloud and no metadata service answered; "
+        f"no cloud detected: {why}; "
         "set CODER_AGENT_AUTH to token (with CODER_AGENT_TOKEN), aws-instance-identity, "
         "google-instance-identity or azure-instance-identity"
     )

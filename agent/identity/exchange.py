@@ -75,12 +75,15 @@ class IdentityExchange:
     async def resolve(self) -> str:
         """The method to use; for ``auto``, detected once (DMI, then a probe)."""
         if self.method is None:
-            facts = read_dmi(self.config.dmi_dir, self.config.hypervisor_uuid_path)
+            facts = read_dmi(
+                self.config.dmi_dir, self.config.hypervisor_uuid_path, self.config.cloud_id_path
+            )
             targets = ProbeTargets(
                 aws_endpoint=self.config.aws_metadata_endpoint,
                 gce_host=self.config.gce_metadata_host,
                 azure_endpoint=self.config.azure_imds_endpoint,
                 timeout=self.config.metadata_timeout,
+                aws_disabled=self.config.aws_metadata_disabled,
             )
             try:
                 self.method = await detect(facts, targets)

@@ -15,6 +15,7 @@ from agent.identity.detect import (
     ProbeTargets,
     classify,
     detect,
+    from_cloud_id,
     probe,
     read_dmi,
 )
@@ -147,3 +148,61 @@ async def test_detect_prefers_dmi_over_the_probe(fake_metadata: FakeMetadata) ->
 async def test_detect_without_any_cloud_names_the_setting(wrong_shape: WrongShapeServer) -> None:
     with pytest.raises(NoCloudDetected, match="CODER_AGENT_AUTH"):
         await detect(DmiFacts(), _targets(wrong_shape.url, wrong_shape.host))
+
+
+@pytest.mark.parametrize(
+    ("cloud_id", "expected"),
+    [
+        ("aws\n", AUTH_AWS),
+        ("aws-china", AUTH_AWS),
+        ("aws-gov", AUTH_AWS),
+        ("azure", AUTH_AZURE),
+        ("azure-china", AUTH_AZURE),
+        ("gce", AUTH_GOOGLE),
+        ("none", None),
+        ("lxd", None),
+        ("awsome", None),
+        ("", None),
+    ],
+)
+def test_cloud_init_cloud_id_maps_to_a_method(cloud_id: str, expected: str | None) -> None:
+    assert from_cloud_id(cloud_id) == expected
+
+
+def test_read_dmi_reads_the_cloud_id_file(tmp_path: Path) -> None:
+    (tmp_path / "cloud-id").write_text("gce\n")
+    facts = read_dmi(tmp_path / "no-dmi", tmp_path / "no-uuid", tmp_path / "cloud-id")
+    assert facts.cloud_id == "gce"
+    assert read_dmi(tmp_path, tmp_path / "x", tmp_path / "missing").cloud_id == ""
+
+
+async def test_detect_takes_the_cloud_id_hint_without_any_request(closed_url: str) -> None:
+    host = closed_url.removeprefix("http://")
+    assert await detect(DmiFacts(cloud_id="azure"), _targets(closed_url, host)) == AUTH_AZURE
+    # DMI, when conclusive, outranks the hint.
+    facts = DmiFacts(sys_vendor="Amazon EC2", cloud_id="gce")
+    assert await detect(facts, _targets(closed_url, host)) == AUTH_AWS
+
+
+def _aws_disabled(url: str, host: str) -> ProbeTargets:
+    return ProbeTargets(
+        aws_endpoint=url, gce_host=host, azure_endpoint=url, timeout=2.0, aws_disabled=True
+    )
+
+
+@pytest.mark.e2e
+async def test_aws_metadata_disabled_rules_aws_out(fake_metadata: FakeMetadata) -> None:
+    """AWS_EC2_METADATA_DISABLED: neither DMI, the cloud-id hint nor the probe picks AWS,
+    and the AWS metadata service is never asked."""
+    fake_metadata.clouds = frozenset({"aws"})
+    targets = _aws_disabled(fake_metadata.url, fake_metadata.host)
+    for facts in (DmiFacts(sys_vendor="Amazon EC2"), DmiFacts(cloud_id="aws"), DmiFacts()):
+        with pytest.raises(NoCloudDetected) as caught:
+            await detect(facts, targets)
+        if facts != DmiFacts():
+            assert "AWS_EC2_METADATA_DISABLED" in str(caught.value)
+    assert fake_metadata.seen("/latest/api/token") == []
+    # Another cloud is still found.
+    fake_metadata.clouds = frozenset({"aws", "google"})
+    assert await detect(DmiFacts(sys_vendor="Amazon EC2"), targets) == AUTH_GOOGLE
+    assert fake_metadata.seen("/latest/api/token") == []

@@ -64,6 +64,7 @@ async def _start(
         "CODER_AGENT_AUTH": "auto",
         "CODER_AGENT_DMI_DIR": str(dmi),
         "CODER_AGENT_HYPERVISOR_UUID_PATH": str(dmi / "no-hypervisor-uuid"),
+        "CODER_AGENT_CLOUD_ID_PATH": str(dmi / "no-cloud-id"),  # not this host's cloud-init
         **fake.env(),
     }
     agent = await start_agent(env)
@@ -131,6 +132,7 @@ async def test_daemon_without_a_cloud_exits_2_naming_the_setting(
         "CODER_AGENT_AUTH": "auto",
         "CODER_AGENT_DMI_DIR": str(tmp_path / "no-dmi"),
         "CODER_AGENT_HYPERVISOR_UUID_PATH": str(tmp_path / "no-dmi" / "uuid"),
+        "CODER_AGENT_CLOUD_ID_PATH": str(tmp_path / "no-dmi" / "cloud-id"),
         **fake_metadata.env(),
     }
     agent = await start_agent(env)
@@ -219,9 +221,81 @@ async def test_daemon_without_dmi_finds_the_cloud_by_probing(
         "CODER_AGENT_URL": plane.url,
         "CODER_AGENT_DMI_DIR": str(tmp_path / "no-dmi"),  # CODER_AGENT_AUTH unset: auto
         "CODER_AGENT_HYPERVISOR_UUID_PATH": str(tmp_path / "no-dmi" / "uuid"),
+        "CODER_AGENT_CLOUD_ID_PATH": str(tmp_path / "no-dmi" / "cloud-id"),
         **fake_metadata.env(),
     }
     agent = await start_agent(env)
     detected = await agent.wait_for_event("identity.detected", timeout=15)
     assert detected["method"] == AUTH["azure"] and detected["source"] == "probe"
     await poll_until(lambda: _connected(plane, agent_id, user_token), timeout=15)
+
+
+async def test_daemon_takes_cloud_init_cloud_id_as_a_hint(
+    make_control_plane: Callable[..., Awaitable[ControlPlane]],
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    fake_metadata: FakeMetadata,
+    tmp_path: Path,
+) -> None:
+    """No DMI (a container), cloud-init said "gce": the agent goes straight to Google's
+    flow without probing the metadata address."""
+    plane = await make_control_plane(identity=identity_config(fake_metadata))
+    _, user_token = await plane.create_user("owner")
+    agents = await plane.create_workspace(
+        "owner",
+        "ws",
+        [
+            {
+                "name": "main",
+                "auth": AUTH["google"],
+                "instance_id": _instance_id(fake_metadata, "google"),
+            }
+        ],
+    )
+    agent_id, _ = agents["main"]
+    cloud_id = tmp_path / "cloud-id"
+    cloud_id.write_text("gce\n")
+    agent = await start_agent(
+        {
+            "CODER_AGENT_URL": plane.url,
+            "CODER_AGENT_AUTH": "auto",
+            "CODER_AGENT_DMI_DIR": str(tmp_path / "no-dmi"),
+            "CODER_AGENT_HYPERVISOR_UUID_PATH": str(tmp_path / "no-dmi" / "uuid"),
+            "CODER_AGENT_CLOUD_ID_PATH": str(cloud_id),
+            **fake_metadata.env(),
+        }
+    )
+    detected = await agent.wait_for_event("identity.detected", timeout=15)
+    assert detected["method"] == AUTH["google"] and detected["source"] == "cloud-id"
+    await poll_until(lambda: _connected(plane, agent_id, user_token), timeout=15)
+    assert not [r for r in fake_metadata.requests if r.path in ("/", "/metadata/versions")]
+
+
+async def test_daemon_honours_aws_ec2_metadata_disabled(
+    control_plane: ControlPlane,
+    start_agent: Callable[..., Awaitable[AgentProcess]],
+    fake_metadata: FakeMetadata,
+    tmp_path: Path,
+) -> None:
+    """DMI says AWS and the AWS metadata service answers, but AWS_EC2_METADATA_DISABLED
+    is true: the agent never asks it, and auto ends with one line naming the variable."""
+    dmi = tmp_path / "dmi"
+    dmi.mkdir()
+    for name, value in DMI["aws"].items():
+        (dmi / name).write_text(value + "\n")
+    fake_metadata.clouds = frozenset({"aws"})
+    agent = await start_agent(
+        {
+            "CODER_AGENT_URL": control_plane.url,
+            "CODER_AGENT_AUTH": "auto",
+            "CODER_AGENT_DMI_DIR": str(dmi),
+            "CODER_AGENT_HYPERVISOR_UUID_PATH": str(dmi / "no-hypervisor-uuid"),
+            "CODER_AGENT_CLOUD_ID_PATH": str(dmi / "no-cloud-id"),
+            "AWS_EC2_METADATA_DISABLED": "TRUE",
+            **fake_metadata.env(),
+        }
+    )
+    assert await agent.proc.wait() == 2
+    await agent.terminate()
+    errors = [line for line in agent.raw_lines if line.startswith("wsagent agent: error:")]
+    assert len(errors) == 1 and "AWS_EC2_METADATA_DISABLED" in errors[0], errors
+    assert fake_metadata.seen("/latest") == []
