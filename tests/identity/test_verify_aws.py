@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from controlplane.identity.aws import AwsKey, decode_signature, load_keys, verify_aws
 from controlplane.identity.aws_certs import AWS_RSA_CERTIFICATES
@@ -103,3 +105,31 @@ def test_account_and_region_allow_lists(aws: AwsMaterial) -> None:
 def test_signed_but_malformed_documents(aws: AwsMaterial, document: str, match: str) -> None:
     with pytest.raises(InvalidIdentity, match=match):
         verify_aws(document, aws.sign(document), _keys(aws))
+
+
+@pytest.mark.parametrize(
+    ("bucket", "pem"), [(b, pem) for b, pems in AWS_RSA_CERTIFICATES.items() for pem in pems]
+)
+def test_every_shipped_certificate_carries_its_own_valid_signature(bucket: str, pem: str) -> None:
+    """AWS's instance-identity certificates are self-signed: each must verify under its own
+    key with its own hash (SHA-1 for the older regional ones), so a mangled copy fails."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    assert cert.issuer == cert.subject, bucket
+    public = cert.public_key()
+    assert isinstance(public, rsa.RSAPublicKey)
+    algorithm = cert.signature_hash_algorithm
+    assert algorithm is not None
+    public.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+
+
+@pytest.mark.parametrize(
+    "region", ["ap-southeast-5", "ap-southeast-7", "ca-west-1", "mx-central-1", "ap-east-2"]
+)
+def test_regions_added_since_2024_have_their_own_key(region: str) -> None:
+    keys = load_keys()
+    (own,) = [k for k in keys if k.bucket == region]
+    assert own.covers(region)
+    assert not own.covers("us-east-1")
+    # The shared "other" key no longer claims the region.
+    (other,) = [k for k in keys if k.bucket == "other"]
+    assert not other.covers(region)
