@@ -97,7 +97,7 @@ async def running_stack() -> AsyncIterator[Stack]:
         devnull = asyncio.subprocess.DEVNULL
         server = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "wsagent", "server", "--data-dir", str(data_dir),
-            "--address", "127.0.0.1:0",
+            "--address", "127.0.0.1:0", "--metrics-address", "",
             stdout=devnull, stderr=devnull, cwd=str(REPO),
             env=_env(WSAGENT_LOG_LEVEL="warning"),
         )  # fmt: skip

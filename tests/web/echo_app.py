@@ -96,3 +96,15 @@ async def running_echo_app() -> AsyncIterator[int]:
 
 def header_map(body: str) -> dict[str, str]:
     return {k.lower(): v for k, v in json.loads(body)["headers"]}
+
+
+if __name__ == "__main__":
+    # Run alone (the benchmarks): serve on 127.0.0.1, print the port, run until killed.
+    import asyncio
+
+    async def _main() -> None:
+        async with running_echo_app() as port:
+            print(port, flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(_main())

@@ -98,6 +98,8 @@ function render(view) {
 
 const initial = document.getElementById("initial");
 if (initial) render(JSON.parse(initial.textContent));
+// For the benchmark (docs/benchmarks.md): when the first view was on screen.
+performance.mark("wsagent:dashboard-rendered");
 
 function connect() {
   const source = new EventSource(root.dataset.events);
