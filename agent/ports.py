@@ -4,10 +4,11 @@ sock_diag with a LISTEN state filter is asked first: the kernel skips every othe
 where ``/proc/net/tcp`` formats them all (about 30 ms at 10,000 sockets, see
 docs/benchmarks.md). Where netlink is refused, the ``/proc`` tables are parsed instead.
 IPv6 listeners count (Coder reads only the IPv4 table and misses ``[::]`` listeners).
-Sockets are mapped to process names only for listeners, by scanning ``/proc/<pid>/fd``
+Sockets are mapped to process names only for listeners, by reading ``/proc/<pid>/fd``
 until every listener inode is found. The inode → name map is kept between scans, so a
-scan walks ``/proc/<pid>/fd`` only when a listener it has not seen before appears (a
-socket's owner does not change while it listens). Results are cached for one second, and
+scan looks for owners only when a listener it has not seen before appears (a socket's
+owner does not change while it listens), and then reads only the fds it has not seen of
+the processes that changed (:class:`SocketOwners`). Results are cached for one second, and
 nothing is scanned unless someone asks (docs/design.md, "Listening ports on demand").
 """
 
@@ -204,36 +205,170 @@ def unique_ports(listeners: Iterable[Listener]) -> dict[int, list[int]]:
     return ports
 
 
-def _process_names(inodes: set[int], proc: Path) -> dict[int, str]:
-    """Find the process holding each socket inode; stops once all are found."""
-    names: dict[int, str] = {}
-    if not inodes:
-        return names
-    wanted = {f"socket:[{inode}]": inode for inode in inodes}
-    try:
-        pids = [e for e in os.listdir(proc) if e.isdigit()]
-    except OSError:
-        return names
-    for pid in pids:
-        fd_dir = f"{proc}/{pid}/fd"
+class _Walked(NamedTuple):
+    """What a walk remembers of one process: its identity when walked (start time, number
+    of open fds), the fd names it listed, the socket inode behind each socket fd, and its
+    name once read."""
+
+    started: bytes
+    fds: int  # -1: not to be trusted next time (over budget, or no identity)
+    seen: frozenset[str]
+    sockets: dict[str, str]  # fd -> "socket:[inode]", as readlink gives it
+    name: str | None
+
+
+# Fd names remembered across all processes: beyond this, a process is not remembered (it
+# is walked again when a new listener is looked for), so memory stays bounded (about
+# 100 bytes per fd) whatever the machine holds.
+MAX_REMEMBERED_FDS: Final = 65_536
+
+
+class SocketOwners:
+    """Finds the process holding each socket inode by walking ``/proc/<pid>/fd``.
+
+    A walk is the cost of a cold scan: one readlink per open fd of every process. So each
+    process's fd directory is remembered (which fd is which socket) with the process's
+    identity (start time and fd count). A later search looks in that memory first, then
+    lists only the processes that are new or changed and reads only their fds it has not
+    seen, and stops once every inode is found. Only an inode still missing after that (an
+    fd closed and reopened as another socket) makes it read every fd again. Not
+    thread-safe: the PortScanner's lock serialises its use.
+    """
+
+    def __init__(self, proc: Path) -> None:
+        self._proc = str(proc)
+        # /proc/<pid>/fd's st_size is its fd count on Linux 6.2 and later; elsewhere (and
+        # in a test's fake tree) the directory is listed instead.
+        self._count_by_stat = proc == Path("/proc")
+        self._walked: dict[str, _Walked] = {}
+        self._remembered = 0
+        self.readlinks = 0  # fds read (for tests and the benchmark)
+
+    def names(self, inodes: set[int]) -> dict[int, str]:
+        """inode -> process name for the inodes found; the others are not visible."""
+        found: dict[int, str] = {}
+        if not inodes:
+            return found
+        # Compared as readlink's text: parsing every target to an int would cost more.
+        missing = {f"socket:[{inode}]": inode for inode in inodes}
         try:
-            fds = os.listdir(fd_dir)
+            pids = [e for e in os.listdir(self._proc) if e.isdigit()]
         except OSError:
-            continue  # gone, or another user's process
-        for fd in fds:
-            try:
-                target = os.readlink(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            inode = wanted.get(target)
-            if inode is not None and inode not in names:
+            return found
+        live: dict[str, _Walked] = {}
+        unchanged: list[str] = []
+        changed: list[tuple[str, tuple[bytes, int]]] = []
+        for pid in pids:
+            identity = self._identity(pid)
+            if identity is None:
+                continue  # gone, or not ours to read
+            known = self._walked.get(pid)
+            if known is not None and (known.started, known.fds) == identity:
+                live[pid] = self._claim(pid, known, missing, found)
+                unchanged.append(pid)
+            else:
+                changed.append((pid, identity))
+        self._remembered = sum(len(w.seen) for w in live.values())
+        # New or changed processes: read their new fds until nothing is missing, those with
+        # the most fds first (a server holding many listeners is then read first, and the
+        # search often stops there). A process not walked is not remembered (it counts as
+        # new next time).
+        changed.sort(key=lambda entry: entry[1][1], reverse=True)
+        partly_read: list[str] = []
+        for pid, identity in changed:
+            if not missing:
+                break
+            previous = self._walked.get(pid)
+            walked = self._walk(pid, identity, previous)
+            if walked is not None:
+                live[pid] = self._claim(pid, walked, missing, found)
+                if previous is not None and previous.started == identity[0]:
+                    partly_read.append(pid)
+        # Still missing: an fd reused under the same number, or a process that changed
+        # between the two reads. Read every fd again of those read in part before.
+        for pid in partly_read + unchanged:
+            if not missing:
+                break
+            self._remembered -= len(live[pid].seen)
+            walked = self._walk(pid, (live[pid].started, live[pid].fds), None)
+            if walked is None:
+                del live[pid]
+            else:
+                live[pid] = self._claim(pid, walked, missing, found)
+        self._walked = {pid: w for pid, w in live.items() if w.fds >= 0}
+        return found
+
+    def _identity(self, pid: str) -> tuple[bytes, int] | None:
+        base = f"{self._proc}/{pid}"
+        try:
+            with open(f"{base}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+            started = fields[19] if len(fields) > 19 else b""
+            count = os.stat(f"{base}/fd").st_size if self._count_by_stat else 0
+            if count == 0:
+                count = len(os.listdir(f"{base}/fd"))
+        except FileNotFoundError:
+            if not os.path.isdir(f"{base}/fd"):
+                return None
+            return b"", -1  # no stat file (a fake tree): never taken for unchanged
+        except OSError:
+            return None
+        return started, count
+
+    def _walk(
+        self, pid: str, identity: tuple[bytes, int], previous: _Walked | None
+    ) -> _Walked | None:
+        """List ``pid``'s fds and read those ``previous`` has not seen (all without it)."""
+        started, count = identity
+        try:
+            directory = os.open(f"{self._proc}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            listed = frozenset(os.listdir(directory))
+            if previous is None or previous.started != started:
+                previous = _Walked(started, count, frozenset(), {}, None)
+            sockets = {fd: i for fd, i in previous.sockets.items() if fd in listed}
+            readlink = os.readlink
+            new = listed - previous.seen
+            self.readlinks += len(new)
+            for fd in new:
                 try:
-                    names[inode] = (proc / pid / "comm").read_text().strip()
+                    # Relative to the open directory: one path step instead of four.
+                    target = readlink(fd, dir_fd=directory)
                 except OSError:
-                    names[inode] = ""
-        if len(names) == len(wanted):
-            break
-    return names
+                    continue
+                if target.startswith("socket:["):
+                    sockets[fd] = target
+        except OSError:
+            return None
+        finally:
+            os.close(directory)
+        if count < 0 or self._remembered + len(listed) > MAX_REMEMBERED_FDS:
+            count = -1  # used for this search, then forgotten
+        else:
+            self._remembered += len(listed)
+        return _Walked(started, count, listed, sockets, previous.name)
+
+    def _claim(
+        self, pid: str, walked: _Walked, missing: dict[str, int], found: dict[int, str]
+    ) -> _Walked:
+        """Name the missing inodes ``pid`` holds; returns ``walked`` with its name read."""
+        if not missing:
+            return walked
+        held = [target for target in walked.sockets.values() if target in missing]
+        if not held:
+            return walked
+        name = walked.name
+        if name is None:
+            try:
+                with open(f"{self._proc}/{pid}/comm") as comm:
+                    name = comm.read().strip()
+            except OSError:
+                name = ""
+        for target in held:
+            found[missing.pop(target)] = name
+        return walked._replace(name=name)
 
 
 class Port(NamedTuple):
@@ -264,8 +399,14 @@ class PortScanner:
         # The raw listeners of the last scan and its answer (both as big as the listener
         # table): an unchanged table skips the whole mapping.
         self._last: tuple[list[Listener], list[Port]] | None = None
+        self._owners = SocketOwners(proc)
         self._lock = threading.Lock()
         self.fd_walks = 0  # how many scans had to walk /proc/<pid>/fd (for tests, bench)
+
+    @property
+    def fd_reads(self) -> int:
+        """How many fds scans have read so far (for tests and the benchmark)."""
+        return self._owners.readlinks
 
     def close(self) -> None:
         """Release the netlink socket (the next scan opens it again).
@@ -336,7 +477,7 @@ class PortScanner:
                 by_port[port] = inode
         if unknown:
             self.fd_walks += 1
-            found = _process_names(unknown, self._proc)
+            found = self._owners.names(unknown)
             for inode in unknown:
                 names[inode] = found.get(inode, "")
         for port, inode in duplicates:

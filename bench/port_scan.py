@@ -10,7 +10,11 @@ while this process measures, in the same run and on the same sockets:
 * ``netlink``   ``netlink_listeners()``: sock_diag with a LISTEN state filter;
 * ``scan``      ``PortScanner.scan()`` as the agent runs it, cache off, names warm
                 (the inode->name map is kept between scans);
-* ``scan-cold`` the same with a new scanner each time (walks /proc/<pid>/fd);
+* ``scan-new``  the first scan after a new listener appeared (the child opens one before
+                each run): the scanner remembers each process's sockets, so it reads
+                the fds of the changed process only;
+* ``scan-cold`` the same with a new scanner each time (walks /proc/<pid>/fd of every
+                process until every listener is found);
 * ``psutil``    ``psutil.net_connections("tcp")`` filtered to LISTEN (psutil is a dev
                 dependency only).
 
@@ -63,7 +67,12 @@ if connections:
         a, _ = server.accept()
         held += [c, a]
 print("ready", flush=True)
-sys.stdin.read()
+for line in sys.stdin:  # "open": one more listener, as a developer's new dev server
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    held.append(s)
+    print("opened", flush=True)
 """
 
 
@@ -124,6 +133,23 @@ def case(listeners: int, established: int, runs: int) -> None:
             "scan-cold": timed(cold_scan, max(3, runs // 4)),
             "psutil": timed(psutil_listeners, max(3, runs // 4)),
         }
+        assert child.stdin is not None and child.stdout is not None
+        stdin, stdout = child.stdin, child.stdout
+
+        def new_listener_scan() -> None:
+            stdin.write("open\n")
+            stdin.flush()
+            assert stdout.readline().strip() == "opened"
+            started = time.perf_counter()
+            warm.scan()
+            new_samples.append(time.perf_counter() - started)
+
+        new_samples: list[float] = []
+        timed(new_listener_scan, runs)
+        rows["scan-new"] = (
+            statistics.median(new_samples[1:]) * 1000,
+            min(new_samples[1:]) * 1000,
+        )
         base = rows["psutil"][0]
         print(f"{'':10} {'median ms':>10} {'best ms':>9} {'psutil/x':>9}")
         for name, (median, best) in rows.items():

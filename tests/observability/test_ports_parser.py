@@ -110,7 +110,29 @@ class FakeProc:
             fd = self.root / str(pid) / "fd"
             fd.mkdir(parents=True, exist_ok=True)
             (self.root / str(pid) / "comm").write_text(comm + "\n")
+            self.started(pid, 4242)
             os.symlink(f"socket:[{inode}]", fd / str(len(os.listdir(fd)) + 3))
+
+    def started(self, pid: int, ticks: int) -> None:
+        """/proc/<pid>/stat with start time ``ticks`` (field 22) and a name with spaces."""
+        fields = ["S", *["0"] * 18, str(ticks), *["0"] * 10]
+        (self.root / str(pid) / "stat").write_text(f"{pid} (a b) {' '.join(fields)}\n")
+
+    def files(self, pid: int, count: int) -> None:
+        """``count`` more fds of ``pid`` that are not sockets."""
+        fd = self.root / str(pid) / "fd"
+        for _ in range(count):
+            os.symlink("/dev/null", fd / str(len(os.listdir(fd)) + 3))
+
+    def reuse(self, pid: int, fd: int, port: int, inode: int) -> None:
+        """Close ``fd`` (its socket too) and open it again as a new listener."""
+        link = self.root / str(pid) / "fd" / str(fd)
+        old = int(os.readlink(link)[8:-1])
+        self.rows.pop(old, None)
+        link.unlink()
+        os.symlink(f"socket:[{inode}]", link)
+        self.rows[inode] = (port, False)
+        self.write()
 
     def close(self, inode: int) -> None:
         del self.rows[inode]
@@ -137,6 +159,49 @@ def test_process_names_are_cached_and_only_new_listeners_walk_proc(tmp_path: Pat
     proc.close(101)
     assert [p.port for p in scanner.scan()] == [3000, 8081, 9090]
     assert scanner.fd_walks == 2
+
+
+def test_a_new_listener_reads_only_the_new_fds_of_the_changed_process(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path)
+    proc.listen(8080, 101, pid=10, comm="node")
+    proc.files(10, 50)
+    proc.listen(5432, 201, pid=20, comm="postgres")
+    proc.files(20, 30)
+    proc.listen(9090, 103, pid=None)  # no visible owner: every process is searched
+    scanner = PortScanner(tmp_path, cache_seconds=0)
+    assert scanner.scan() == [Port(5432, "postgres"), Port(8080, "node"), Port(9090, "")]
+    cold = scanner.fd_reads
+    assert cold == 51 + 31  # every fd read once
+
+    proc.listen(3000, 102, pid=10, comm="node")  # one more fd in a process of 52
+    assert Port(3000, "node") in scanner.scan()
+    assert scanner.fd_reads == cold + 1
+
+    proc.listen(9000, 301, pid=30, comm="vite")  # a new process: its fds only
+    assert Port(9000, "vite") in scanner.scan()
+    assert scanner.fd_reads == cold + 2
+
+
+def test_a_reused_fd_number_is_read_again(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path)
+    proc.listen(8080, 101, pid=10, comm="node")
+    proc.listen(8081, 102, pid=10, comm="node")
+    scanner = PortScanner(tmp_path, cache_seconds=0)
+    assert len(scanner.scan()) == 2
+    # Same fd number, same count, another socket: the memory is stale, the search is not.
+    proc.reuse(10, 3, 9999, 103)
+    assert scanner.scan() == [Port(8081, "node"), Port(9999, "node")]
+
+
+def test_a_restarted_process_under_the_same_pid_is_read_again(tmp_path: Path) -> None:
+    proc = FakeProc(tmp_path)
+    proc.listen(8080, 101, pid=10, comm="node")
+    scanner = PortScanner(tmp_path, cache_seconds=0)
+    assert scanner.scan() == [Port(8080, "node")]
+    proc.reuse(10, 3, 8080, 105)
+    (tmp_path / "10" / "comm").write_text("deno\n")
+    proc.started(10, 9999)  # a new process that reused the pid
+    assert scanner.scan() == [Port(8080, "deno")]
 
 
 def test_results_are_cached_for_the_cache_period(tmp_path: Path) -> None:
