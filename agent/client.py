@@ -30,6 +30,7 @@ from agent.errors import (
 from agent.sdk import codec
 from agent.sdk.agentmetadata import MetadataResult
 from agent.sdk.errors import ValidationError
+from agent.sdk.hostkeys import SSHHostKey
 from agent.sdk.models import (
     AuthenticateResponse,
     AWSInstanceIdentityToken,
@@ -203,6 +204,9 @@ class ControlPlaneClient:
             "/workspaceagents/me/report-lifecycle",
             body=PostLifecycleRequest(state).to_json(),
         )
+
+    async def post_ssh_host_key(self, key: SSHHostKey) -> None:
+        await self._request("POST", "/workspaceagents/me/ssh-host-key", body=key.to_json())
 
     async def post_app_health(self, healths: dict[str, str]) -> None:
         await self._request(

@@ -4,7 +4,8 @@ all, so reading :func:`compose` top to bottom is reading the agent's start-up.
 
 The optional parts stay cheap until used: the identity code is imported only for
 instance-identity auth; app health, terminals, byte streams and the metrics endpoint are
-built here but import their component on first use (agent/ondemand.py).
+built here but import their component on first use (agent/ondemand.py); the SSH server
+imports asyncssh on the first SSH stream (agent/compose_remote.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from agent.agentmetadata import MetadataCollector
 from agent.children import ChildRegistry
 from agent.client import ControlPlaneClient, TokenHolder, tls_context
 from agent.clock import SYSTEM_CLOCK, Clock
-from agent.config import AUTH_TOKEN, AgentConfig
+from agent.compose_remote import SSHAccess
+from agent.config import AUTH_TOKEN, AgentConfig, default_state_dir
 from agent.connection import ConnectionLoop, TokenExchange
 from agent.coordinator import Coordinator, CoordinatorSession
 from agent.daemon import Agent
@@ -161,7 +163,15 @@ def compose(
     scanner = PortScanner(clock=clock.monotonic)
     own_port = config.metrics_address[1] if config.metrics_address else -1
     terminals = Terminals(config, client, tokens, children, traffic, clock, executable)
-    streams = Streams(client, traffic)
+    ssh = SSHAccess(
+        client,
+        tokens,
+        children,
+        supervisor,
+        config.state_dir or default_state_dir(environ),
+        executable,
+    )
+    streams = Streams(client, traffic, ssh.connector.connect)
     coordinator = Coordinator(
         route_extensions(
             {
@@ -176,6 +186,7 @@ def compose(
     # take the metadata, then the coordinate socket is held until it fails.
     async def after_startup(metadata: Metadata, first: bool) -> None:
         terminals.metadata = metadata
+        await supervisor.isolate("ssh", ssh.on_metadata(metadata, first))
         if not first:
             startup_logs.kick()  # a new connection: pending lines go out now
         await supervisor.isolate("workspace_start", workspace_start.on_metadata(metadata, first))
@@ -236,6 +247,7 @@ def compose(
         workspace_start.close,
         scanner.close,
         streams.close,
+        ssh.close,
     ]
 
     return Agent(

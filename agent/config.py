@@ -7,6 +7,7 @@ Pure: takes an argv list and an environment mapping, returns a frozen config or 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class AgentConfig:
     metadata_timeout: float = 2.0
     # (host, port) of the Prometheus endpoint; None is off. load_config defaults it on.
     metrics_address: tuple[str, int] | None = None
+    # Where the agent keeps what must outlive it (the SSH host key). None: default_state_dir.
+    state_dir: Path | None = None
     # Coder's extra log sinks: "" (off), "/dev/stdout", "/dev/stderr" or a file path.
     log_human: str = ""
     log_json: str = ""
@@ -258,11 +261,30 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
         google_audience=_env_or(env, "CODER_AGENT_GOOGLE_AUDIENCE", "coder"),
         metadata_timeout=duration("CODER_AGENT_METADATA_TIMEOUT", 2.0),
         metrics_address=_metrics_address(args.metrics_address, env),
+        state_dir=_state_dir(env),
         log_human=sinks["log-human"],
         log_json=sinks["log-json"],
         log_stackdriver=sinks["log-stackdriver"],
         pprof_address=flag_or_env(args.pprof_address, "CODER_AGENT_PPROF_ADDRESS").strip(),
     )
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/wsagent``, else ``~/.local/state/wsagent``: in the home directory,
+    which outlives workspace rebuilds more often than anything else does."""
+    base = env.get("XDG_STATE_HOME", "")
+    if base:
+        return Path(base) / "wsagent"
+    home = env.get("HOME", "") or os.path.expanduser("~")
+    return Path(home) / ".local" / "state" / "wsagent"
+
+
+def _state_dir(env: Mapping[str, str]) -> Path:
+    raw = env.get("CODER_AGENT_STATE_DIR", "")
+    path = Path(raw) if raw else default_state_dir(env)
+    if path.exists() and not path.is_dir():
+        raise ConfigError("CODER_AGENT_STATE_DIR", f"{path} is not a directory")
+    return path
 
 
 def _metrics_address(flag: str | None, env: Mapping[str, str]) -> tuple[str, int] | None:

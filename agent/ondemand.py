@@ -21,6 +21,7 @@ from agent.coordinator import CoordinatorSession, dial
 from agent.sdk.extensions import (
     PTY_DIAL_PATH,
     STREAM_DIAL_PATH,
+    TARGET_SSH,
     TARGET_TCP,
     Extension,
     PTYRequest,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from agent.apphealth import AppHealthReporter
     from agent.metrics import AgentMetrics
     from agent.sdk.promtext import Family
-    from agent.streams import StreamHandler
+    from agent.streams import Connector, StreamHandler
 
 
 class AppHealth:
@@ -167,9 +168,12 @@ class Streams:
     agent.streams (and websockets) is imported on the first request; the SSH server's
     connector imports asyncssh only when the first SSH stream arrives."""
 
-    def __init__(self, client: ControlPlaneClient, traffic: StatsCollector) -> None:
+    def __init__(
+        self, client: ControlPlaneClient, traffic: StatsCollector, ssh: Connector | None = None
+    ) -> None:
         self._client = client
         self._traffic = traffic
+        self._ssh = ssh  # the SSH server's connector; None leaves the ssh target off
         self.handler: StreamHandler | None = None
 
     @property
@@ -202,7 +206,10 @@ class Streams:
         async def tcp(request: StreamRequest) -> Connection:
             return await connect_loopback(request.target.port)
 
-        return StreamHandler(dial_back, {TARGET_TCP: tcp}, self._traffic)
+        connectors: dict[str, Connector] = {TARGET_TCP: tcp}
+        if self._ssh is not None:
+            connectors[TARGET_SSH] = self._ssh
+        return StreamHandler(dial_back, connectors, self._traffic)
 
 
 def build_metrics(

@@ -18,6 +18,7 @@ from aiohttp import web
 from controlplane import (
     dialback,
     gitauth_web,
+    hostkeys,
     metadata_routes,
     metrics,
     ports,
@@ -84,6 +85,7 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
         dialback.setup,
         ptyrelay.setup,
         streams.setup,
+        hostkeys.setup,
         ports.setup,
         gitauth_web.setup,
         startuplogs.setup,

@@ -277,6 +277,23 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     );
     """,
     ),
+    # 5: the SSH host key each agent reports, published to its workspace's owner.
+    Migration(
+        sqlite="""
+    CREATE TABLE agent_ssh_host_keys (
+        agent_id TEXT PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+        public_key TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
+        postgres="""
+    CREATE TABLE agent_ssh_host_keys (
+        agent_id uuid PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+        public_key text NOT NULL,
+        updated_at timestamptz NOT NULL
+    );
+    """,
+    ),
 )
 
 

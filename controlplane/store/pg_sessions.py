@@ -1,4 +1,5 @@
-"""The PostgreSQL store's sign-in part: password hashes and revoking user session tokens."""
+"""The PostgreSQL store's sign-in part: password hashes, revoking user session tokens, and
+the SSH host keys agents report."""
 
 from __future__ import annotations
 
@@ -49,3 +50,26 @@ class PGSessionStore(PGBase):
             now(),
         )
         return {r["hash"] for r in rows}
+
+    async def set_agent_ssh_host_key(self, agent_id: str, public_key: str) -> None:
+        key = parse_uuid(agent_id)
+        if key is None:
+            raise NotFound(f"agent {agent_id} not found")
+        await self._execute(
+            "INSERT INTO agent_ssh_host_keys (agent_id, public_key, updated_at)"
+            " VALUES ($1, $2, $3) ON CONFLICT (agent_id) DO UPDATE SET"
+            " public_key=excluded.public_key, updated_at=excluded.updated_at"
+            " WHERE agent_ssh_host_keys.public_key <> excluded.public_key",
+            key,
+            public_key,
+            now(),
+        )
+
+    async def agent_ssh_host_key(self, agent_id: str) -> str:
+        key = parse_uuid(agent_id)
+        if key is None:
+            return ""
+        row = await self._fetchrow(
+            "SELECT public_key FROM agent_ssh_host_keys WHERE agent_id=$1", key
+        )
+        return "" if row is None else str(row["public_key"])

@@ -1,4 +1,5 @@
-"""The store's sign-in part: password hashes and revoking user session tokens."""
+"""The store's sign-in part: password hashes, revoking user session tokens, and the SSH
+host keys agents report (what users check the agents they sign in to against)."""
 
 from __future__ import annotations
 
@@ -63,5 +64,26 @@ class SessionStore(SQLiteBase):
                 ).fetchall()
                 live.update(row["hash"] for row in rows)
             return live
+
+        return await self._read(op)
+
+    async def set_agent_ssh_host_key(self, agent_id: str, public_key: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO agent_ssh_host_keys (agent_id, public_key, updated_at)"
+                " VALUES (?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET"
+                " public_key=excluded.public_key, updated_at=excluded.updated_at"
+                " WHERE public_key != excluded.public_key",
+                (agent_id, public_key, _ts(_now())),
+            )
+
+        await self._run(self._tx, op)
+
+    async def agent_ssh_host_key(self, agent_id: str) -> str:
+        def op() -> str:
+            row = self.conn.execute(
+                "SELECT public_key FROM agent_ssh_host_keys WHERE agent_id=?", (agent_id,)
+            ).fetchone()
+            return "" if row is None else str(row["public_key"])
 
         return await self._read(op)

@@ -1,0 +1,78 @@
+"""The agent's persistent SSH host key in its state directory, and its public half.
+
+The key is made once (``ssh_host_ed25519_key``, mode 0600, directory 0700) by a
+short-lived child process running :mod:`agent.ssh.keygen`, so the agent's own memory does
+not grow by asyncssh and cryptography just to have a key to publish. The public key is
+read from ``ssh_host_ed25519_key.pub`` as plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from agent.errors import ProcessError
+
+log = structlog.get_logger()
+
+KEY_NAME: Final = "ssh_host_ed25519_key"
+KEYGEN_TIMEOUT: Final = 60.0
+
+
+class HostKeyFile:
+    def __init__(
+        self,
+        state_dir: Path,
+        register_group: Callable[[int, str], None] = lambda pgid, what: None,
+        unregister_group: Callable[[int], None] = lambda pgid: None,
+    ) -> None:
+        self.path = state_dir / KEY_NAME
+        self._register = register_group
+        self._unregister = unregister_group
+        self._lock = asyncio.Lock()
+
+    def public_key(self) -> str:
+        """The public key line, or "" when there is no key yet."""
+        try:
+            if not self.path.exists():
+                return ""
+            return self.path.with_name(KEY_NAME + ".pub").read_text().strip()
+        except OSError:
+            return ""
+
+    async def ensure(self) -> str:
+        """The public key line, generating the key first if there is none."""
+        async with self._lock:
+            existing = self.public_key()
+            if existing:
+                return existing
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent.ssh.keygen",
+                str(self.path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+            self._register(proc.pid, "ssh host key generation")
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), KEYGEN_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise ProcessError(
+                    f"ssh host key generation took over {KEYGEN_TIMEOUT:g}s"
+                ) from None
+            finally:
+                self._unregister(proc.pid)
+            if proc.returncode != 0:
+                why = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["failed"]
+                raise ProcessError(f"ssh host key generation failed: {why[0][:200]}")
+            log.info("ssh.host_key_generated", path=str(self.path))
+            return out.decode().strip()
