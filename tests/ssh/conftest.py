@@ -5,10 +5,14 @@ host key in a known_hosts file and ``wsagent ssh --stdio`` as ProxyCommand."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import re
 import shlex
 import shutil
+import struct
 import sys
+import termios
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +103,11 @@ async def make_ssh_world(
 ) -> SSHWorld:
     _, token = await cp.create_user("alice")
     _, other = await cp.create_user("bob")
-    agents = await cp.create_workspace("alice", "dev", [{"name": "main"}])
-    agent_id, agent_token = agents["main"]
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
+    spec = {"name": "main", "motd_file": str(home / "motd")}
+    agents = await cp.create_workspace("alice", "dev", [spec])
+    agent_id, agent_token = agents["main"]
     (home / ".hushlogin").touch()
     state_dir = tmp_path / "state"
     client_dir = tmp_path / "client"
@@ -142,3 +147,87 @@ async def world(control_plane: ControlPlane, start_agent: Any, tmp_path: Path) -
 async def user_get(world: SSHWorld, path: str, token: str) -> httpx.Response:
     async with world.cp.http(token) as client:
         return await client.get(path)
+
+
+class LocalTerminal:
+    """An OpenSSH client on a real local pseudo-terminal, as a person would run it: its
+    window size can change (ssh then sends window-change) and keys like Ctrl-C are bytes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, master: int) -> None:
+        self.proc = proc
+        self.master = master
+        self.output = bytearray()
+        self._readable = asyncio.Event()
+        asyncio.get_running_loop().add_reader(master, self._readable.set)
+
+    @classmethod
+    async def start(
+        cls, argv: Sequence[str], env: dict[str, str], rows: int = 24, cols: int = 80
+    ) -> LocalTerminal:
+        master, slave = os.openpty()
+        set_window(slave, rows, cols)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_take_terminal,
+            )
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        return cls(proc, master)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                return  # EIO: the client has gone
+            if not data:
+                return
+            self.output += data
+
+    async def expect(self, pattern: bytes, timeout: float = 15.0) -> re.Match[bytes]:
+        rx = re.compile(pattern, re.M)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    self._drain()
+                    if m := rx.search(self.output):
+                        return m
+                    self._readable.clear()
+                    await self._readable.wait()
+        except TimeoutError:
+            tail = bytes(self.output[-600:])
+            raise AssertionError(f"{pattern!r} not seen within {timeout}s; got {tail!r}") from None
+
+    def type(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def resize(self, rows: int, cols: int) -> None:
+        set_window(self.master, rows, cols)  # the kernel sends SIGWINCH to ssh
+
+    async def wait(self, timeout: float = 15.0) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        self._drain()
+        return code
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.master)
+        if self.proc.returncode is None:
+            self.proc.kill()
+        os.close(self.master)
+
+
+def set_window(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _take_terminal() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
