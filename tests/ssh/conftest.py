@@ -38,6 +38,19 @@ class SSHWorld:
     state_dir: Path
     client_dir: Path
     public_key: str
+    agent_token: str = ""
+
+    async def connected(self) -> bool:
+        body = await self.cp.get_agent_json(self.agent_id, self.token)
+        return bool(body["status"] == "connected")
+
+    def agent_settings(self) -> dict[str, str]:
+        return {
+            "HOME": str(self.home),
+            "CODER_AGENT_METRICS_ADDRESS": "",
+            "CODER_AGENT_STATE_DIR": str(self.state_dir),
+            "SHELL": "/bin/sh",
+        }
 
     @property
     def known_hosts(self) -> Path:
@@ -66,23 +79,27 @@ class SSHWorld:
         ]  # fmt: skip
 
     async def run(
+        self, program: str, *args: str, token: str | None = None, **kwargs: Any
+    ) -> tuple[int, bytes, bytes]:
+        """Run an OpenSSH program (ssh, scp, sftp) or wsagent with this world's variables."""
+        return await self.run_env(self.env(token), program, *args, **kwargs)
+
+    async def run_env(
         self,
+        env: dict[str, str],
         program: str,
         *args: str,
         stdin: bytes = b"",
-        token: str | None = None,
         timeout: float = 60.0,
-        cwd: Path | None = None,
     ) -> tuple[int, bytes, bytes]:
-        """Run an OpenSSH program (ssh, scp, sftp) with this world's options."""
         proc = await asyncio.create_subprocess_exec(
             program,
             *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=self.env(token),
-            cwd=str(cwd or self.client_dir),
+            env=env,
+            cwd=str(self.client_dir),
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
@@ -127,7 +144,9 @@ async def make_ssh_world(
         return str(response.json()["public_key"]) if response.status_code == 200 else ""
 
     public_key = await poll_until(published, timeout=30)
-    world = SSHWorld(cp, agent, agent_id, token, other, home, state_dir, client_dir, public_key)
+    world = SSHWorld(
+        cp, agent, agent_id, token, other, home, state_dir, client_dir, public_key, agent_token
+    )
     write_known_hosts(world.known_hosts, public_key)
     return world
 
