@@ -115,7 +115,7 @@ async def test_remote_forward_reaches_a_server_on_the_client(world: SSHWorld) ->
 
 async def test_agent_forwarding_exposes_the_clients_keys(world: SSHWorld, tmp_path: Path) -> None:
     agent_bin, add, keygen = (shutil.which(p) for p in ("ssh-agent", "ssh-add", "ssh-keygen"))
-    if not (agent_bin and add and keygen):
+    if not (agent_bin and add and keygen and SSH):
         pytest.skip("ssh-agent tools not installed")
     sock = tmp_path / "agent.sock"
     ssh_agent = await asyncio.create_subprocess_exec(
