@@ -26,6 +26,7 @@ import structlog
 
 from agent.ssh.connector import SessionContext
 from agent.ssh.session import ShellSession
+from agent.ssh.vars import connection_env
 
 if TYPE_CHECKING:
     from asyncssh import SSHKey
@@ -61,17 +62,6 @@ class WorkspaceServer(asyncssh.SSHServer):
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return True  # ssh -R: listeners live as long as the connection
-
-
-def connection_env(client_addr: str, server_port: int = 22) -> dict[str, str]:
-    """SSH_CLIENT and SSH_CONNECTION from the user's address as the control plane saw it
-    ("ip port"); the server end is the workspace's loopback."""
-    ip, _, port = client_addr.partition(" ")
-    ip, port = ip or "127.0.0.1", port or "0"
-    return {
-        "SSH_CLIENT": f"{ip} {port} {server_port}",
-        "SSH_CONNECTION": f"{ip} {port} 127.0.0.1 {server_port}",
-    }
 
 
 class SSHServerHost:

@@ -26,6 +26,7 @@ import structlog
 
 from agent.ssh.connector import SessionContext
 from agent.ssh.fdio import FdReader, FdWriter
+from agent.ssh.vars import motd_banner
 
 if TYPE_CHECKING:
     from asyncssh import SSHServerChannel
@@ -37,14 +38,6 @@ DEFAULT_TERM: Final = "xterm-256color"
 # process still holds the terminal open (sshd closes at once; this keeps the tail).
 PTY_DRAIN_SECONDS: Final = 0.5
 AGENT_SOCKET_WAIT_TURNS: Final = 5
-
-
-def motd_banner(text: str) -> bytes:
-    """MOTD text as a terminal shows it: each line ends in CRLF."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return "".join(f"{line}\r\n" for line in lines).encode("utf-8", "replace")
 
 
 def _controlling_tty() -> None:  # runs in the child between fork and exec

@@ -94,3 +94,14 @@ async def echo_server() -> AsyncIterator[EchoServer]:
     state.port = server.sockets[0].getsockname()[1]
     async with server:
         yield state
+
+
+def in_flight_bound(tcp_hops: int, app_slack: int = 8 << 20) -> int:
+    """The most bytes a stalled path may hold: every TCP hop's kernel buffers at their
+    autotuning maximum (send + receive), plus a few MiB of bounded application queues.
+    Past this, something buffers without bound."""
+    maxima = 0
+    for name in ("tcp_rmem", "tcp_wmem"):
+        with open(f"/proc/sys/net/ipv4/{name}") as f:
+            maxima += int(f.read().split()[2])
+    return tcp_hops * maxima + app_slack
