@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -14,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import REPO, ControlPlane
+from tests.e2e.test_tls import make_ca_and_server_cert
 from tests.web.conftest import PASSWORD, WebClient, user_with_password
 
 pytestmark = pytest.mark.e2e
@@ -267,3 +271,28 @@ async def test_static_assets_are_served_gzipped(control_plane: ControlPlane) -> 
         ].startswith("application/javascript")
         assert int(js.headers["content-length"]) < 300 * 1024
         assert (await client.get("/static/../server.py")).status_code == 404
+
+
+async def test_cookies_are_secure_under_https(
+    make_control_plane: Callable[..., Awaitable[ControlPlane]], tmp_path: Path
+) -> None:
+    ca_file, cert_file, key_file = make_ca_and_server_cert(tmp_path)
+    plane = await make_control_plane(tls_cert=cert_file, tls_key=key_file)
+    assert plane.url.startswith("https://")
+    await user_with_password(plane, "alice")
+    verify = ssl.create_default_context(cafile=str(ca_file))
+    async with httpx.AsyncClient(base_url=plane.url, verify=verify, timeout=15) as http:
+        page = await http.get("/login")
+        assert "secure" in page.headers["set-cookie"].lower()  # the CSRF cookie
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf
+        signed_in = await http.post(
+            "/login",
+            data={"csrf": csrf.group(1), "username": "alice", "password": PASSWORD},
+            headers={"Origin": plane.url},
+        )
+        assert signed_in.status_code == 303
+        cookie = signed_in.headers["set-cookie"]
+        assert cookie.startswith("coder_session_token=")
+        flags = {part.strip().lower() for part in cookie.split(";")}
+        assert {"secure", "httponly", "samesite=lax"} <= flags
