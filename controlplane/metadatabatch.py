@@ -32,7 +32,7 @@ MAX_PENDING: Final = 100_000
 class MetadataBatcher:
     def __init__(self, store: Store, interval: float = FLUSH_INTERVAL) -> None:
         self._store = store
-        self._interval = interval
+        self.interval = interval
         self._pending: dict[tuple[str, str], MetadataRecord] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -59,7 +59,7 @@ class MetadataBatcher:
     async def _run(self) -> None:
         while self._pending:
             try:
-                await asyncio.wait_for(self._kick.wait(), self._interval)
+                await asyncio.wait_for(self._kick.wait(), self.interval)
             except TimeoutError:
                 pass
             self._kick.clear()

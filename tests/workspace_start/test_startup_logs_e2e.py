@@ -11,11 +11,14 @@ from tests.conftest import AgentProcess, ControlPlane, agent_env, poll_until
 
 pytestmark = pytest.mark.e2e
 
-# 10,000 numbered lines in ten bursts, so the control plane can be stopped in between.
-TEN_THOUSAND = (
-    'i=0; while [ "$i" -lt 10000 ]; do echo "line $i"; i=$((i+1));'
-    " if [ $((i % 1000)) -eq 0 ]; then sleep 0.3; fi; done"
-)
+
+# 10,000 numbered lines; after the first 5,000 the script waits for the test's go-ahead, so
+# the control plane is surely stopped while lines are still to come.
+def ten_thousand(gate: Path) -> str:
+    return (
+        'i=0; while [ "$i" -lt 10000 ]; do echo "line $i"; i=$((i+1));'
+        f' if [ "$i" -eq 5000 ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi; done'
+    )
 
 
 async def _workspace(cp: ControlPlane, name: str, script: str) -> tuple[str, str, str]:
@@ -53,7 +56,8 @@ async def _outputs(cp: ControlPlane, agent_id: str, token: str) -> list[str]:
 async def test_ten_thousand_lines_survive_a_control_plane_restart(
     control_plane: ControlPlane, start_agent: Any, tmp_path: Path
 ) -> None:
-    agent_id, token, user_token = await _workspace(control_plane, "alice", TEN_THOUSAND)
+    gate = tmp_path / "go-on"
+    agent_id, token, user_token = await _workspace(control_plane, "alice", ten_thousand(gate))
     agent = await _start(start_agent, control_plane, token, tmp_path)
 
     async def some_stored() -> bool:
@@ -61,6 +65,7 @@ async def test_ten_thousand_lines_survive_a_control_plane_restart(
 
     await poll_until(some_stored, timeout=20, message="no startup log line reached the server")
     await control_plane.stop()
+    gate.touch()  # the second half is printed while the control plane is away
     await agent.wait_for_event("startuplogs.post_failed", timeout=20)
     await control_plane.start()
 
