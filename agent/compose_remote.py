@@ -65,6 +65,7 @@ class SSHAccess:
             register_group=children.add,
             unregister_group=children.discard,
             sftp_server=find_sftp_server(),
+            launch_argv=children.launch_argv,
         )
         self.connector = SSHConnector(self.host_key, context)
         self._wanted = asyncio.Event()

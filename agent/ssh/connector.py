@@ -11,7 +11,7 @@ import asyncio
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -54,6 +54,8 @@ class SessionContext:
     register_group: Callable[[int, str], None]
     unregister_group: Callable[[int], None]
     sftp_server: str | None = None
+    # The argv a session's child is started with (process-priority management wraps it).
+    launch_argv: Callable[[Sequence[str]], list[str]] = list
 
 
 class SSHConnector:

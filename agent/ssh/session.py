@@ -240,7 +240,7 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
                     if banner:
                         chan.write(banner)
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *self._context.launch_argv(argv),
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
@@ -269,7 +269,7 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
         err_r, err_w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *self._context.launch_argv(argv),
                 stdin=in_r,
                 stdout=out_w,
                 stderr=err_w,
