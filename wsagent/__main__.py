@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stat_main(rest)
     if command == "logs":
         # A user's tool, but it needs only the agent's own dependencies (httpx, websockets).
-        from controlplane.logs_cli import main as logs_main
+        from wsagent.remote.logs import main as logs_main
 
         return logs_main(rest)
     if command in USER_COMMANDS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ def lines(*texts: str) -> dict[str, object]:
 async def run_cli(world: World, *args: str) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
     env.update({"CODER_URL": world.cp.url, "CODER_SESSION_TOKEN": world.owner_token})
+    env["WSAGENT_CONFIG_DIR"] = "/nonexistent"  # never a real session file
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -47,7 +49,7 @@ async def test_prints_every_stored_line(world: World) -> None:
 
 
 async def test_unknown_workspace_or_agent_is_a_clear_error(world: World) -> None:
-    for target, message in (("nope", "workspace 'nope' not found"), ("dev.x", "no agent 'x'")):
+    for target, message in (("nope", "unknown workspace 'nope'"), ("dev.x", "no agent 'x'")):
         proc = await run_cli(world, target)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 1
@@ -73,3 +75,27 @@ async def test_follow_prints_new_lines_within_a_second(world: World) -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_uses_the_session_file_wsagent_login_saved(world: World, tmp_path: Path) -> None:
+    from wsagent.remote.session import SESSION_FILE, Credentials, save_session
+
+    async with world.agent() as client:
+        await client.patch(f"{ME}/startup-logs", json=lines("from the session"))
+    save_session(tmp_path / SESSION_FILE, Credentials(world.cp.url, world.owner_token))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
+    env["WSAGENT_CONFIG_DIR"] = str(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsagent",
+        "logs",
+        "dev",
+        env=env,
+        cwd=str(REPO),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    assert out.decode() == "from the session\n"
