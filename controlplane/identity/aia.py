@@ -22,7 +22,11 @@ from cryptography import x509
 
 log = structlog.get_logger()
 
-DEFAULT_AIA_HOSTS = frozenset({"www.microsoft.com", "cacerts.digicert.com"})
+# caissuers.microsoft.com: the second AIA location in the Microsoft TLS G2 RSA CA OCSP
+# signers' certificates (www.microsoft.com is the first).
+DEFAULT_AIA_HOSTS = frozenset(
+    {"www.microsoft.com", "caissuers.microsoft.com", "cacerts.digicert.com"}
+)
 MAX_BYTES = 1 << 20
 CACHE_SIZE = 64
 CACHE_TTL = 24 * 3600.0

@@ -249,14 +249,20 @@ def verify_chain(
                 if not _valid_at(root, now):
                     raise InvalidIdentity("trusted root is outside its validity period")
                 return [*chain, root]
-        issuer = next(
-            (
-                c
-                for c in intermediates
-                if c.subject == current.issuer and c not in chain and _issued_by(current, c)
-            ),
-            None,
+        candidates = [
+            c
+            for c in intermediates
+            if c.subject == current.issuer and c not in chain and _issued_by(current, c)
+        ]
+        # Several certificates share a name (a CA and its cross-signed or expired
+        # re-issues): prefer one valid now, then one issued by a trusted root.
+        candidates.sort(
+            key=lambda c: (
+                not _valid_at(c, now),
+                not any(r.subject == c.issuer for r in roots),
+            )
         )
+        issuer = candidates[0] if candidates else None
         if issuer is None:
             raise ChainIncomplete(
                 f"no trusted chain: issuer {current.issuer.rfc4514_string()!r} of "

@@ -29,6 +29,7 @@ from controlplane.identity.azure import (
     aia_issuer_urls,
     verify_azure,
 )
+from controlplane.identity.azure_certs import shipped_azure_certificates
 from controlplane.identity.config import IdentityConfig
 from controlplane.identity.errors import InvalidIdentity
 from controlplane.identity.google import GoogleIdentity, parse_jwt, verify_google
@@ -122,7 +123,10 @@ class IdentityService:
         self.aws_keys = load_keys(config.aws_extra_certs, include_defaults=config.aws_default_certs)
         self.google_keys = GoogleKeySource(config.google_keys_url, file=config.google_keys_file)
         self._azure_roots: list[x509.Certificate] | None = _pems(config.azure_roots) or None
-        self.azure_intermediates = _pems(config.azure_intermediates)
+        self.azure_intermediates = [
+            *_pems(config.azure_intermediates),
+            *shipped_azure_certificates(),
+        ]
         self.nonces = NonceStore(config.azure_nonce_ttl)
         self.aia = AiaFetcher(config.azure_aia_hosts)
 

@@ -23,7 +23,11 @@ def test_defaults_verify_real_clouds() -> None:
     assert config.google_audience == "coder"
     assert config.google_keys_url == "https://www.googleapis.com/oauth2/v3/certs"
     assert config.azure_roots == ()  # system trust store
-    assert config.azure_aia_hosts == {"www.microsoft.com", "cacerts.digicert.com"}
+    assert config.azure_aia_hosts == {
+        "www.microsoft.com",
+        "caissuers.microsoft.com",
+        "cacerts.digicert.com",
+    }
     assert not config.aws_allowed_accounts and not config.azure_require_nonce
 
 
