@@ -277,6 +277,17 @@ class ControlPlaneClient:
     def websocket_url(self, path: str, query: str = "") -> str:
         return websocket_url(self.base_url, API_PREFIX + path, query)
 
+    def dial_back_url(self, replica_url: str, path: str, query: str = "") -> str:
+        """The dial-back URL: on the replica that asked (several control-plane replicas),
+        else on our control plane. Never a downgrade from TLS: with an https control
+        plane a plain-http replica URL is ignored."""
+        base = self.base_url
+        if replica_url.startswith(("http://", "https://")) and not (
+            base.startswith("https://") and not replica_url.startswith("https://")
+        ):
+            base = replica_url
+        return websocket_url(base, API_PREFIX + path, query)
+
     def websocket_headers(self) -> dict[str, str]:
         return {"Cookie": f"{SESSION_COOKIE}={self.tokens.token}", "User-Agent": "wsagent"}
 

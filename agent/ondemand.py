@@ -154,9 +154,9 @@ class Terminals:
         self.sessions = manager.sessions
         client = self._client
 
-        async def dial_back(session_id: str) -> ClientConnection:
+        async def dial_back(session_id: str, base_url: str) -> ClientConnection:
             path = PTY_DIAL_PATH.removeprefix(API_PREFIX)
-            url = client.websocket_url(path, urlencode({"session": session_id}))
+            url = client.dial_back_url(base_url, path, urlencode({"session": session_id}))
             return await dial(url, client.websocket_headers(), client.verify)
 
         return DialBackHandler(manager, dial_back, self._traffic).handle
@@ -197,9 +197,9 @@ class Streams:
 
         client = self._client
 
-        async def dial_back(session_id: str) -> ClientConnection:
+        async def dial_back(session_id: str, base_url: str) -> ClientConnection:
             path = STREAM_DIAL_PATH.removeprefix(API_PREFIX)
-            url = client.websocket_url(path, urlencode({"session": session_id}))
+            url = client.dial_back_url(base_url, path, urlencode({"session": session_id}))
             # A short receive queue: a stalled target holds at most a few messages here.
             return await dial(url, client.websocket_headers(), client.verify, max_queue=4)
 

@@ -5,16 +5,24 @@ Agents and clients send single Node objects; the coordinator sends arrays of Nod
 second agent socket for the same agent replaces the first. Objects with a ``type`` field
 from an agent are extension replies, dispatched to handlers registered by type; the
 server sends extension requests with :meth:`Coordinator.send_to_agent`.
+
+With several replicas (docs/scaling.md) a :class:`Bus` links the coordinators: the
+replica holding an agent's socket claims it, requests for that agent from other replicas
+reach it through the bus (and the agent's replies go back to the asking replica), agent
+nodes are broadcast to the replicas' clients, and a newer socket on one replica closes an
+older one on another. Without a bus everything stays in this process, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -27,8 +35,22 @@ log = structlog.get_logger()
 
 WRITE_TIMEOUT: Final = 5.0
 MAX_VALUE_BYTES: Final = 1 << 20
+ORIGIN_TTL: Final = 60.0  # seconds a routed request's reply may take
+MAX_ORIGINS: Final = 10_000
 
 ExtensionHandler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+
+
+class Bus(Protocol):
+    """How coordinators on several replicas reach each other (``controlplane.pgbus``)."""
+
+    async def claimed(self, agent_id: str, peer_id: str) -> None: ...
+    async def released(self, agent_id: str, peer_id: str) -> None: ...
+    async def to_agent(self, replica: str, agent_id: str, payload: object) -> None: ...
+    async def reply(self, replica: str, agent_id: str, value: dict[str, Any]) -> None: ...
+    async def agent_node(self, agent_id: str, node: dict[str, Any]) -> None: ...
+    async def want_node(self, replica: str, agent_id: str) -> None: ...
+    async def close(self) -> None: ...
 
 
 class AgentNotConnected(Exception):
@@ -43,6 +65,8 @@ class Peer:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     node: dict[str, Any] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set when this socket's token may have been revoked (on any replica): check now.
+    recheck: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def send(self, value: object) -> None:
         data = json.dumps(value, separators=(",", ":")).encode()
@@ -56,10 +80,19 @@ class Coordinator:
         self._agent_nodes: dict[str, dict[str, Any]] = {}
         self._clients: dict[str, dict[str, Peer]] = {}
         self._handlers: dict[str, ExtensionHandler] = {}
+        self.bus: Bus | None = None
+        # agent id -> (replica, peer id) of its socket on another replica.
+        self._remote: dict[str, tuple[str, str]] = {}
+        # request/session id -> (replica that asked, expiry): where the agent's reply goes.
+        self._origins: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     # -------------------------------------------------------------- queries
 
     def is_connected(self, agent_id: str) -> bool:
+        """The agent's socket is on this replica or, as far as the bus said, on another."""
+        return agent_id in self._agents or agent_id in self._remote
+
+    def is_local(self, agent_id: str) -> bool:
         return agent_id in self._agents
 
     def is_current(self, agent_id: str, peer: Peer) -> bool:
@@ -76,14 +109,77 @@ class Coordinator:
         """Receive extension objects of ``type_name`` that agents send back."""
         self._handlers[type_name] = handler
 
-    async def send_to_agent(self, agent_id: str, payload: dict[str, Any]) -> None:
+    async def send_to_agent(self, agent_id: str, payload: object) -> None:
         peer = self._agents.get(agent_id)
         if peer is None:
-            raise AgentNotConnected(agent_id)
+            remote = self._remote.get(agent_id)
+            if remote is None or self.bus is None:
+                raise AgentNotConnected(agent_id)
+            await self.bus.to_agent(remote[0], agent_id, payload)
+            return
         try:
             await peer.send(payload)
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             raise AgentNotConnected(agent_id) from exc
+
+    # -------------------------------------------------------------- from the bus
+
+    async def deliver_to_agent(self, agent_id: str, payload: object, origin: str) -> None:
+        """A request from another replica for an agent whose socket is here."""
+        peer = self._agents.get(agent_id)
+        if peer is None:
+            log.info("coordinator.route_missed", agent_id=agent_id, origin=origin)
+            return
+        correlation = _correlation(payload)
+        if correlation:
+            now = time.monotonic()
+            self._origins[correlation] = (origin, now + ORIGIN_TTL)
+            while len(self._origins) > MAX_ORIGINS or (
+                self._origins and next(iter(self._origins.values()))[1] < now
+            ):
+                self._origins.popitem(last=False)
+        try:
+            await peer.send(payload)
+        except (ConnectionError, TimeoutError, RuntimeError):
+            log.info("coordinator.agent_send_failed", agent_id=agent_id)
+
+    async def deliver_from_agent(self, agent_id: str, value: dict[str, Any]) -> None:
+        """An agent's reply, routed back here from the replica holding its socket."""
+        await self._dispatch(agent_id, value)
+
+    async def deliver_agent_node(self, agent_id: str, node: dict[str, Any]) -> None:
+        if agent_id in self._agents:
+            return  # this replica holds the socket: its node is already current here
+        self._agent_nodes[agent_id] = node
+        await self._to_clients(agent_id, node)
+
+    async def deliver_claim(self, agent_id: str, replica: str, peer_id: str) -> None:
+        """Another replica took the agent's socket: close ours, send it our clients."""
+        self._remote[agent_id] = (replica, peer_id)
+        previous = self._agents.pop(agent_id, None)
+        if previous is not None:
+            log.info("coordinator.agent_taken_over", agent_id=agent_id, replica=replica)
+            await previous.ws.close(code=1001, message=b"replaced by a newer agent connection")
+        nodes = [c.node for c in self._clients.get(agent_id, {}).values() if c.node]
+        if nodes and self.bus is not None:
+            await self.bus.to_agent(replica, agent_id, nodes)
+
+    def deliver_release(self, agent_id: str, peer_id: str) -> None:
+        remote = self._remote.get(agent_id)
+        if remote is not None and remote[1] == peer_id:
+            del self._remote[agent_id]
+            self._agent_nodes.pop(agent_id, None)
+
+    async def deliver_want_node(self, agent_id: str) -> None:
+        node = self._agent_nodes.get(agent_id)
+        if node is not None and agent_id in self._agents and self.bus is not None:
+            await self.bus.agent_node(agent_id, node)
+
+    def recheck(self, agent_id: str) -> None:
+        """A token of this agent was revoked somewhere: its sockets check theirs now."""
+        peer = self._agents.get(agent_id)
+        if peer is not None:
+            peer.recheck.set()
 
     # -------------------------------------------------------------- agents
 
@@ -92,12 +188,18 @@ class Coordinator:
         peer = Peer(ws)
         previous = self._agents.get(agent_id)
         self._agents[agent_id] = peer
+        self._remote.pop(agent_id, None)
         if previous is not None:
             log.info("coordinator.agent_replaced", agent_id=agent_id)
             await previous.ws.close(code=1001, message=b"replaced by a newer agent connection")
         clients = [c.node for c in self._clients.get(agent_id, {}).values() if c.node]
         if clients:
             await peer.send(clients)
+        if self.bus is not None:
+            try:
+                await self.bus.claimed(agent_id, peer.id)
+            except Exception as exc:  # the socket works here even if the claim is late
+                log.warning("coordinator.claim_failed", agent_id=agent_id, error=str(exc))
         return peer
 
     async def run_agent(self, agent_id: str, peer: Peer) -> None:
@@ -117,31 +219,52 @@ class Coordinator:
             if self._agents.get(agent_id) is peer:
                 del self._agents[agent_id]
                 self._agent_nodes.pop(agent_id, None)
+            if self.bus is not None:
+                try:
+                    await self.bus.released(agent_id, peer.id)
+                except Exception as exc:
+                    log.warning("coordinator.release_failed", agent_id=agent_id, error=str(exc))
 
     async def _from_agent(self, agent_id: str, value: object) -> None:
         if isinstance(value, dict) and "type" in value:
-            kind = str(value.get("type"))
-            handler = self._handlers.get(kind)
-            if handler is None:
-                log.warning("coordinator.unknown_agent_message", agent_id=agent_id, type=kind[:64])
+            correlation = _correlation(value)
+            origin = self._origins.pop(correlation, None) if correlation else None
+            if origin is not None and self.bus is not None:
+                await self.bus.reply(origin[0], agent_id, value)
                 return
-            try:
-                result = handler(agent_id, value)
-                if result is not None:
-                    await result
-            except Exception:
-                # One bad extension reply must not cost the agent its coordinate socket.
-                log.exception("coordinator.extension_failed", agent_id=agent_id, type=kind[:64])
+            await self._dispatch(agent_id, value)
             return
         node = Node.from_json(value, "agent node")  # validates; raises DecodeError
         del node
         assert isinstance(value, dict)
         self._agent_nodes[agent_id] = value
+        await self._to_clients(agent_id, value)
+        if self.bus is not None:
+            try:
+                await self.bus.agent_node(agent_id, value)
+            except Exception as exc:
+                log.warning("coordinator.node_broadcast_failed", agent_id=agent_id, error=str(exc))
+
+    async def _to_clients(self, agent_id: str, node: dict[str, Any]) -> None:
         for client in list(self._clients.get(agent_id, {}).values()):
             try:
-                await client.send([value])
+                await client.send([node])
             except (ConnectionError, TimeoutError, RuntimeError):
                 await client.ws.close()
+
+    async def _dispatch(self, agent_id: str, value: dict[str, Any]) -> None:
+        kind = str(value.get("type"))
+        handler = self._handlers.get(kind)
+        if handler is None:
+            log.warning("coordinator.unknown_agent_message", agent_id=agent_id, type=kind[:64])
+            return
+        try:
+            result = handler(agent_id, value)
+            if result is not None:
+                await result
+        except Exception:
+            # One bad extension reply must not cost the agent its coordinate socket.
+            log.exception("coordinator.extension_failed", agent_id=agent_id, type=kind[:64])
 
     # -------------------------------------------------------------- clients
 
@@ -153,6 +276,8 @@ class Coordinator:
             node = self._agent_nodes.get(agent_id)
             if node is not None:
                 await peer.send([node])
+            elif agent_id in self._remote and self.bus is not None:
+                await self.bus.want_node(self._remote[agent_id][0], agent_id)
             async for msg in ws:
                 if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
                     continue
@@ -161,14 +286,12 @@ class Coordinator:
                     Node.from_json(value, "client node")
                     assert isinstance(value, dict)
                     peer.node = value
-                    agent = self._agents.get(agent_id)
-                    if agent is not None:
-                        try:
-                            await agent.send([value])
-                        except (ConnectionError, TimeoutError, RuntimeError):
-                            # The agent's socket is going away; its next socket gets this
-                            # node on connect. The client stays.
-                            log.info("coordinator.agent_send_failed", agent_id=agent_id)
+                    try:
+                        await self.send_to_agent(agent_id, [value])
+                    except AgentNotConnected:
+                        # The agent's socket is going away; its next socket gets this
+                        # node on connect. The client stays.
+                        log.info("coordinator.agent_send_failed", agent_id=agent_id)
         except DecodeError as exc:
             log.warning("coordinator.client_protocol_error", agent_id=agent_id, error=str(exc))
             await ws.close(code=1007, message=b"invalid coordinate message")
@@ -184,3 +307,15 @@ class Coordinator:
         for clients in list(self._clients.values()):
             for peer in list(clients.values()):
                 await peer.ws.close(code=1001, message=b"server shutting down")
+
+
+def _correlation(payload: object) -> str:
+    """The id an extension request and its reply share (ports: request_id; streams:
+    session_id), or ""."""
+    if not isinstance(payload, dict):
+        return ""
+    for key in ("request_id", "session_id"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""

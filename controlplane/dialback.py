@@ -82,7 +82,13 @@ async def dial_agent(
     _expire(table)
     table[session_id] = pending
     try:
-        await app[COORDINATOR].send_to_agent(agent_id, request_for(session_id))
+        request = request_for(session_id)
+        replica_url = app[CONFIG].replica_url
+        if replica_url:
+            # Several replicas: the agent dials back to this one, where the user's socket
+            # is, not to whichever replica the load balancer picks.
+            request["url"] = replica_url
+        await app[COORDINATOR].send_to_agent(agent_id, request)
         return await asyncio.wait_for(asyncio.shield(pending.arrived), timeout), pending
     except AgentNotConnected as exc:
         raise DialError(str(exc)) from None

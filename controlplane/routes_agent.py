@@ -258,7 +258,12 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
 
     async def heartbeat() -> None:
         while True:
-            await asyncio.sleep(config.agent_heartbeat_interval)
+            # Woken early when a token of this agent is revoked on any replica.
+            try:
+                await asyncio.wait_for(peer.recheck.wait(), config.agent_heartbeat_interval)
+            except TimeoutError:
+                pass
+            peer.recheck.clear()
             try:
                 current = await store.get_workspace(workspace.id)
                 if current is None or current.latest_build != agent.build_number:

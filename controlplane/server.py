@@ -104,7 +104,13 @@ def create_app(config: ServerConfig, store: Store) -> web.Application:
     async def close_sockets(app: web.Application) -> None:
         await app[COORDINATOR].close()
 
+    async def close_bus(app: web.Application) -> None:
+        bus, app[COORDINATOR].bus = app[COORDINATOR].bus, None
+        if bus is not None:
+            await bus.close()
+
     app.on_shutdown.append(close_sockets)
+    app.on_cleanup.append(close_bus)
     return app
 
 
@@ -180,10 +186,29 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         fd_limit=fd_limit,
         max_unauthenticated=guard.cap,
     )
+    if config.database_url:
+        await start_bus(app, config, port)
     metrics_runner = None
     if config.metrics_address is not None:
         metrics_runner = await metrics.start_endpoint(app, *config.metrics_address)
     return RunningServer(app, runner, store, config, port, metrics_runner)
+
+
+async def start_bus(app: web.Application, config: ServerConfig, port: int) -> None:
+    """Several replicas share the PostgreSQL database: link their coordinators."""
+    from controlplane.pgbus import PgBus
+
+    config.replica_id = config.resolved_replica_id(port)
+    bus = PgBus(
+        config.database_url,
+        config.replica_id,
+        app[COORDINATOR],
+        app[GITAUTH],
+        stale_after=config.inactive_timeout,
+    )
+    await bus.start()
+    app[COORDINATOR].bus = bus
+    log.info("server.replica", replica_id=config.replica_id, replica_url=config.replica_url)
 
 
 @contextlib.asynccontextmanager

@@ -40,7 +40,7 @@ log = structlog.get_logger()
 INIT_TIMEOUT: Final = 10.0
 CLOSE_INVALID_DATA: Final = 1007
 
-Dialer = Callable[[str], Awaitable[ClientConnection]]
+Dialer = Callable[[str, str], Awaitable[ClientConnection]]
 
 
 class DialBackHandler:
@@ -62,7 +62,7 @@ class DialBackHandler:
 
     async def handle(self, request: PTYRequest) -> None:
         """Dial back for ``request`` and serve the attachment until it ends."""
-        ws = await self._dial(request.session_id)
+        ws = await self._dial(request.session_id, request.url)
         try:
             await self._serve(ws)
         finally:

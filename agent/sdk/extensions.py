@@ -70,13 +70,19 @@ class PTYRequest:
     sends the reconnecting-PTY init and pipes the user's bytes."""
 
     session_id: str
+    # Where to dial back when the control plane runs several replicas: the asking
+    # replica's own URL. Empty: the agent's control-plane URL.
+    url: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": TYPE_PTY_REQUEST, "session_id": self.session_id}
+        out = {"type": TYPE_PTY_REQUEST, "session_id": self.session_id}
+        if self.url:
+            out["url"] = self.url
+        return out
 
     @classmethod
     def from_obj(cls, o: Obj) -> PTYRequest:
-        return cls(session_id=o.text("session_id"))
+        return cls(session_id=o.text("session_id"), url=o.text("url", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,7 @@ class StreamRequest:
     session_id: str
     target: Target
     client_addr: str = ""
+    url: str = ""  # as PTYRequest.url
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -131,6 +138,8 @@ class StreamRequest:
         }
         if self.client_addr:
             out["client_addr"] = self.client_addr
+        if self.url:
+            out["url"] = self.url
         return out
 
     @classmethod
@@ -140,7 +149,7 @@ class StreamRequest:
             target = Target.parse(raw)
         except ValueError as exc:
             raise DecodeError(o.endpoint, o.at("target"), str(exc)) from None
-        return cls(o.text("session_id"), target, o.text("client_addr", ""))
+        return cls(o.text("session_id"), target, o.text("client_addr", ""), o.text("url", ""))
 
 
 @dataclass(frozen=True, slots=True)

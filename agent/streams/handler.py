@@ -41,7 +41,7 @@ CLOSE_TRY_AGAIN_LATER: Final = 1013
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Connector = Callable[[StreamRequest], Awaitable[Connection]]
-Dialer = Callable[[str], Awaitable["ClientConnection"]]
+Dialer = Callable[[str, str], Awaitable["ClientConnection"]]
 Reply = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -107,7 +107,7 @@ class StreamHandler:
                 await reply(StreamError(request.session_id, str(exc)).to_json())
             return
         try:
-            ws = await self._dial(request.session_id)
+            ws = await self._dial(request.session_id, request.url)
         except WsagentError as exc:
             log.warning("stream.dial_failed", target=target, error=str(exc))
             writer.close()

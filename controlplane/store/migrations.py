@@ -294,6 +294,27 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     );
     """,
     ),
+    # 6: which replica holds each agent's coordinate socket (several replicas on one
+    # PostgreSQL database; a single SQLite process keeps this in memory).
+    Migration(
+        sqlite="""
+    CREATE TABLE agent_sockets (
+        agent_id TEXT PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+        replica_id TEXT NOT NULL,
+        peer_id TEXT NOT NULL,
+        since TEXT NOT NULL
+    );
+    """,
+        postgres="""
+    CREATE TABLE agent_sockets (
+        agent_id uuid PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+        replica_id text NOT NULL,
+        peer_id text NOT NULL,
+        since timestamptz NOT NULL
+    );
+    CREATE INDEX agent_sockets_replica ON agent_sockets (replica_id);
+    """,
+    ),
 )
 
 

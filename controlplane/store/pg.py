@@ -18,7 +18,15 @@ import asyncpg
 
 from controlplane.sshkeys import generate_ed25519
 from controlplane.store.base import Conflict, NotFound
-from controlplane.store.pg_base import create_pool, migrate, now, parse_uuid, sid, utc
+from controlplane.store.pg_base import (
+    REVOKED_CHANNEL,
+    create_pool,
+    migrate,
+    now,
+    parse_uuid,
+    sid,
+    utc,
+)
 from controlplane.store.pg_git import PGGitStore
 from controlplane.store.pg_logs import PGLogStore
 from controlplane.store.pg_reports import PGReportStore
@@ -359,7 +367,10 @@ class PostgresStore(PGReportStore, PGGitStore, PGLogStore, PGSessionStore):
         key = parse_uuid(agent_id)
         if key is None:
             return 0
-        status = await self._execute("DELETE FROM agent_tokens WHERE agent_id=$1", key)
+        async with self._tx() as conn:
+            status = await conn.execute("DELETE FROM agent_tokens WHERE agent_id=$1", key)
+            # Every replica's sockets of this agent check their token now (controlplane.pgbus).
+            await conn.execute("SELECT pg_notify($1, $2)", REVOKED_CHANNEL, str(key))
         return int(status.split()[-1])
 
     async def rotate_agent_token(self, agent_id: str) -> str:

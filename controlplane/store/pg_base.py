@@ -42,6 +42,11 @@ STATS_RETENTION: Final = timedelta(days=30)
 MIGRATE_LOCK: Final = 0x77_73_61_01
 PURGE_LOCK: Final = 0x77_73_61_02
 
+# NOTIFY channels every replica listens on (controlplane.pgbus): a git-auth credential
+# saved ("provider\nuser"), an agent's tokens revoked (the agent id).
+GITAUTH_CHANNEL: Final = "wsagent_gitauth"
+REVOKED_CHANNEL: Final = "wsagent_revoked"
+
 # What a dead or restarting server looks like to asyncpg.
 UNAVAILABLE: Final = (
     OSError,

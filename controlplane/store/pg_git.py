@@ -9,7 +9,7 @@ import asyncpg
 
 from controlplane.sshkeys import generate_ed25519
 from controlplane.store.base import NotFound
-from controlplane.store.pg_base import PGBase, now, parse_uuid, sid, utc
+from controlplane.store.pg_base import GITAUTH_CHANNEL, PGBase, now, parse_uuid, sid, utc
 from controlplane.store.records import GitAuthLink, GitAuthProvider, GitSSHKeyRecord
 
 
@@ -114,6 +114,3 @@ class PGGitStore(PGBase):
             r["updated_at"],
             utc(r["expires_at"]),
         )
-
-
-GITAUTH_CHANNEL = "wsagent_gitauth"

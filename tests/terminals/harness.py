@@ -110,7 +110,7 @@ class DialBackServer:
         self._server.close()
         await self._server.wait_closed()
 
-    async def dial(self, session_id: str) -> ClientConnection:
+    async def dial(self, session_id: str, url: str = "") -> ClientConnection:
         return await connect(
             f"ws://127.0.0.1:{self.port}/pty-dial?session={session_id}",
             compression=None,

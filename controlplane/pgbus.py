@@ -1,0 +1,260 @@
+"""The replicas' bus over PostgreSQL LISTEN/NOTIFY (docs/scaling.md, "Routing").
+
+Every replica listens on ``wsagent_all`` (claims and releases of agent sockets, agent
+nodes, revocations) and on a channel of its own (requests for agents whose socket it
+holds, replies to requests it sent). Ownership is also a row in ``agent_sockets``, read at
+start so a replica that starts late knows where sockets are. Only set-up messages travel
+here, each a small JSON object under PostgreSQL's 8,000-byte payload limit; terminal and
+stream bytes go agent -> replica directly (the dial-back carries the asking replica's
+URL). Git-auth credentials saved on any replica (or by ``wsagent admin``) wake the
+``listen`` waiters on every replica through ``wsagent_gitauth``.
+
+A stale row (its replica died) is ignored: routes check the agent's ``last_connected_at``
+(refreshed by the live owner) before they route, and the agent's reconnect to another
+replica claims the row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import asyncpg
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+
+from controlplane.coordinator import AgentNotConnected, Coordinator
+from controlplane.gitauth import GitAuthNotifier
+from controlplane.store.pg_base import GITAUTH_CHANNEL, REVOKED_CHANNEL, UNAVAILABLE, parse_uuid
+
+log = structlog.get_logger()
+
+ALL: Final = "wsagent_all"
+MAX_PAYLOAD: Final = 7900  # PostgreSQL refuses NOTIFY payloads of 8,000 bytes and more
+RECONNECT_MAX: Final = 5.0
+
+
+def replica_channel(replica_id: str) -> str:
+    # Channel names are identifiers (63 bytes at most): a hash keeps any replica id valid.
+    return "wsagent_r_" + hashlib.sha256(replica_id.encode()).hexdigest()[:20]
+
+
+class PgBus:
+    def __init__(
+        self,
+        url: str,
+        replica_id: str,
+        coordinator: Coordinator,
+        gitauth: GitAuthNotifier,
+        *,
+        stale_after: float,
+    ) -> None:
+        self.url = url
+        self.replica_id = replica_id
+        self._channel = replica_channel(replica_id)
+        self._coordinator = coordinator
+        self._gitauth = gitauth
+        self._stale_after = stale_after
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._inbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
+        self._worker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2)
+        self._worker = asyncio.create_task(self._work())
+        self._task = asyncio.create_task(self._listen_forever())
+        # A replica's old rows are from its previous life: none of them is a socket now.
+        with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
+            await self._execute("DELETE FROM agent_sockets WHERE replica_id=$1", self.replica_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), 10.0)
+
+    async def close(self) -> None:
+        for task in (self._task, self._worker):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._task, self._worker) if t is not None), return_exceptions=True
+        )
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.close(), 5.0)
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 5.0)
+
+    # ------------------------------------------------------------ Bus (coordinator)
+
+    async def claimed(self, agent_id: str, peer_id: str) -> None:
+        key = parse_uuid(agent_id)
+        if key is None:
+            return
+        message = self._message("claim", agent=agent_id, peer=peer_id)
+        await self._execute(
+            "WITH up AS (INSERT INTO agent_sockets (agent_id, replica_id, peer_id, since)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (agent_id) DO UPDATE SET"
+            " replica_id=excluded.replica_id, peer_id=excluded.peer_id, since=excluded.since"
+            " RETURNING 1) SELECT pg_notify($5, $6) FROM up",
+            key,
+            self.replica_id,
+            peer_id,
+            datetime.now(UTC),
+            ALL,
+            message,
+        )
+
+    async def released(self, agent_id: str, peer_id: str) -> None:
+        key = parse_uuid(agent_id)
+        if key is None:
+            return
+        message = self._message("release", agent=agent_id, peer=peer_id)
+        await self._execute(
+            "WITH gone AS (DELETE FROM agent_sockets WHERE agent_id=$1 AND peer_id=$2"
+            " RETURNING 1) SELECT pg_notify($3, $4) FROM gone",
+            key,
+            peer_id,
+            ALL,
+            message,
+        )
+
+    async def to_agent(self, replica: str, agent_id: str, payload: object) -> None:
+        message = self._message("to_agent", agent=agent_id, payload=payload)
+        if len(message.encode()) > MAX_PAYLOAD:
+            raise AgentNotConnected(agent_id)
+        try:
+            await self._notify(replica_channel(replica), message)
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise AgentNotConnected(agent_id) from exc
+
+    async def reply(self, replica: str, agent_id: str, value: dict[str, Any]) -> None:
+        message = self._message("from_agent", agent=agent_id, value=value)
+        if len(message.encode()) > MAX_PAYLOAD:
+            # Too large for NOTIFY: the asking replica gets an error it can show.
+            value = {k: value[k] for k in ("type", "request_id", "session_id") if k in value}
+            value["error"] = "the agent's reply is too large to route between replicas"
+            message = self._message("from_agent", agent=agent_id, value=value)
+        await self._notify(replica_channel(replica), message)
+
+    async def agent_node(self, agent_id: str, node: dict[str, Any]) -> None:
+        message = self._message("node", agent=agent_id, node=node)
+        if len(message.encode()) <= MAX_PAYLOAD:
+            await self._notify(ALL, message)
+
+    async def want_node(self, replica: str, agent_id: str) -> None:
+        await self._notify(replica_channel(replica), self._message("want_node", agent=agent_id))
+
+    # ------------------------------------------------------------ plumbing
+
+    def _message(self, kind: str, **fields: Any) -> str:
+        return json.dumps({"t": kind, "from": self.replica_id, **fields}, separators=(",", ":"))
+
+    async def _notify(self, channel: str, message: str) -> None:
+        await self._execute("SELECT pg_notify($1, $2)", channel, message)
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        if self._pool is None:
+            raise asyncpg.InterfaceError("bus is not started")
+        async with self._pool.acquire(timeout=5.0) as conn:
+            await conn.execute(sql, *args)
+
+    async def _listen_forever(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._listen_once()
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("bus.listen_failed", error=str(exc))
+            self._connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(RECONNECT_MAX, delay * 2)
+
+    async def _listen_once(self) -> None:
+        conn = await asyncpg.connect(self.url, timeout=5.0)
+        self._listener = conn
+        self._lost.clear()
+        conn.add_termination_listener(lambda _c: self._lost.set())
+        try:
+            for channel in (ALL, self._channel, GITAUTH_CHANNEL, REVOKED_CHANNEL):
+                await conn.add_listener(channel, self._on_notify)
+            await self._load_owners(conn)
+            self._connected.set()
+            log.info("bus.listening", replica=self.replica_id)
+            await self._lost.wait()
+            log.warning("bus.connection_lost", replica=self.replica_id)
+        finally:
+            self._listener = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2.0)
+
+    async def _load_owners(self, conn: asyncpg.Connection) -> None:
+        """Sockets claimed while we were not listening (a late start, a lost connection)."""
+        fresh = datetime.now(UTC) - timedelta(seconds=self._stale_after)
+        rows = await conn.fetch(
+            "SELECT s.agent_id, s.replica_id, s.peer_id FROM agent_sockets s"
+            " JOIN agents a ON a.id = s.agent_id"
+            " WHERE s.replica_id <> $1 AND a.last_connected_at > $2",
+            self.replica_id,
+            fresh,
+        )
+        for row in rows:
+            await self._coordinator.deliver_claim(
+                str(row["agent_id"]), row["replica_id"], row["peer_id"]
+            )
+
+    def _on_notify(
+        self,
+        _conn: asyncpg.Connection | PoolConnectionProxy,
+        _pid: int,
+        channel: str,
+        payload: object,
+    ) -> None:
+        try:
+            self._inbox.put_nowait((channel, str(payload)))
+        except asyncio.QueueFull:
+            log.warning("bus.inbox_full", channel=channel)
+
+    async def _work(self) -> None:
+        while True:
+            channel, payload = await self._inbox.get()
+            try:
+                await self._handle(channel, payload)
+            except Exception:
+                log.exception("bus.message_failed", channel=channel)
+
+    async def _handle(self, channel: str, payload: str) -> None:
+        if channel == GITAUTH_CHANNEL:
+            provider, _, user = payload.partition("\n")
+            self._gitauth.notify(provider, user)
+            return
+        if channel == REVOKED_CHANNEL:
+            self._coordinator.recheck(payload)
+            return
+        message = json.loads(payload)
+        kind, agent = message.get("t"), str(message.get("agent", ""))
+        if message.get("from") == self.replica_id:
+            return  # our own broadcast
+        coordinator = self._coordinator
+        match kind:
+            case "claim":
+                await coordinator.deliver_claim(agent, str(message["from"]), str(message["peer"]))
+            case "release":
+                coordinator.deliver_release(agent, str(message["peer"]))
+            case "node":
+                await coordinator.deliver_agent_node(agent, message["node"])
+            case "to_agent":
+                await coordinator.deliver_to_agent(agent, message["payload"], str(message["from"]))
+            case "from_agent":
+                await coordinator.deliver_from_agent(agent, message["value"])
+            case "want_node":
+                await coordinator.deliver_want_node(agent)
