@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from controlplane.store.migrations import MIGRATIONS, MigrationError
@@ -92,7 +93,10 @@ async def test_concurrent_writes_from_many_agents_are_all_kept(
         web = next(
             a.id for a in await control_plane.store.list_apps(agent_id) if a.spec.slug == "web"
         )
+        # 350 requests at once on a shared 2-core machine (and, on PostgreSQL, its server
+        # processes on the same cores): give each more than the default 10 s.
         async with control_plane.http(token) as client:
+            client.timeout = httpx.Timeout(60.0)
             posts = [
                 client.post(f"{ME}/report-stats", json={"rx_bytes": n + 1, "tx_bytes": 1})
                 for n in range(5)
