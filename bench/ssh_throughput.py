@@ -139,16 +139,19 @@ async def main(mib: int) -> None:
                 "WSAGENT_CONFIG_DIR": str(tmp / "cfg"),
             }
             options = [
-                "-q", "-F", "/dev/null", "-o", f"ProxyCommand={proxy}",
+                "-F", "/dev/null", "-o", f"ProxyCommand={proxy}",
                 "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
                 "-o", "BatchMode=yes",
             ]  # fmt: skip
+            # One short SSH session first: what the first connection costs the agent.
+            await run(["ssh", *options, "ws", "true"], env)
+            after_rss, after_crypto = rss_kib(pid), loads_crypto(pid)
             dest = tmp / "through.bin"
-            via_cp = await run(["scp", *options, str(src), f"ws:{dest}"], env)
+            via_cp = await run(["scp", "-q", *options, str(src), f"ws:{dest}"], env)
             if hashlib.sha256(dest.read_bytes()).hexdigest() != digest:
                 raise RuntimeError("scp through the control plane corrupted the file")
             dest.unlink()
-            after_rss, after_crypto = rss_kib(pid), loads_crypto(pid)
+            after_scp_rss = rss_kib(pid)
 
             direct: float | None = None
             why = sshd_unavailable()
@@ -194,8 +197,12 @@ async def main(mib: int) -> None:
         f"agent RSS idle: {idle_rss / 1024:.1f} MiB (asyncssh/cryptography loaded: {idle_crypto})"
     )
     print(
-        f"agent RSS after one SSH session: {after_rss / 1024:.1f} MiB "
+        f"agent RSS after one SSH session (ssh ws true): {after_rss / 1024:.1f} MiB "
         f"(+{(after_rss - idle_rss) / 1024:.1f} MiB; loaded: {after_crypto})"
+    )
+    print(
+        f"agent RSS after the {mib} MiB scp: {after_scp_rss / 1024:.1f} MiB "
+        f"(+{(after_scp_rss - idle_rss) / 1024:.1f} MiB over idle)"
     )
 
 

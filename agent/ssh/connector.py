@@ -73,7 +73,8 @@ class SSHConnector:
                     warnings.simplefilter("ignore")
                     from agent.ssh import server
                 try:
-                    key = await asyncio.to_thread(server.load_host_key, str(self._host_key.path))
+                    # A small file read once; no thread (a thread would cost its own arena).
+                    key = server.load_host_key(str(self._host_key.path))
                 except (OSError, ValueError) as exc:
                     raise StreamTargetError(f"the SSH server has no host key: {exc}") from exc
                 self._server = server.SSHServerHost(key, self._context)

@@ -81,7 +81,7 @@ class SSHServerHost:
         task = asyncio.create_task(self._serve(theirs, env), name="ssh.connection")
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
-        return await asyncio.open_connection(sock=ours, limit=64 * 1024)
+        return await asyncio.open_connection(sock=ours, limit=256 * 1024)
 
     async def _serve(self, sock: socket.socket, env: dict[str, str]) -> None:
         try:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-CHUNK: Final = 64 * 1024
+CHUNK: Final = 256 * 1024
 MAX_STREAMS: Final = 1024
 CLOSE_NORMAL: Final = 1000
 CLOSE_POLICY: Final = 1008

@@ -15,7 +15,7 @@ from agent.errors import StreamTargetError
 CONNECT_TIMEOUT: Final = 10.0
 LOOPBACKS: Final = ("127.0.0.1", "::1")
 # asyncio's StreamReader buffers up to twice its limit before it pauses the socket.
-STREAM_LIMIT: Final = 64 * 1024
+STREAM_LIMIT: Final = 256 * 1024
 
 
 def _why(exc: OSError) -> str:

@@ -112,6 +112,8 @@ async def run_sshd(root: Path) -> AsyncIterator[Sshd]:
                     "PermitRootLogin prohibit-password",
                     f"AllowUsers {user}",
                     "LogLevel VERBOSE",
+                    # scp's default (SFTP) protocol, for bench/ssh_throughput.py's baseline.
+                    "Subsystem sftp internal-sftp",
                     "",
                 ]
             )

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from wsagent.remote.session import CliError, Credentials
 
-CHUNK: Final = 64 * 1024
+CHUNK: Final = 256 * 1024
 OPEN_TIMEOUT: Final = 20.0
 STALL_TIMEOUT: Final = 30.0
 MAX_MESSAGE: Final = 1 << 20
