@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
+from pathlib import Path
 
 import certifi
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 
 from controlplane.identity.aia import DEFAULT_AIA_HOSTS
-from controlplane.identity.azure import verify_chain
+from controlplane.identity.azure import ChainIncomplete, verify_chain
 from controlplane.identity.azure_certs import shipped_azure_certificates
+from controlplane.identity.config import IdentityConfig
+from controlplane.identity.service import IdentityService
 from tests.fakes.cloudkeys import make_cert, rsa_key
 
 SHIPPED = shipped_azure_certificates()
+DATA = Path(__file__).parent / "data"
 
 
 def _cn(name: x509.Name) -> str:
@@ -134,3 +138,31 @@ def test_the_chain_takes_the_reissue_that_is_valid_now(expired_first: bool) -> N
     )
     known = [expired, current] if expired_first else [current, expired]
     assert verify_chain(leaf, known, [root], now)[1] == current
+
+
+# An attested document captured from a real Azure VM in eastus on 2026-06-25 (public test
+# data in Coder's repository, coderd/azureidentity): signed by metadata.azure.com under
+# Microsoft TLS G2 RSA CA OCSP 02 -> Microsoft TLS RSA Root G2 -> DigiCert Global Root G2.
+REAL_DOCUMENT = (DATA / "azure-attested-eastus-2026-06-25.b64").read_text().strip()
+REAL_VM_ID = "dc18de58-292f-4794-9a5d-a4192bad0039"
+
+
+async def test_a_real_document_verifies_offline_with_the_shipped_certificates() -> None:
+    """No AIA host allowed (offline, or an egress proxy in the way): the shipped
+    intermediates alone complete the chain to the DigiCert root."""
+    root = _by_cn("DigiCert Global Root G2")
+    created = dt.datetime(2026, 6, 25, 18, 56, 45, tzinfo=dt.UTC)
+    service = IdentityService(
+        IdentityConfig(
+            azure_roots=(root.public_bytes(serialization.Encoding.PEM).decode(),),
+            azure_aia_hosts=frozenset(),
+        ),
+        clock=lambda: created.timestamp() + 60,
+    )
+    identity = await service.azure(REAL_DOCUMENT)
+    assert identity.vm_id == REAL_VM_ID
+    assert identity.signer == "eastus.metadata.azure.com"
+    # Without the shipped certificates the same document cannot be verified offline.
+    service.azure_intermediates = []
+    with pytest.raises(ChainIncomplete):
+        await service.azure(REAL_DOCUMENT)
