@@ -31,6 +31,7 @@ IDLE_TIMEOUT: Final = 600.0  # between two reads of a body or socket
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_WS_MESSAGE: Final = 16 << 20
 CLOSE_GRACE: Final = 2.0
+READ_AHEAD: Final = 4  # chunks (each at most one agent message, 64 KiB)
 CHUNK: Final = 64 * 1024
 # Hop-by-hop headers (RFC 9110 §7.6.1) and what the proxy sets itself.
 HOP_BY_HOP: Final = frozenset(
@@ -128,11 +129,17 @@ async def _relay_body(
     request: web.Request, response: web.StreamResponse, conn: h11.Connection, stream: ByteStream
 ) -> web.StreamResponse:
     await response.prepare(request)
+    # Read ahead of the browser by a few chunks: while one chunk is being written (and the
+    # browser's socket drained), the next is already coming from the agent.
+    ahead: asyncio.Queue[bytes | BaseException] = asyncio.Queue(READ_AHEAD)
+    reader = asyncio.create_task(_read_ahead(stream, ahead))
     try:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = await _read(stream, IDLE_TIMEOUT)
+                data = await ahead.get()
+                if isinstance(data, BaseException):
+                    raise data
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Data):
@@ -145,8 +152,23 @@ async def _relay_body(
         if request.transport is not None:
             request.transport.close()
         return response
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
     await response.write_eof()
     return response
+
+
+async def _read_ahead(stream: ByteStream, ahead: asyncio.Queue[bytes | BaseException]) -> None:
+    while True:
+        try:
+            data = await _read(stream, IDLE_TIMEOUT)
+        except (UpstreamError, ConnectionError, TimeoutError) as exc:
+            await ahead.put(exc)
+            return
+        await ahead.put(data)
+        if not data:
+            return
 
 
 # ---------------------------------------------------------------------------- WebSocket
