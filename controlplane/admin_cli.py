@@ -55,7 +55,9 @@ def admin_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init", action="store_true", help="create the database if it does not exist yet"
     )
-    sub = p.add_subparsers(dest="area", metavar="{user,workspace,agent,gitauth,gitsshkey,apply}")
+    sub = p.add_subparsers(
+        dest="area", metavar="{user,workspace,agent,gitauth,gitsshkey,apply,migrate-store}"
+    )
 
     def command(group: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = group.add_parser(
@@ -166,6 +168,13 @@ def admin_parser() -> argparse.ArgumentParser:
 
     ap = command(sub, "apply", "apply a declarative workspace file (TOML or JSON)")
     ap.add_argument("file", type=Path, help="the workspace file")
+
+    ms = command(
+        sub,
+        "migrate-store",
+        "copy the SQLite database in --data-dir into an empty PostgreSQL database",
+    )
+    ms.add_argument("--to", required=True, metavar="postgres://...", help="the target database")
     return p
 
 
@@ -419,6 +428,17 @@ def _cell(value: Any) -> str:
     return "-" if value in ("", None) else str(value)
 
 
+def _migrate_store(args: argparse.Namespace) -> int:
+    from controlplane.store.migrate_store import migrate_store
+    from controlplane.store.open import check_database_url, redact_url
+
+    data_dir: Path = args.data_dir or default_data_dir()
+    counts = asyncio.run(migrate_store(data_dir, check_database_url(args.to)))
+    result = {"from": str(data_dir), "to": redact_url(args.to), "rows": counts}
+    print_result(result, args.json)
+    return 0
+
+
 def run_admin(argv: Sequence[str]) -> int:
     from controlplane.store.base import StoreError
 
@@ -433,6 +453,8 @@ def run_admin(argv: Sequence[str]) -> int:
             from controlplane.admin import load_spec_file, plan_spec
 
             plan_spec(load_spec_file(args.file))
+        if args.area == "migrate-store":
+            return _migrate_store(args)
         database = database_path(args)
         result = asyncio.run(run_admin_command(args, database))
     except (StoreError, SpecError, OSError) as exc:
