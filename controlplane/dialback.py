@@ -146,7 +146,9 @@ async def _copy(
         if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
             data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
             try:
-                await asyncio.wait_for(target.send_bytes(data), STALL_TIMEOUT)
+                # asyncio.timeout, not wait_for: no extra task for every message relayed.
+                async with asyncio.timeout(STALL_TIMEOUT):
+                    await target.send_bytes(data)
             except TimeoutError:
                 log.warning(
                     "dialback.relay_stalled",

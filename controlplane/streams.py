@@ -88,10 +88,12 @@ class AgentStream:
 
     async def write(self, data: bytes) -> None:
         if data:
-            await asyncio.wait_for(self.ws.send_bytes(data), STALL_TIMEOUT)
+            async with asyncio.timeout(STALL_TIMEOUT):
+                await self.ws.send_bytes(data)
 
     async def write_eof(self) -> None:
-        await asyncio.wait_for(self.ws.send_bytes(b""), STALL_TIMEOUT)
+        async with asyncio.timeout(STALL_TIMEOUT):
+            await self.ws.send_bytes(b"")
 
     async def aclose(self, code: int = WSCloseCode.OK, reason: str = "") -> None:
         try:

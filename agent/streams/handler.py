@@ -162,8 +162,10 @@ async def pump(
     async def to_user() -> None:
         while data := await reader.read(CHUNK):
             stats.record_tx(len(data))
-            await asyncio.wait_for(ws.send(data), stall_timeout)
-        await asyncio.wait_for(ws.send(b""), stall_timeout)
+            async with asyncio.timeout(stall_timeout):  # no task per message, unlike wait_for
+                await ws.send(data)
+        async with asyncio.timeout(stall_timeout):
+            await ws.send(b"")
 
     tasks = {asyncio.create_task(to_target()), asyncio.create_task(to_user())}
     try:

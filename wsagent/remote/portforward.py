@@ -17,7 +17,7 @@ from typing import Final
 
 from wsagent.remote.api import AgentRef
 from wsagent.remote.session import CliError, Credentials
-from wsagent.remote.stream import open_stream, splice
+from wsagent.remote.stream import CHUNK, open_stream, splice
 
 PROG: Final = "wsagent port-forward"
 MAX_CONNECTIONS: Final = 1024
@@ -77,7 +77,7 @@ class Forwarder:
                 self._tasks.discard(task)
 
         try:
-            server = await asyncio.start_server(accepted, forward.bind, forward.local)
+            server = await asyncio.start_server(accepted, forward.bind, forward.local, limit=CHUNK)
         except OSError as exc:
             raise CliError(
                 f"cannot listen on {forward.bind}:{forward.local}: {exc.strerror}"

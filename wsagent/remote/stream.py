@@ -86,8 +86,10 @@ async def splice(
 
     async def up() -> None:  # local -> workspace
         while data := await reader.read(CHUNK):
-            await asyncio.wait_for(ws.send(data), STALL_TIMEOUT)
-        await asyncio.wait_for(ws.send(b""), STALL_TIMEOUT)
+            async with asyncio.timeout(STALL_TIMEOUT):  # no task per message, unlike wait_for
+                await ws.send(data)
+        async with asyncio.timeout(STALL_TIMEOUT):
+            await ws.send(b"")
 
     async def down() -> None:  # workspace -> local
         async for message in ws:
