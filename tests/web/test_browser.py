@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
 
 from agent.sessionenv import wsagent_executable
 from controlplane.store.records import GitAuthProvider
@@ -227,3 +229,57 @@ async def test_askpass_url_leads_through_sign_in_to_the_git_auth_form(
                 clone.kill()
                 await clone.wait()
     assert (tmp_path / "out" / "README").exists()
+
+
+async def test_another_origin_cannot_use_the_cookie(
+    plane: ControlPlane, context: Any, shots: Shots
+) -> None:
+    """A page on another origin of the same site (so the browser does send the cookie)
+    opens a WebSocket and posts a form to the server: both are refused with 403."""
+    await make_user(plane, "alice")
+    agents = await plane.create_workspace("alice", "dev")
+    agent_id, _ = agents["main"]
+    ws_url = (
+        plane.url.replace("http://", "ws://") + f"/api/v2/workspaceagents/{agent_id}/coordinate"
+    )
+    evil_page = f"""<!doctype html><title>evil</title><p id="ws">waiting</p>
+<form id="f" method="post" action="{plane.url}/logout"><input name="csrf" value="x"></form>
+<script>
+const ws = new WebSocket("{ws_url}");
+ws.onopen = () => {{ document.getElementById("ws").textContent = "open"; }};
+ws.onclose = (e) => {{ document.getElementById("ws").textContent = "closed " + e.code; }};
+</script>"""
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(text=evil_page, content_type="text/html")
+
+    evil = web.Application()
+    evil.router.add_get("/", serve)
+    runner = web.AppRunner(evil, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    evil_url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    try:
+        page = await context.new_page()
+        await sign_in(page, plane, "alice")
+        with capture_logs() as logs:
+            await page.goto(evil_url)
+            await page.wait_for_selector("#ws:has-text('closed')")
+            assert await page.inner_text("#ws") == "closed 1006"  # the handshake failed
+            await shots(page, "cross-origin-websocket-refused")
+            await page.evaluate("document.getElementById('f').submit()")
+            await page.wait_for_url(f"{plane.url}/logout")
+            assert "Cross-origin request refused." in await page.content()
+            await shots(page, "cross-origin-form-refused")
+        refused = [
+            e for e in logs if e["event"] == "http.request_failed" and e.get("status") == 403
+        ]
+        assert {e["path"] for e in refused} == {
+            f"/api/v2/workspaceagents/{agent_id}/coordinate",
+            "/logout",
+        }
+        me = await context.request.get(f"{plane.url}/api/v2/users/me")
+        assert me.status == 200  # still signed in: the post did nothing
+    finally:
+        await runner.cleanup()
