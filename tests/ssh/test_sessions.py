@@ -8,10 +8,13 @@ import hashlib
 import os
 import re
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.ssh.conftest import SSH, LocalTerminal, SSHWorld
+from tests.conftest import poll_until
+from tests.ssh.conftest import SSH, LocalTerminal, SSHWorld, make_ssh_world
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -122,3 +125,19 @@ async def test_config_ssh_writes_a_managed_block_that_ssh_uses(world: SSHWorld) 
     assert SSH is not None
     code, out, err = await world.run(SSH, "-F", str(config), "wsagent.dev", "echo via-config")
     assert (code, out) == (0, b"via-config\n"), err
+
+
+async def test_ssh_connections_count_as_ssh_in_stats(
+    make_control_plane: Any, start_agent: Any, tmp_path: Path
+) -> None:
+    cp = await make_control_plane(stats_interval=0.5)
+    world = await make_ssh_world(cp, start_agent, tmp_path)
+    code, out, err = await world.ssh("-T", "dev", stdin=b"echo from-a-pipe-shell\n")
+    assert (code, out) == (0, b"from-a-pipe-shell\n"), err  # a shell without a PTY
+
+    async def reported() -> Any:
+        rows = await cp.store.list_stats(world.agent_id)
+        return [r for r in rows if r.conns_by_proto.get("ssh")]
+
+    rows = await poll_until(reported, timeout=20)
+    assert sum(r.rx_bytes for r in rows) > 0 and sum(r.tx_bytes for r in rows) > 0
