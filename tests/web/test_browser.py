@@ -15,6 +15,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from agent.sessionenv import wsagent_executable
+from controlplane.config import ServerConfig
 from controlplane.store.records import GitAuthProvider
 from tests.conftest import ControlPlane
 from tests.web.browser import (
@@ -283,3 +284,45 @@ ws.onclose = (e) => {{ document.getElementById("ws").textContent = "closed " + e
         assert me.status == 200  # still signed in: the post did nothing
     finally:
         await runner.cleanup()
+
+
+async def test_subdomain_app_signs_in_through_the_access_url(
+    context: Any, shots: Shots, tmp_path: Path
+) -> None:
+    """With a wildcard access URL (here ``*.localhost``, which Chromium resolves to
+    loopback) a subdomain app gets its own session via /apps-auth, then its page and its
+    WebSocket work on its own origin."""
+    config = ServerConfig(
+        data_dir=tmp_path / "server",
+        host="127.0.0.1",
+        port=0,
+        agent_heartbeat_interval=1.0,
+        wildcard_access_url="*.localhost",
+    )
+    cp = ControlPlane(config)
+    await cp.start()
+    try:
+        async with running_echo_app() as app_port:
+            await make_user(cp, "alice")
+            apps = [{"slug": "echo", "url": f"http://127.0.0.1:{app_port}/", "subdomain": True}]
+            agents = await cp.create_workspace("alice", "dev", [{"name": "main", "apps": apps}])
+            agent = await start_agent(cp, agents["main"][1], tmp_path)
+            try:
+                page = await context.new_page()
+                await sign_in(page, cp, "alice")
+                app_url = f"http://echo--main--dev--alice.localhost:{cp.config.port}/"
+                link = page.locator('[data-app="echo"] a')
+                await link.wait_for()
+                assert await link.get_attribute("href") == app_url
+                await page.wait_for_selector('[data-agent="main"][data-status="connected"]')
+                await page.goto(app_url + "hello")
+                await page.wait_for_selector("#echo:has-text('echo:ping')")
+                assert page.url == app_url + "hello"
+                assert await page.inner_text("#path") == "/hello"
+                app_cookies = await context.cookies(app_url)
+                assert [c["name"] for c in app_cookies] == ["wsagent_app_token"]
+                await shots(page, "subdomain-app")
+            finally:
+                await stop_agent(agent)
+    finally:
+        await cp.stop()
