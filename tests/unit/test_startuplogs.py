@@ -203,3 +203,18 @@ async def test_new_output_does_not_cut_a_backoff_short_but_a_kick_does() -> None
     await run_sender(sender, clock, body())
     assert server.calls == 2
     assert [o for _, _, o in server.stored] == ["a"] + ["more"] * 20
+
+
+@pytest.mark.parametrize("line_chars", [1, 60, 4096])
+def test_a_full_batch_of_binary_output_fits_the_servers_body_limit(line_chars: int) -> None:
+    from agent.sdk import codec
+    from agent.sdk.startuplogs import PatchStartupLogs
+
+    q = LogQueue()
+    q.new_stream("s")
+    # Every byte becomes a six-byte \u0001; fill the queue up to its cap or 5,000 lines.
+    while len(q) < 5000 and q.add(line("\x01" * line_chars)):
+        pass
+    _, batch = q.batch()
+    body = codec.dumps(PatchStartupLogs(batch).to_json())
+    assert len(body) < 1 << 20, len(body)
