@@ -235,7 +235,14 @@ def compose(
         background.append(("debug_block_loop", block_loop))
     if config.metrics_address is not None:
         metrics = build_metrics(
-            connection, traffic, workspace_start, app_health, terminals, streams
+            connection,
+            traffic,
+            workspace_start,
+            app_health,
+            terminals,
+            streams,
+            startup_logs=startup_logs,
+            agent_metadata=agent_metadata,
         )
         page = metrics
         host, port = config.metrics_address

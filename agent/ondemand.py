@@ -35,9 +35,11 @@ from agent.supervisor import Supervisor
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
+    from agent.agentmetadata import MetadataCollector
     from agent.apphealth import AppHealthReporter
     from agent.metrics import AgentMetrics
     from agent.sdk.promtext import Family
+    from agent.startuplogs import StartupLogSender
     from agent.streams import Connector, StreamHandler
 
 
@@ -219,6 +221,8 @@ def build_metrics(
     app_health: AppHealth,
     terminals: Terminals,
     streams: Streams,
+    startup_logs: StartupLogSender | None = None,
+    agent_metadata: MetadataCollector | None = None,
 ) -> AgentMetrics:
     """The Prometheus series, each read from its part at scrape time."""
     from agent.metrics import AgentMetrics
@@ -317,6 +321,40 @@ def build_metrics(
         "Open byte streams (SSH connections and forwarded TCP connections).",
         lambda: streams.active,
     )
+    if startup_logs is not None:
+        queue = startup_logs.queue
+
+        def startup_log_families() -> list[Family]:
+            lines = (
+                ((("result", "sent"),), queue.sent_lines),
+                (
+                    (("result", "dropped"),),
+                    queue.dropped_lines,
+                ),
+            )
+            return [
+                Family(
+                    "wsagent_agent_startup_log_lines_total",
+                    COUNTER,
+                    "Startup script lines streamed to the control plane, or dropped past its"
+                    " 1 MiB cap.",
+                    [("", labels, value) for labels, value in lines],
+                )
+            ]
+
+        metrics.add(startup_log_families)
+    if agent_metadata is not None:
+        collector = agent_metadata
+        metrics.add(
+            lambda: [
+                Family(
+                    "wsagent_agent_metadata_runs_total",
+                    COUNTER,
+                    "Agent metadata commands run.",
+                    [("", (), collector.runs)],
+                )
+            ]
+        )
     return metrics
 
 

@@ -102,6 +102,7 @@ class LogQueue:
         self.head_seq = 0
         self.accepted_bytes = 0
         self.dropped_lines = 0
+        self.sent_lines = 0  # taken by the server, every stream
         self.full = False
         self.closed = False
         self._lines: deque[tuple[StartupLog, int]] = deque()
@@ -140,6 +141,7 @@ class LogQueue:
         for _ in range(min(count, len(self._lines))):
             self._lines.popleft()
         self.head_seq += count
+        self.sent_lines += count
 
     def overflowed(self) -> None:
         """The server refused more: drop what is queued and accept nothing more."""

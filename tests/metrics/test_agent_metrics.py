@@ -30,6 +30,8 @@ AGENT_SERIES = {
     "wsagent_agent_pty_sessions",
     "wsagent_agent_relayed_bytes",
     "wsagent_agent_resident_memory_bytes",
+    "wsagent_agent_startup_log_lines",
+    "wsagent_agent_metadata_runs",
 }
 
 StartAgent = Callable[..., Awaitable[AgentProcess]]
