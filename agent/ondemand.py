@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from agent import lifecycle, paths, sessionenv
 from agent.children import ChildRegistry
@@ -31,6 +31,9 @@ from agent.sdk.models import Metadata
 from agent.startup import WorkspaceStart
 from agent.stats import StatsCollector
 from agent.supervisor import Supervisor
+
+# Per stream, what the agent may have written to a dial-back socket but not yet sent.
+STREAM_SEND_BUFFER: Final = 1 << 20
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
@@ -203,7 +206,16 @@ class Streams:
             path = STREAM_DIAL_PATH.removeprefix(API_PREFIX)
             url = client.dial_back_url(base_url, path, urlencode({"session": session_id}))
             # A short receive queue: a stalled target holds at most a few messages here.
-            return await dial(url, client.websocket_headers(), client.verify, max_queue=4)
+            # A send waits only above SEND_BUFFER, so reading the target and sending
+            # overlap instead of taking turns (a 256 KiB message over a 64 KiB limit would
+            # wait for the socket to drain after every message).
+            return await dial(
+                url,
+                client.websocket_headers(),
+                client.verify,
+                max_queue=4,
+                write_limit=STREAM_SEND_BUFFER,
+            )
 
         async def tcp(request: StreamRequest) -> Connection:
             return await connect_loopback(request.target.port)

@@ -23,6 +23,7 @@ CHUNK: Final = 256 * 1024
 OPEN_TIMEOUT: Final = 20.0
 STALL_TIMEOUT: Final = 30.0
 MAX_MESSAGE: Final = 1 << 20
+SEND_BUFFER: Final = 1 << 20
 
 
 def stream_url(base: str, agent_id: str, target: str) -> str:
@@ -69,6 +70,8 @@ async def open_stream(
             close_timeout=2,
             max_size=MAX_MESSAGE,
             max_queue=4,
+            # Sends wait only above this, so reading and sending overlap (see the agent).
+            write_limit=SEND_BUFFER,
             user_agent_header="wsagent",
         )
     except InvalidStatus as exc:
