@@ -77,9 +77,20 @@ async def _demo(args: argparse.Namespace) -> int:
                 "name": "main",
                 "startup_script": 'echo "startup script ran at $(date)"',
                 "startup_script_timeout": 60,
+                "shutdown_script": 'echo "shutdown script ran at $(date)"',
+                "shutdown_script_timeout": 30,
                 "directory": str(workdir),
                 "env": {"DEMO": "1"},
                 "motd_file": str(motd),
+                "metadata": [
+                    {
+                        "key": "load",
+                        "display_name": "Load",
+                        "script": "cat /proc/loadavg",
+                        "interval": 10,
+                        "timeout": 2,
+                    },
+                ],
             }
         )
         workspace, created = await create_workspace(server.store, "demo", "demo", [spec])
