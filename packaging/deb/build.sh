@@ -51,7 +51,8 @@ trap 'rm -rf "$WORK"' EXIT
 
 if [ -z "$WHEEL" ]; then
     # Build from a copy of the source tree, so nothing (egg-info, build/) lands in it. In a
-    # git checkout: the files git would commit; in an unpacked sdist: everything.
+    # git checkout: the files git would commit and the built web assets; in an unpacked
+    # sdist: everything.
     "$HOST_PYTHON" - "$REPO" "$WORK/src" <<'COPY'
 import os, shutil, subprocess, sys
 repo, dest = sys.argv[1:]
@@ -69,6 +70,11 @@ for name in filter(None, listed.stdout.decode().split("\0")):
         target = os.path.join(dest, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(source, target)
+# Plus the browser assets scripts/setup builds from web/: generated, so not in git, but
+# shipped in the wheel as package data.
+assets = os.path.join("controlplane", "static")
+if os.path.isdir(os.path.join(repo, assets)):
+    shutil.copytree(os.path.join(repo, assets), os.path.join(dest, assets), dirs_exist_ok=True)
 COPY
     "$HOST_PYTHON" -m build --sdist --wheel --outdir "$OUT" "$WORK/src" >"$WORK/build.log" 2>&1 \
         || { cat "$WORK/build.log" >&2; exit 1; }

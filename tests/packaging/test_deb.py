@@ -74,6 +74,9 @@ def test_wheel_sdist_and_deb_build_unpack_and_run(tmp_path: Path) -> None:
         entry_points = whl.read(f"wsagent-{__version__}.dist-info/entry_points.txt").decode()
     assert {"agent/metrics.py", "controlplane/server.py", "wsagent/__main__.py"} <= names
     assert "wsagent = wsagent.__main__:main" in entry_points
+    # The browser assets scripts/setup builds (gitignored) ship in the wheel, via the sdist.
+    built = {f"controlplane/static/{p.name}" for p in (REPO / "controlplane" / "static").iterdir()}
+    assert "controlplane/static/terminal.js" in built and built <= names
     with tarfile.open(sdist) as tar:
         members = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
     assert {"pyproject.toml", "agent/compose.py", "packaging/deb/build.sh"} <= members
