@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ class Step:
     metadata_posts: float = 0.0  # server counters over the window
     metadata_writes: float = 0.0
     metadata_rows: float = 0.0
+    db_cpu: float = 0.0  # PostgreSQL's processes (same machine), when it is the store
 
     @property
     def error_count(self) -> int:
@@ -273,7 +275,13 @@ class Load:
         await asyncio.gather(*(one(a) for a in agents))
         return counts[0], counts[1]
 
-    async def run(self, user_token: str, agents: list[SimAgent], pid: int) -> list[Step]:
+    async def run(
+        self,
+        user_token: str,
+        agents: list[SimAgent],
+        pids: list[int],
+        db_pids: Callable[[], list[int]] = list,
+    ) -> list[Step]:
         args = self.args
         steps: list[Step] = []
         started = 0
@@ -294,7 +302,8 @@ class Load:
                     break
                 await asyncio.sleep(0.1)
             # Measure the steady state.
-            cpu0, own0, rss0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
+            cpu0, own0, rss0 = total_cpu(pids), cpu_seconds(os.getpid()), time.perf_counter()
+            db0 = total_cpu(db_pids())
             requests0, overflows0 = step.requests, listen_overflows()
             meta0 = await self.metadata_counters()
             await asyncio.sleep(args.step_seconds)
@@ -303,10 +312,11 @@ class Load:
                 b - a for a, b in zip(meta0, meta1, strict=True)
             )
             step.window_seconds = time.perf_counter() - rss0
-            step.server_cpu = cpu_seconds(pid) - cpu0
+            step.server_cpu = total_cpu(pids) - cpu0
+            step.db_cpu = total_cpu(db_pids()) - db0
             step.client_cpu = cpu_seconds(os.getpid()) - own0
             step.window_requests = step.requests - requests0
-            step.rss = rss_bytes(pid)
+            step.rss = sum(rss_bytes(pid) for pid in pids)
             step.connected, step.ready = await self.verify(user_token, agents[:target])
             step.listen_overflows = listen_overflows() - overflows0
             print_step(step, self.baseline_rss)
@@ -324,13 +334,28 @@ def step_row(step: Step) -> str:
         f"{step.agents:>6} agents: p50 {pct(lat, 0.5):6.2f} ms  p95 {pct(lat, 0.95):7.2f} ms"
         f"  p99 {pct(lat, 0.99):7.2f} ms  RSS {step.rss / MIB:6.1f} MiB"
         f"  server CPU {cpu:3.0f} % ({per_request:.0f} us/request)"
-        f"  client CPU {100 * step.client_cpu / max(step.window_seconds, 1e-9):3.0f} %"
+        + (
+            f"  db CPU {100 * step.db_cpu / max(step.window_seconds, 1e-9):3.0f} %"
+            if step.db_cpu
+            else ""
+        )
+        + f"  client CPU {100 * step.client_cpu / max(step.window_seconds, 1e-9):3.0f} %"
         f"  errors {step.error_count}  connected {step.connected}/{step.agents}"
         f"  ready {step.ready}/{step.agents}"
         f"  metadata {step.metadata_posts / max(step.window_seconds, 1e-9):.0f} posts/s"
         f" -> {step.metadata_writes / max(step.window_seconds, 1e-9):.1f} writes/s"
         f" ({step.metadata_rows:.0f} rows)"
     )
+
+
+def total_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:  # a backend that exited meanwhile
+            pass
+    return total
 
 
 def listen_overflows() -> int:
@@ -361,7 +386,8 @@ def print_step(step: Step, baseline_rss: int) -> None:
 
 def report(steps: list[Step], baseline_rss: int, args: argparse.Namespace) -> None:
     print(
-        f"\nload: {os.cpu_count()} cores, stats every {args.stats_interval:g} s, health flip every"
+        f"\nload: {args.store}, {args.replicas} replica(s), {os.cpu_count()} cores,"
+        f" stats every {args.stats_interval:g} s, health flip every"
         f" ~{args.health_interval:g} s, window {args.step_seconds:g} s per step,"
         f" Python {sys.version.split()[0]}; server RSS with no agent {baseline_rss / MIB:.1f} MiB"
     )
@@ -387,12 +413,14 @@ def raise_nofile(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def prepare(data_dir: Path, count: int, metadata_keys: int = 2) -> tuple[str, list[SimAgent]]:
+async def prepare(
+    data_dir: Path, count: int, metadata_keys: int = 2, database_url: str = ""
+) -> tuple[str, list[SimAgent]]:
     """A user, and one workspace per agent with one health-checked app."""
     from controlplane.admin import agent_spec, create_user, create_workspace
-    from controlplane.store.sqlite import SQLiteStore
+    from controlplane.store.open import open_store
 
-    store = await SQLiteStore.open(data_dir)
+    store = await open_store(data_dir, database_url, jobs=False)
     try:
         _, user_token = await create_user(store, "load")
         spec = agent_spec(
@@ -417,31 +445,51 @@ async def run_load(args: argparse.Namespace) -> tuple[list[Step], int, list[str]
     """Run the ramp; returns the steps, the server's idle RSS and sample error messages."""
     # Both sides hold one socket per agent (the server inherits this limit), plus the pool.
     raise_nofile(2 * max(args.steps) + 1024)
+    if args.store == "sqlite" and args.replicas > 1:
+        raise SystemExit("--replicas needs --store postgres")
     with tempfile.TemporaryDirectory(prefix="wsagent-load-") as tmp:
         data_dir = Path(tmp)
-        user_token, agents = await prepare(data_dir, max(args.steps), args.metadata_keys)
         metrics_port = free_port()  # no fixed port: runs may overlap on a shared machine
-        proc, url = await start_server(
-            data_dir,
-            "normal",
-            "--heartbeat-interval",
-            f"{args.heartbeat_interval:g}s",
-            f"--metrics-address=127.0.0.1:{metrics_port}",
-        )
+        flags = ["--heartbeat-interval", f"{args.heartbeat_interval:g}s"]
+        if args.store == "postgres":
+            from fleet import start_fleet, start_pg
+
+            pg = await start_pg()
+            try:
+                user_token, agents = await prepare(
+                    data_dir, max(args.steps), args.metadata_keys, pg.url()
+                )
+                fleet = await start_fleet(
+                    pg, data_dir, args.replicas, *flags, first_metrics=metrics_port
+                )
+            except BaseException:
+                await asyncio.to_thread(pg.destroy)
+                raise
+            url, pids, db_pids, stop = fleet.url, fleet.pids, fleet.db_pids, fleet.stop
+        else:
+            user_token, agents = await prepare(data_dir, max(args.steps), args.metadata_keys)
+            proc, url = await start_server(
+                data_dir, "normal", *flags, f"--metrics-address=127.0.0.1:{metrics_port}"
+            )
+            pids, db_pids = [proc.pid], list
+
+            async def stop() -> None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
         try:
-            baseline_rss = rss_bytes(proc.pid)
+            baseline_rss = sum(rss_bytes(pid) for pid in pids)
             load = Load(url, args)
             load.baseline_rss = baseline_rss
             load.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             async with asyncio.timeout(args.max_seconds):
-                steps = await load.run(user_token, agents, proc.pid)
+                steps = await load.run(user_token, agents, pids, db_pids)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+            await stop()
     return steps, baseline_rss, load.error_samples
 
 
@@ -460,6 +508,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metadata-keys", type=int, default=2, help="per agent (Coder: 2)")
     parser.add_argument("--metadata-interval", type=float, default=10.0, help="seconds")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on the run")
+    parser.add_argument(
+        "--store", choices=("sqlite", "postgres"), default="sqlite", help="the server's store"
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="servers on one PostgreSQL, behind HAProxy if > 1"
+    )
     return parser.parse_args(argv)
 
 
