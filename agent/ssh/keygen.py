@@ -1,8 +1,9 @@
 """Generate the agent's SSH host key: ed25519, private key mode 0600, written once.
 
-Run as ``python -m agent.ssh.keygen PATH`` by the agent at start-up (a short-lived child,
-so the agent itself does not load asyncssh and cryptography until someone connects), and
-called in-process if the first SSH connection finds no key. Two writers racing lose
+Run as ``python -m agent.ssh.keygen PATH`` by the agent on its first connection when the
+workspace has no ``ssh-keygen`` (a short-lived child, so the agent itself does not load
+asyncssh and cryptography until someone connects), and called in-process if the first SSH
+connection finds no key. Two writers racing lose
 nothing: the key is written to a private temporary file and linked into place only if no
 key exists yet; the loser keeps the winner's key.
 """
@@ -19,14 +20,6 @@ from typing import Final
 
 PUBLIC_SUFFIX: Final = ".pub"
 COMMENT: Final = "wsagent host key"
-
-
-def _asyncssh() -> object:
-    with warnings.catch_warnings():
-        # cryptography warns about DSA support that asyncssh merely references.
-        warnings.simplefilter("ignore")
-        import asyncssh
-    return asyncssh
 
 
 def _write_once(path: str, data: bytes, mode: int) -> None:
@@ -47,9 +40,10 @@ def _write_once(path: str, data: bytes, mode: int) -> None:
 
 def generate(path: str) -> str:
     """Make sure a host key exists at ``path``; return its public key line."""
-    import asyncssh
-
-    _asyncssh()
+    with warnings.catch_warnings():
+        # cryptography warns about DSA support that asyncssh merely references.
+        warnings.simplefilter("ignore")
+        import asyncssh
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     if not os.path.exists(path):
         key = asyncssh.generate_private_key("ssh-ed25519", comment=COMMENT)
