@@ -22,11 +22,18 @@ from aiohttp import web
 
 from agent.sdk.extensions import TARGET_TCP, Target
 from controlplane.appkeys import CONFIG, COORDINATOR, STORE
-from controlplane.auth import SESSION_COOKIE, SESSION_HEADER, authenticate_user, request_token
+from controlplane.auth import (
+    AUTH_TOKEN_HASH,
+    AUTH_USER,
+    SESSION_COOKIE,
+    SESSION_HEADER,
+    authenticate_user,
+    request_token,
+)
 from controlplane.httpapi import Handler, HTTPError
 from controlplane.store.records import AgentRecord, UserRecord, WorkspaceRecord
 from controlplane.streams import StreamOpenError, open_stream
-from controlplane.tokens import well_formed
+from controlplane.tokens import hash_token, well_formed
 from controlplane.webui.links import SubdomainTarget, parse_subdomain
 from controlplane.webui.pages import LoginRequired, esc, page_user, render, wants_html
 from controlplane.webui.resolve import owned_agent_by_name
@@ -270,6 +277,9 @@ async def _subdomain(request: web.Request, target: SubdomainTarget) -> web.Strea
             location = f"{config.resolved_access_url()}/apps-auth?redirect={quote(back, safe='')}"
             return web.Response(status=303, headers={"Location": location})
         raise HTTPError(401, "You must be logged in to use this resource.")
+    # As authenticate_user does: its sockets close when this token is revoked.
+    request[AUTH_USER] = user
+    request[AUTH_TOKEN_HASH] = hash_token(token)
     if request.cookies.get(APP_COOKIE) and needs_origin_check(request):
         origin = request.headers.get("Origin", "").lower()
         if origin != _app_origin(request):

@@ -214,6 +214,21 @@ async def test_subdomain_forms_with_a_wildcard_access_url(
                 headers={"Host": port_host, **app_cookie, "Origin": f"http://{port_host}"},
             )
             assert own.status_code == 200 and own.json() == {"received": 1}
+
+        # The app's WebSocket on its own origin; it closes when alice's sessions are revoked.
+        ws_url = plane.url.replace("http", "ws") + "/ws"
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(
+                ws_url,
+                headers={"Host": app_host, **app_cookie, "Origin": f"http://{app_host}"},
+            )
+            await ws.send_str("hi")
+            assert (await asyncio.wait_for(ws.receive(), 10)).data == "echo:hi"
+            user = await plane.store.get_user_by_name("alice")
+            await plane.store.revoke_user_tokens(user.id)
+            closed = await asyncio.wait_for(ws.receive(), 10)
+            assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1008
+            await ws.close()
     finally:
         await alice.http.aclose()
         await bob.http.aclose()
