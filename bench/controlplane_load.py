@@ -123,6 +123,8 @@ async def start_server(
 ) -> tuple[asyncio.subprocess.Process, str]:
     """A ``wsagent server`` process on a free loopback port; ``extra``: more flags."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "WSAGENT_"))}
+    if "WSAGENT_EVENT_LOOP" in os.environ:  # compare uvloop and asyncio's loop
+        env["WSAGENT_EVENT_LOOP"] = os.environ["WSAGENT_EVENT_LOOP"]
     env["PYTHONUNBUFFERED"] = "1"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

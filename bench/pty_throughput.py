@@ -7,11 +7,11 @@ the client opens /pty with ``command=cat FILE`` and reads binary messages until 
 closes ("process exited with code 0"); the clock runs from the WebSocket open to the close,
 so session start-up is included. Baseline in the same run: ``cat FILE`` on a local PTY
 whose master is read directly with blocking ``os.read`` (no event loop, no network), the
-fastest a reader can drain the same output. On a shared machine the MB/s move with the
-load; the CPU time each process spends per MB (agent, server, this client; user + system
-from /proc/<pid>/stat) moves far less, and is printed beside them. Both count the bytes that come out of the PTY
+fastest a reader can drain the same output. Both count the bytes that come out of the PTY
 (the line discipline turns each ``\\n`` into ``\\r\\n``); MB/s are 10^6 bytes per second,
-the unit of Coder's published speed-test figure (about 46 MB/s).
+the unit of Coder's published speed-test figure (about 46 MB/s). The CPU time each process
+spends per MB (agent, server, this client; user + system from /proc/<pid>/stat) is printed
+beside the rates.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ async def main(args: argparse.Namespace) -> None:
         local_got, local_secs = local_pty(path)
         local_cpu = time.process_time() - local_cpu
     mb = got / 1e6
-    agent_ms, server_ms, client_ms = ((a - b) * 1000 / mb for a, b in zip(after, before))
+    spent = [(a - b) * 1000 / mb for a, b in zip(after, before, strict=True)]
+    agent_ms, server_ms, client_ms = spent
     print(f"cat of a {size / (1 << 20):.0f} MiB file ({size} bytes of text lines)")
     print(
         f"  through /pty (server + agent): {got / secs / 1e6:7.1f} MB/s"

@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,31 @@ def server_config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def event_loop_factory(
+    environ: Mapping[str, str],
+) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (``pip install 'wsagent[fast]'``), else
+    asyncio's. It cuts the server's CPU per request (docs/benchmarks.md, "Control plane");
+    ``WSAGENT_EVENT_LOOP=asyncio`` forces asyncio's loop."""
+    choice = environ.get("WSAGENT_EVENT_LOOP", "auto")
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise SystemExit(
+            f"wsagent server: WSAGENT_EVENT_LOOP must be auto, uvloop or asyncio, not {choice!r}"
+        )
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit(
+                "wsagent server: WSAGENT_EVENT_LOOP=uvloop but uvloop is not installed"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def run_server(argv: Sequence[str]) -> int:
     args = server_parser().parse_args(argv)
     config = server_config_from_args(args)
@@ -155,7 +180,8 @@ def run_server(argv: Sequence[str]) -> int:
     try:
         if not config.database_url:
             check_data_dir(config.data_dir)
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=event_loop_factory(os.environ)) as runner:
+            runner.run(main())
     except KeyboardInterrupt:
         pass
     except (OSError, MigrationError, SpecError, StoreError) as exc:

@@ -119,6 +119,10 @@ async def _demo(args: argparse.Namespace) -> int:
             if status == "connected":
                 break
             await asyncio.sleep(0.2)
+        # Before the banner: whoever reads "Press Ctrl-C" may send SIGINT at once.
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         wsagent = " ".join(shlex.quote(p) for p in _wsagent_command())
         print(
             f"""
@@ -148,9 +152,6 @@ Press Ctrl-C to stop.
 """,
             flush=True,
         )
-        stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
         waiter = asyncio.create_task(agent_proc.wait())
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
