@@ -137,6 +137,31 @@ async def browser_keys(
     return painted, received
 
 
+PAGE_LOOP = """async ([url, keys]) => {
+  const ws = new WebSocket(url); ws.binaryType = 'arraybuffer';
+  await new Promise((ok) => { ws.onopen = ok; });
+  const enc = new TextEncoder(); const dec = new TextDecoder(); const out = [];
+  // Wait for the shell-less cat to be ready: the first echo.
+  for (let i = 0; i < keys + 20; i++) {
+    const t = performance.now();
+    await new Promise((ok) => {
+      let got = '';
+      ws.onmessage = (e) => { got += dec.decode(e.data); if (got.includes('k')) ok(); };
+      ws.send(enc.encode(JSON.stringify({data: 'k'})));
+    });
+    if (i >= 20) out.push((performance.now() - t) / 1000);
+  }
+  ws.close(); return out;
+}"""
+
+
+async def page_loop(page: Any, stack: Any, keys: int) -> list[float]:
+    """The same path from page script alone: no key events, no xterm.js, one key in
+    flight, timed from ``send`` to the echo message."""
+    url = stack.pty_url("cat >/dev/null")
+    return list(await page.evaluate(PAGE_LOOP, [url, keys]))
+
+
 async def curl_mib_per_s(url: str, headers: dict[str, str]) -> tuple[float, int]:
     args = ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_total}"]
     for key, value in headers.items():
@@ -191,6 +216,7 @@ async def main(args: argparse.Namespace) -> None:
             )
             painted, received = await browser_keys(page, stack.url, "/@bench/ws.main", args.keys)
             cli = await remote(stack.pty_url("cat >/dev/null"), stack.headers, args.keys)
+            looped = await page_loop(page, stack, args.keys)
             await browser.close()
             n = args.mib << 20
             proxied_runs, direct_runs, raw_runs = [], [], []
@@ -229,9 +255,11 @@ async def main(args: argparse.Namespace) -> None:
     )
     (bp50, bp99), (cp50, cp99) = summary(painted), summary(cli)
     mp50, mp99 = summary(received)
+    lp50, lp99 = summary(looped)
     print(f"keystroke echo, {len(painted)} keys in the browser, {len(cli)} over the CLI path:")
     print(f"  browser terminal (keydown -> on screen): p50 {bp50:6.2f} ms  p99 {bp99:6.2f} ms")
     print(f"  browser, WebSocket send -> echo message:  p50 {mp50:6.2f} ms  p99 {mp99:6.2f} ms")
+    print(f"  page script on /pty, no key events:      p50 {lp50:6.2f} ms  p99 {lp99:6.2f} ms")
     print(f"  CLI client on /pty (send -> echo):       p50 {cp50:6.2f} ms  p99 {cp99:6.2f} ms")
     proxied = statistics.median(r for r, _ in proxied_runs)
     direct = statistics.median(r for r, _ in direct_runs)
