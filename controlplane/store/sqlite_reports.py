@@ -146,7 +146,8 @@ def _merge_into_newest(
     conn: sqlite3.Connection, agent_id: str, stats: Stats, now: datetime, within: float
 ) -> bool:
     row = conn.execute(
-        "SELECT * FROM agent_stats WHERE agent_id=? ORDER BY id DESC LIMIT 1", (agent_id,)
+        "SELECT * FROM agent_stats WHERE agent_id=? ORDER BY created_at DESC, id DESC LIMIT 1",
+        (agent_id,),
     ).fetchone()
     if row is None or _req_dt(row["created_at"]) <= now - timedelta(seconds=within):
         return False
