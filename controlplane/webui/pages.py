@@ -10,7 +10,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from controlplane.appkeys import STORE
-from controlplane.auth import SESSION_COOKIE, request_token
+from controlplane.auth import request_token
 from controlplane.httpapi import Handler
 from controlplane.store.records import UserRecord
 from controlplane.tokens import well_formed
@@ -97,6 +97,3 @@ async def page_user(request: web.Request) -> UserRecord:
     if user is None:
         raise LoginRequired(request.path_qs)
     return user
-
-
-__all__ = ["SESSION_COOKIE", "LoginRequired", "esc", "page_user", "redirect", "render"]
