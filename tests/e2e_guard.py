@@ -66,6 +66,21 @@ def pytest_runtest_protocol(
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    # The last test of a worker also tears down the session's fixtures (a PostgreSQL
+    # cluster stopped with pg_ctl, say): what they start is not this test's doing.
+    if nextitem is not None:
+        yield
+        return
+    saved = _current["starts"]
+    _current["starts"] = None
+    try:
+        yield
+    finally:
+        _current["starts"] = saved
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[Any]
 ) -> Generator[None, Any, None]:
