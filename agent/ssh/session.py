@@ -96,7 +96,19 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
         return False
 
     def session_started(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ssh.session")
+        self._task = asyncio.create_task(self._run_guarded(), name="ssh.session")
+
+    async def _run_guarded(self) -> None:
+        # A bug here must end this session with an error, not leave the client waiting.
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("ssh.session_failed", error=str(exc), exc_info=exc)
+            if self._chan is not None:
+                with contextlib.suppress(Exception):
+                    self._chan.exit(255)
 
     # ---------------------------------------------------------------- data in
 
@@ -204,9 +216,12 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
                 proc = await self._spawn_pty(argv, env, cwd)
             else:
                 proc = await self._spawn_pipes(argv, env, cwd)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            # ValueError: a NUL byte in the command or in an environment variable the
+            # client sent (SSH strings may hold one; exec cannot).
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
             log.warning("ssh.start_failed", argv0=argv[0], error=str(exc))
-            chan.write_stderr(f"wsagent: cannot start {argv[0]}: {exc.strerror}\r\n".encode())
+            chan.write_stderr(f"wsagent: cannot start {argv[0]}: {why}\r\n".encode())
             chan.exit(127)
             return
         self._proc = proc
