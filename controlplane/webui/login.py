@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Final
 
 import structlog
@@ -156,10 +158,13 @@ async def login(request: web.Request) -> web.Response:
     session = await request.app[STORE].create_user_token(user.id, ttl)
     log.info("login.succeeded", user=user.name, address=address, method=_method(token))
     response = redirect(return_to)
+    # Expires beside Max-Age: the same expiry for clients that only read the older one.
+    expires = format_datetime(datetime.now(UTC) + timedelta(seconds=ttl), usegmt=True)
     response.set_cookie(
         SESSION_COOKIE,
         session,
         max_age=int(ttl),
+        expires=expires,
         path="/",
         httponly=True,
         samesite="Lax",

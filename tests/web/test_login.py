@@ -55,7 +55,7 @@ async def test_sign_in_sets_a_safe_cookie_and_sign_out_revokes_it(
         v for k, v in response.headers.multi_items() if k == "set-cookie" and "coder_session" in v
     )
     flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
-    assert {"httponly", "max-age", "path"} <= flags, cookie
+    assert {"httponly", "max-age", "expires", "path"} <= flags, cookie
     assert "samesite=lax" in cookie.lower()
     assert "secure" not in flags  # plain http on 127.0.0.1; https adds Secure
     session = client.session
