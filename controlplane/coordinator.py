@@ -44,7 +44,7 @@ ExtensionHandler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 class Bus(Protocol):
     """How coordinators on several replicas reach each other (``controlplane.pgbus``)."""
 
-    async def claimed(self, agent_id: str, peer_id: str) -> None: ...
+    async def claimed(self, agent_id: str, peer_id: str, since: float) -> None: ...
     async def released(self, agent_id: str, peer_id: str) -> None: ...
     async def to_agent(self, replica: str, agent_id: str, payload: object) -> None: ...
     async def reply(self, replica: str, agent_id: str, value: dict[str, Any]) -> None: ...
@@ -67,6 +67,8 @@ class Peer:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Set when this socket's token may have been revoked (on any replica): check now.
     recheck: asyncio.Event = field(default_factory=asyncio.Event)
+    # When it opened (wall clock, comparable across replicas): the newest socket wins.
+    since: float = field(default_factory=time.time)
 
     async def send(self, value: object) -> None:
         data = json.dumps(value, separators=(",", ":")).encode()
@@ -153,8 +155,14 @@ class Coordinator:
         self._agent_nodes[agent_id] = node
         await self._to_clients(agent_id, node)
 
-    async def deliver_claim(self, agent_id: str, replica: str, peer_id: str) -> None:
-        """Another replica took the agent's socket: close ours, send it our clients."""
+    async def deliver_claim(self, agent_id: str, replica: str, peer_id: str, since: float) -> None:
+        """Another replica took the agent's socket: close ours, send it our clients.
+
+        Two sockets opened at nearly the same time on two replicas: the newer one wins on
+        both (ours stays if it opened later; its own claim closes the other)."""
+        local = self._agents.get(agent_id)
+        if local is not None and local.since > since:
+            return
         self._remote[agent_id] = (replica, peer_id)
         previous = self._agents.pop(agent_id, None)
         if previous is not None:
@@ -197,7 +205,7 @@ class Coordinator:
             await peer.send(clients)
         if self.bus is not None:
             try:
-                await self.bus.claimed(agent_id, peer.id)
+                await self.bus.claimed(agent_id, peer.id, peer.since)
             except Exception as exc:  # the socket works here even if the claim is late
                 log.warning("coordinator.claim_failed", agent_id=agent_id, error=str(exc))
         return peer

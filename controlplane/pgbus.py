@@ -7,7 +7,9 @@ start so a replica that starts late knows where sockets are. Only set-up message
 here, each a small JSON object under PostgreSQL's 8,000-byte payload limit; terminal and
 stream bytes go agent -> replica directly (the dial-back carries the asking replica's
 URL). Git-auth credentials saved on any replica (or by ``wsagent admin``) wake the
-``listen`` waiters on every replica through ``wsagent_gitauth``.
+``listen`` waiters on every replica through ``wsagent_gitauth``, startup-log appends wake
+the ``follow`` sockets through ``wsagent_logs``, and a revoked agent token makes every
+replica's sockets of that agent check their token at once (``wsagent_revoked``).
 
 A stale row (its replica died) is ignored: routes check the agent's ``last_connected_at``
 (refreshed by the live owner) before they route, and the agent's reconnect to another
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -29,7 +32,13 @@ from asyncpg.pool import PoolConnectionProxy
 
 from controlplane.coordinator import AgentNotConnected, Coordinator
 from controlplane.gitauth import GitAuthNotifier
-from controlplane.store.pg_base import GITAUTH_CHANNEL, REVOKED_CHANNEL, UNAVAILABLE, parse_uuid
+from controlplane.store.pg_base import (
+    GITAUTH_CHANNEL,
+    LOGS_CHANNEL,
+    REVOKED_CHANNEL,
+    UNAVAILABLE,
+    parse_uuid,
+)
 
 log = structlog.get_logger()
 
@@ -52,6 +61,7 @@ class PgBus:
         gitauth: GitAuthNotifier,
         *,
         stale_after: float,
+        logs_appended: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
         self.replica_id = replica_id
@@ -59,6 +69,7 @@ class PgBus:
         self._coordinator = coordinator
         self._gitauth = gitauth
         self._stale_after = stale_after
+        self._logs_appended = logs_appended
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -93,20 +104,22 @@ class PgBus:
 
     # ------------------------------------------------------------ Bus (coordinator)
 
-    async def claimed(self, agent_id: str, peer_id: str) -> None:
+    async def claimed(self, agent_id: str, peer_id: str, since: float) -> None:
         key = parse_uuid(agent_id)
         if key is None:
             return
-        message = self._message("claim", agent=agent_id, peer=peer_id)
+        message = self._message("claim", agent=agent_id, peer=peer_id, since=since)
+        # A row from a newer socket (on another replica) stays: the newest socket wins.
         await self._execute(
             "WITH up AS (INSERT INTO agent_sockets (agent_id, replica_id, peer_id, since)"
             " VALUES ($1, $2, $3, $4) ON CONFLICT (agent_id) DO UPDATE SET"
             " replica_id=excluded.replica_id, peer_id=excluded.peer_id, since=excluded.since"
+            " WHERE agent_sockets.since <= excluded.since"
             " RETURNING 1) SELECT pg_notify($5, $6) FROM up",
             key,
             self.replica_id,
             peer_id,
-            datetime.now(UTC),
+            datetime.fromtimestamp(since, UTC),
             ALL,
             message,
         )
@@ -185,7 +198,7 @@ class PgBus:
         self._lost.clear()
         conn.add_termination_listener(lambda _c: self._lost.set())
         try:
-            for channel in (ALL, self._channel, GITAUTH_CHANNEL, REVOKED_CHANNEL):
+            for channel in (ALL, self._channel, GITAUTH_CHANNEL, REVOKED_CHANNEL, LOGS_CHANNEL):
                 await conn.add_listener(channel, self._on_notify)
             await self._load_owners(conn)
             self._connected.set()
@@ -201,7 +214,7 @@ class PgBus:
         """Sockets claimed while we were not listening (a late start, a lost connection)."""
         fresh = datetime.now(UTC) - timedelta(seconds=self._stale_after)
         rows = await conn.fetch(
-            "SELECT s.agent_id, s.replica_id, s.peer_id FROM agent_sockets s"
+            "SELECT s.agent_id, s.replica_id, s.peer_id, s.since FROM agent_sockets s"
             " JOIN agents a ON a.id = s.agent_id"
             " WHERE s.replica_id <> $1 AND a.last_connected_at > $2",
             self.replica_id,
@@ -209,7 +222,7 @@ class PgBus:
         )
         for row in rows:
             await self._coordinator.deliver_claim(
-                str(row["agent_id"]), row["replica_id"], row["peer_id"]
+                str(row["agent_id"]), row["replica_id"], row["peer_id"], row["since"].timestamp()
             )
 
     def _on_notify(
@@ -240,6 +253,10 @@ class PgBus:
         if channel == REVOKED_CHANNEL:
             self._coordinator.recheck(payload)
             return
+        if channel == LOGS_CHANNEL:
+            if self._logs_appended is not None:
+                self._logs_appended(payload)
+            return
         message = json.loads(payload)
         kind, agent = message.get("t"), str(message.get("agent", ""))
         if message.get("from") == self.replica_id:
@@ -247,7 +264,9 @@ class PgBus:
         coordinator = self._coordinator
         match kind:
             case "claim":
-                await coordinator.deliver_claim(agent, str(message["from"]), str(message["peer"]))
+                await coordinator.deliver_claim(
+                    agent, str(message["from"]), str(message["peer"]), float(message["since"])
+                )
             case "release":
                 coordinator.deliver_release(agent, str(message["peer"]))
             case "node":

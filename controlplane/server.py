@@ -205,6 +205,7 @@ async def start_bus(app: web.Application, config: ServerConfig, port: int) -> No
         app[COORDINATOR],
         app[GITAUTH],
         stale_after=config.inactive_timeout,
+        logs_appended=app[startuplogs.NOTIFIER].publish,
     )
     await bus.start()
     app[COORDINATOR].bus = bus

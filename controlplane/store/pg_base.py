@@ -43,9 +43,11 @@ MIGRATE_LOCK: Final = 0x77_73_61_01
 PURGE_LOCK: Final = 0x77_73_61_02
 
 # NOTIFY channels every replica listens on (controlplane.pgbus): a git-auth credential
-# saved ("provider\nuser"), an agent's tokens revoked (the agent id).
+# saved ("provider\nuser"), an agent's tokens revoked, startup-log lines appended (the
+# agent id).
 GITAUTH_CHANNEL: Final = "wsagent_gitauth"
 REVOKED_CHANNEL: Final = "wsagent_revoked"
+LOGS_CHANNEL: Final = "wsagent_logs"
 
 # What a dead or restarting server looks like to asyncpg.
 UNAVAILABLE: Final = (

@@ -8,7 +8,7 @@ the same agent at once keep the cap and the stream's sequence exact.
 from __future__ import annotations
 
 from controlplane.store.base import NotFound
-from controlplane.store.pg_base import PGBase, now, parse_uuid, sid
+from controlplane.store.pg_base import LOGS_CHANNEL, PGBase, now, parse_uuid, sid
 from controlplane.store.records import (
     AppendLogsResult,
     MetadataRecord,
@@ -67,6 +67,8 @@ class PGLogStore(PGBase):
                     [line.level for line in kept],
                 )
                 first_id = min(r["id"] for r in ids)
+                # Followers on every replica read the new lines now (controlplane.pgbus).
+                await conn.execute("SELECT pg_notify($1, $2)", LOGS_CHANNEL, str(key))
             next_seq = first_seq + len(logs) if stream else 0
             if skip < len(logs) or stream != row["startup_logs_stream"]:
                 await conn.execute(

@@ -7,19 +7,22 @@ closes the socket on A at once."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 
 from agent.sdk.extensions import TYPE_LISTENING_PORTS_REQUEST
-from controlplane import gitauth
+from controlplane import gitauth, startuplogs
 from controlplane.appkeys import COORDINATOR, GITAUTH
 from controlplane.store.records import GitAuthProvider
 from tests.conftest import ControlPlane, poll_until
 from tests.controlplane.conftest import AGENTS, ME, World, make_world, node
 from tests.controlplane.test_coordinate import connect
+from tests.controlplane.test_startup_logs import lines
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.e2e]
 
@@ -153,3 +156,22 @@ async def test_a_token_revoked_on_b_closes_the_socket_on_a_at_once(pair: Pair) -
         assert await pair.b.cp.store.revoke_agent_tokens(pair.b.agent_id) == 1
         # Refreshes are 30 s apart here: only the revocation's notification is this fast.
         assert await closed_code(agent) == 1008
+
+
+async def test_lines_appended_on_a_reach_a_follower_on_b_at_once(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(startuplogs, "RECHECK_INTERVAL", 60.0)  # only a wake-up is this fast
+    url = pair.b.cp.url.replace("http", "ws", 1) + f"{AGENTS}/{pair.b.agent_id}/startup-logs"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            url + "?follow", headers={"Coder-Session-Token": pair.b.owner_token}
+        ) as ws,
+    ):
+        assert json.loads(await ws.receive_str(timeout=10)) == []  # nothing yet
+        async with pair.a.agent() as client:
+            response = await client.patch(f"{ME}/startup-logs", json=lines("from a"))
+            assert response.status_code == 200, response.text
+        message = await ws.receive_str(timeout=10)
+    assert [e["output"] for e in json.loads(message)] == ["from a"]
