@@ -90,8 +90,8 @@ async def test_concurrent_stats_reports_share_one_insert(world_factory: Any) -> 
         stats = await world.cp.store.list_stats(world.agent_id)
         assert sorted(s.rx_bytes for s in stats) == list(range(1, 41))
         statements = await conn.fetchval("SELECT n FROM insert_statements")
-        # One per report without batching; a loaded machine may split the burst a few times.
-        assert 1 <= statements <= 10, statements
+        # One per report (40) without batching; a loaded machine may split the burst.
+        assert 1 <= statements <= 20, statements
     finally:
         await conn.close()
 
