@@ -46,7 +46,7 @@ from controlplane.httpapi import error_middleware, respond
 from controlplane.store.base import Store
 from controlplane.store.open import open_store
 from controlplane.webui import dashboard, login, proxy, sockets, static, terminal_page
-from controlplane.webui.pages import login_middleware
+from controlplane.webui.pages import page_middleware
 from controlplane.webui.security import add_security_headers
 
 log = structlog.get_logger()
@@ -66,7 +66,7 @@ async def build_info(request: web.Request) -> web.Response:
 
 def create_app(config: ServerConfig, store: Store) -> web.Application:
     app = web.Application(
-        middlewares=[guard_middleware, error_middleware, login_middleware],
+        middlewares=[guard_middleware, error_middleware, page_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[GUARD] = ConnectionGuard(

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from controlplane.appkeys import STORE
 from controlplane.auth import request_token
-from controlplane.httpapi import Handler
+from controlplane.httpapi import Handler, HTTPError
 from controlplane.store.records import UserRecord
 from controlplane.tokens import well_formed
 
@@ -75,19 +75,34 @@ def redirect(location: str) -> web.Response:
 
 
 class LoginRequired(Exception):
-    """Raised by :func:`page_user`; ``login_middleware`` turns it into the redirect."""
+    """Raised by :func:`page_user`; ``page_middleware`` turns it into the redirect."""
 
     def __init__(self, return_to: str) -> None:
         super().__init__(return_to)
         self.location = f"/login?return_to={quote(return_to, safe='/')}"
 
 
+def error_page(status: int, title: str, detail: str) -> web.Response:
+    body = (
+        f'<section class="card narrow"><h1>{esc(title)}</h1>'
+        f'<p class="error" role="alert">{esc(detail)}</p>'
+        '<p><a href="/">Back to your workspaces</a></p></section>'
+    )
+    return render(title, body, status=status)
+
+
 @web.middleware
-async def login_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def page_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Pages send a browser without a session to ``/login``; and under ``/@`` (terminals,
+    apps, ports) a browser gets its errors as a page, API clients as Coder's JSON."""
     try:
         return await handler(request)
     except LoginRequired as exc:
         return redirect(exc.location)
+    except HTTPError as exc:
+        if not (request.path.startswith("/@") and wants_html(request)):
+            raise
+        return error_page(exc.status, exc.message, exc.detail or "")
 
 
 async def page_user(request: web.Request) -> UserRecord:

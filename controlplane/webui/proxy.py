@@ -35,7 +35,7 @@ from controlplane.store.records import AgentRecord, UserRecord, WorkspaceRecord
 from controlplane.streams import StreamOpenError, open_stream
 from controlplane.tokens import hash_token, well_formed
 from controlplane.webui.links import SubdomainTarget, parse_subdomain
-from controlplane.webui.pages import LoginRequired, esc, page_user, render, wants_html
+from controlplane.webui.pages import LoginRequired, error_page, page_user, wants_html
 from controlplane.webui.resolve import owned_agent_by_name
 from controlplane.webui.security import (
     CSRF_COOKIE,
@@ -63,15 +63,6 @@ DROPPED_HEADERS: Final = HOP_BY_HOP | {
 }
 APP_ROUTE: Final = "/@{owner}/{workspace_agent}/apps/{slug}"
 PORT_ROUTE: Final = "/@{owner}/{workspace_agent}/ports/{port}"
-
-
-def error_page(status: int, title: str, detail: str) -> web.Response:
-    body = (
-        f'<section class="card narrow"><h1>{esc(title)}</h1>'
-        f'<p class="error" role="alert">{esc(detail)}</p>'
-        '<p><a href="/">Back to your workspaces</a></p></section>'
-    )
-    return render(title, body, status=status)
 
 
 def strip_cookies(header: str) -> str:

@@ -256,6 +256,12 @@ async def test_terminal_page_is_the_owners_only(
     assert (await alice.http.get("/@alice/dev/terminal")).status_code == 200  # one agent
     for path in ("/@alice/dev.main/terminal", "/@alice/dev.other/terminal", "/@bob/dev/terminal"):
         assert (await bob.http.get(path)).status_code == 404, path
+    # A browser gets the 404 as a page, an API client as JSON.
+    as_page = await bob.http.get("/@alice/dev.main/terminal", headers={"Accept": "text/html"})
+    assert as_page.status_code == 404
+    assert_security_headers(as_page)
+    as_json = await bob.http.get("/@alice/dev.main/terminal")
+    assert as_json.headers["content-type"].startswith("application/json")
     async with control_plane.http() as anonymous:
         response = await anonymous.get("/@alice/dev.main/terminal")
     assert response.status_code == 303
