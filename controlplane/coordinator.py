@@ -238,7 +238,10 @@ class Coordinator:
             correlation = _correlation(value)
             origin = self._origins.pop(correlation, None) if correlation else None
             if origin is not None and self.bus is not None:
-                await self.bus.reply(origin[0], agent_id, value)
+                try:
+                    await self.bus.reply(origin[0], agent_id, value)
+                except Exception as exc:  # the asker times out; the agent keeps its socket
+                    log.warning("coordinator.reply_failed", agent_id=agent_id, error=str(exc))
                 return
             await self._dispatch(agent_id, value)
             return
@@ -285,7 +288,10 @@ class Coordinator:
             if node is not None:
                 await peer.send([node])
             elif agent_id in self._remote and self.bus is not None:
-                await self.bus.want_node(self._remote[agent_id][0], agent_id)
+                try:
+                    await self.bus.want_node(self._remote[agent_id][0], agent_id)
+                except Exception as exc:  # the node comes with the agent's next change
+                    log.warning("coordinator.want_node_failed", agent_id=agent_id, error=str(exc))
             async for msg in ws:
                 if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
                     continue
