@@ -127,10 +127,11 @@ def server_config_from_args(args: argparse.Namespace) -> Any:
 def event_loop_factory(
     environ: Mapping[str, str],
 ) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (``pip install 'wsagent[fast]'``), else
-    asyncio's. It cuts the server's CPU per request (docs/benchmarks.md, "Control plane");
-    ``WSAGENT_EVENT_LOOP=asyncio`` forces asyncio's loop."""
-    choice = environ.get("WSAGENT_EVENT_LOOP", "auto")
+    """asyncio's event loop, or uvloop's on request: ``WSAGENT_EVENT_LOOP=uvloop`` (it must
+    be installed: ``pip install 'wsagent[fast]'``) or ``auto`` (uvloop if installed). uvloop
+    cut the CPU per request, but one overloaded run reset connections that asyncio's loop
+    did not, so it is not the default (docs/benchmarks.md, "Control plane")."""
+    choice = environ.get("WSAGENT_EVENT_LOOP", "asyncio")
     if choice not in ("auto", "uvloop", "asyncio"):
         raise SystemExit(
             f"wsagent server: WSAGENT_EVENT_LOOP must be auto, uvloop or asyncio, not {choice!r}"
