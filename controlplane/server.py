@@ -210,6 +210,14 @@ async def start_bus(app: web.Application, config: ServerConfig, port: int) -> No
     await bus.start()
     app[COORDINATOR].bus = bus
     log.info("server.replica", replica_id=config.replica_id, replica_url=config.replica_url)
+    if not config.replica_url:
+        # Dial-backs then go to the access URL: behind a load balancer they may land on a
+        # replica other than the one whose user asked, and that terminal fails.
+        log.warning(
+            "server.replica_url_missing",
+            hint="give every replica --replica-url, its own address, when several share"
+            " the database",
+        )
 
 
 @contextlib.asynccontextmanager
