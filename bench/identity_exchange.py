@@ -36,8 +36,8 @@ from agent.identity.detect import ProbeTargets, probe
 from agent.identity.gcp import GoogleIdentityFetcher
 from agent.identity.transport import metadata_client
 from controlplane.identity.service import IdentityService
+from tests.e2e.identity.conftest import identity_config
 from tests.fakes.metadata import running_fake
-from tests.identity.conftest import identity_config
 
 
 async def timed(call: Callable[[], Awaitable[object]]) -> tuple[float, object]:

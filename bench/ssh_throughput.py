@@ -34,7 +34,7 @@ from pty_stack import REPO, Stack, running_stack
 
 sys.path.insert(0, str(REPO))
 
-from tests.workspace_start.sshd import keygen, run_sshd, sshd_unavailable
+from tests.e2e.workspace_start.sshd import keygen, run_sshd, sshd_unavailable
 
 CHUNK = 256 * 1024
 

@@ -196,7 +196,7 @@ async def main(args: argparse.Namespace) -> None:
     from playwright.async_api import async_playwright
 
     app = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.web.echo_app", cwd=str(REPO),
+        sys.executable, "-m", "tests.e2e.web.echo_app", cwd=str(REPO),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert app.stdout is not None

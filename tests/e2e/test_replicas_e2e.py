@@ -27,9 +27,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import REPO, AgentProcess, agent_env, poll_until
-from tests.controlplane.cli import cli_env, wsagent
+from tests.e2e.controlplane.cli import cli_env, wsagent
+from tests.e2e.terminals.harness import Screen
 from tests.pgserver import PgCluster, PgUnavailable, free_port
-from tests.terminals.harness import Screen
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -1,5 +1,5 @@
 """packaging/container/Dockerfile: docker cannot build here, so its conventions are linted
-(the PID 1 behaviour itself is exercised in tests/daemon/test_pid1.py, in a PID namespace).
+(the PID 1 behaviour itself is exercised in tests/e2e/daemon/test_pid1.py, in a PID namespace).
 """
 
 from __future__ import annotations
