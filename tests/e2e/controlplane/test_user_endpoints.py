@@ -197,7 +197,9 @@ async def test_a_failed_refresh_does_not_stop_the_refreshes(
 ) -> None:
     """Fault injection in the store (not in the handler under test): one heartbeat write
     fails, the next ones still land and the agent stays connected."""
-    w: World = await world_factory(heartbeat_interval=0.1)
+    # 0.3 s, not less: "connected" needs a refresh within twice the interval, and on
+    # PostgreSQL each refresh cycle is a few round trips on a shared machine.
+    w: World = await world_factory(heartbeat_interval=0.3)
     real = w.cp.store.agent_heartbeats  # the sockets' refreshes are written in batches
     calls: list[datetime] = []
 
