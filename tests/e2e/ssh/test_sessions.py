@@ -73,8 +73,11 @@ async def test_interactive_login_resize_ctrl_c_and_exit_status(world: SSHWorld) 
         term.resize(40, 132)
         term.type(b"stty size\r")
         await term.expect(rb"\b40 132\r\n")
-        term.type(b"sleep 60; echo not-$((1))-interrupted\r")
-        await term.expect(rb"sleep 60[^\n]*\r\n")
+        term.type(b"sleep 67; echo not-$((1))-interrupted\r")
+        await term.expect(rb"sleep 67[^\n]*\r\n")
+        # The echo comes before the shell has made sleep the terminal's foreground group; a
+        # Ctrl-C sent in between would reach the shell instead. Wait for the foreground sleep.
+        await poll_until(_foreground_sleep, timeout=15)
         term.type(b"\x03")  # Ctrl-C reaches sleep through the remote line discipline
         term.type(b"echo after-$((20+22))\r")
         await term.expect(rb"after-42\r\n")
@@ -141,3 +144,20 @@ async def test_ssh_connections_count_as_ssh_in_stats(
 
     rows = await poll_until(reported, timeout=20)
     assert sum(r.rx_bytes for r in rows) > 0 and sum(r.tx_bytes for r in rows) > 0
+
+
+def _foreground_sleep() -> bool:
+    """A `sleep 67` runs as its terminal's foreground process group."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "cmdline").read_bytes() != b"sleep\x0067\x00":
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pgrp, tpgid = int(fields[2]), int(fields[5])
+        if pgrp == tpgid:
+            return True
+    return False
