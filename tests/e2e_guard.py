@@ -5,6 +5,10 @@ carry the ``e2e`` mark, and fails with a message saying so if it does not.
 Hooked into tests/conftest.py. Only the act of starting is recorded (``Popen``, ``fork``,
 ``forkpty``, ``listen``); connecting to a closed port or binding a socket without listening
 stays a unit test.
+
+Everything under tests/e2e/ is end-to-end by where it lives: it gets the mark here, so a
+run with ``-m "not e2e"`` does not even import those modules (a third of the fast suite's
+time went into collecting them).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import pytest
@@ -21,6 +26,25 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _current: dict[str, set[str] | None] = {"starts": None}
+
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+
+
+def _in_e2e_dir(path: Path) -> bool:
+    return path == E2E_DIR or E2E_DIR in path.parents
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    markexpr = str(config.getoption("markexpr", "") or "")
+    if " ".join(markexpr.split()) == "not e2e" and _in_e2e_dir(collection_path):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _in_e2e_dir(item.path):
+            item.add_marker(pytest.mark.e2e)
 
 
 def _recording(kind: str, original: Callable[P, R]) -> Callable[P, R]:
