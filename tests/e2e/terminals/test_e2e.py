@@ -9,18 +9,32 @@ import os
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import AgentProcess, ControlPlane, agent_env, poll_until
 from tests.e2e.terminals.harness import Screen
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+# Every /pty socket a test opens, closed when the test ends: a socket left to the garbage
+# collector warns later, inside whichever test happens to be running then.
+_opened: list[ClientConnection] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_opened_sockets() -> AsyncIterator[None]:
+    yield
+    while _opened:
+        _opened.pop().transport.abort()
+    for _ in range(3):  # let the aborted transports run their connection_lost callbacks
+        await asyncio.sleep(0)
 
 
 class Setup:
@@ -43,6 +57,7 @@ class Setup:
             open_timeout=10,
             close_timeout=2,
         )
+        _opened.append(ws)
         return Pty(ws)
 
 
