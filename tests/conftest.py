@@ -4,6 +4,7 @@ a subprocess. Nothing here is a mock: tests talk to both over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import json
 import os
@@ -33,6 +34,17 @@ pytest_plugins = ["tests.e2e_guard"]
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> None:
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaks_in_their_own_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """An end-to-end test that leaves a socket to the garbage collector fails itself.
+
+    Otherwise the ResourceWarning surfaces whenever the collector next runs, inside some
+    other test; collecting at teardown pins it on the test that leaked."""
+    yield
+    if request.node.get_closest_marker("e2e") is not None:
+        gc.collect()
 
 
 async def poll_until(
