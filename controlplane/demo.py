@@ -143,6 +143,13 @@ Open a terminal in the workspace (in another shell):
 
 The shell outlives its window; add --reconnect last to that command to get it back.
 
+Or SSH in with the system's ssh (its ProxyCommand goes through the control plane):
+
+  {wsagent} ssh --url {server.url} --token {user_token} demo
+
+In a browser: sign in at {server.url}/login with the user token; the dashboard is
+{server.url}/ and the browser terminal {server.url}/@demo/demo.main/terminal
+
 Look at the agent through the API:
 
   curl -s -H 'Coder-Session-Token: {user_token}' \\
