@@ -8,6 +8,7 @@ the same agent at once keep the cap and the stream's sequence exact.
 from __future__ import annotations
 
 from controlplane.store.base import NotFound
+from controlplane.store.logcap import plan_append
 from controlplane.store.pg_base import LOGS_CHANNEL, PGBase, now, parse_uuid, sid
 from controlplane.store.records import (
     AppendLogsResult,
@@ -15,7 +16,6 @@ from controlplane.store.records import (
     NewStartupLog,
     StartupLogRecord,
 )
-from controlplane.store.sqlite_logs import _size
 
 
 class PGLogStore(PGBase):
@@ -41,48 +41,44 @@ class PGLogStore(PGBase):
                 raise NotFound(f"agent {agent_id} not found")
             if row["startup_logs_overflowed"]:
                 return AppendLogsResult(0, 0, None, True, False)
-            skip = 0
-            if stream and stream == row["startup_logs_stream"]:
-                # A retried batch: its lines below the next expected number are stored.
-                skip = min(len(logs), max(0, row["startup_logs_next_seq"] - first_seq))
-            length = row["startup_logs_length"]
-            kept: list[NewStartupLog] = []
-            overflowed = False
-            for line in logs[skip:]:
-                size = _size(line.output)
-                if length + size > cap_bytes:
-                    overflowed = True
-                    break
-                kept.append(line)
-                length += size
+            plan = plan_append(
+                logs,
+                stored_length=row["startup_logs_length"],
+                stored_stream=row["startup_logs_stream"],
+                stored_next_seq=row["startup_logs_next_seq"],
+                cap_bytes=cap_bytes,
+                stream=stream,
+                first_seq=first_seq,
+            )
             first_id: int | None = None
-            if kept:
+            if plan.kept:
                 ids = await conn.fetch(
                     "INSERT INTO agent_startup_logs (agent_id, created_at, output, level)"
                     " SELECT $1, c, o, l FROM unnest($2::timestamptz[], $3::text[], $4::text[])"
                     " WITH ORDINALITY AS v(c, o, l, n) ORDER BY n RETURNING id",
                     key,
-                    [line.created_at for line in kept],
-                    [line.output for line in kept],
-                    [line.level for line in kept],
+                    [line.created_at for line in plan.kept],
+                    [line.output for line in plan.kept],
+                    [line.level for line in plan.kept],
                 )
                 first_id = min(r["id"] for r in ids)
                 # Followers on every replica read the new lines now (controlplane.pgbus).
                 await conn.execute("SELECT pg_notify($1, $2)", LOGS_CHANNEL, str(key))
-            next_seq = first_seq + len(logs) if stream else 0
-            if skip < len(logs) or stream != row["startup_logs_stream"]:
+            if plan.update_agent:
                 await conn.execute(
                     "UPDATE agents SET startup_logs_length=$1, startup_logs_overflowed=$2,"
                     " startup_logs_stream=$3, startup_logs_next_seq=$4, updated_at=$5"
                     " WHERE id=$6",
-                    length,
-                    overflowed,
+                    plan.length,
+                    plan.overflowed,
                     stream,
-                    next_seq,
+                    plan.next_seq,
                     now(),
                     key,
                 )
-        return AppendLogsResult(len(kept), skip, first_id, overflowed, overflowed)
+        return AppendLogsResult(
+            len(plan.kept), plan.skip, first_id, plan.overflowed, plan.overflowed
+        )
 
     async def upsert_agent_metadata(self, rows: list[MetadataRecord]) -> None:
         latest: dict[tuple[str, str], MetadataRecord] = {}

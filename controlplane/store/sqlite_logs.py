@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 from controlplane.store.base import NotFound
+from controlplane.store.logcap import plan_append
 from controlplane.store.records import (
     AppendLogsResult,
     MetadataRecord,
@@ -13,12 +14,6 @@ from controlplane.store.records import (
     StartupLogRecord,
 )
 from controlplane.store.sqlite_base import SQLiteBase, _now, _req_dt, _ts
-
-
-def _size(text: str) -> int:
-    # Coder counts the output's bytes; an empty line counts 1 here, so the cap bounds the
-    # number of rows too.
-    return max(1, len(text.encode("utf-8", "surrogatepass")))
 
 
 class LogStore(SQLiteBase):
@@ -41,19 +36,17 @@ class LogStore(SQLiteBase):
                 raise NotFound(f"agent {agent_id} not found")
             if row["startup_logs_overflowed"]:
                 return AppendLogsResult(0, 0, None, True, False)
-            skip = 0
-            if stream and stream == row["startup_logs_stream"]:
-                # A retried batch: its lines below the next expected number are stored.
-                skip = min(len(logs), max(0, row["startup_logs_next_seq"] - first_seq))
-            length = row["startup_logs_length"]
+            plan = plan_append(
+                logs,
+                stored_length=row["startup_logs_length"],
+                stored_stream=row["startup_logs_stream"],
+                stored_next_seq=row["startup_logs_next_seq"],
+                cap_bytes=cap_bytes,
+                stream=stream,
+                first_seq=first_seq,
+            )
             first_id: int | None = None
-            stored = 0
-            overflowed = False
-            for line in logs[skip:]:
-                size = _size(line.output)
-                if length + size > cap_bytes:
-                    overflowed = True
-                    break
+            for line in plan.kept:
                 cursor = conn.execute(
                     "INSERT INTO agent_startup_logs (agent_id, created_at, output, level)"
                     " VALUES (?, ?, ?, ?)",
@@ -61,16 +54,22 @@ class LogStore(SQLiteBase):
                 )
                 if first_id is None:
                     first_id = cursor.lastrowid
-                length += size
-                stored += 1
-            next_seq = first_seq + len(logs) if stream else 0
-            if skip < len(logs) or stream != row["startup_logs_stream"]:
+            if plan.update_agent:
                 conn.execute(
                     "UPDATE agents SET startup_logs_length=?, startup_logs_overflowed=?,"
                     " startup_logs_stream=?, startup_logs_next_seq=?, updated_at=? WHERE id=?",
-                    (length, int(overflowed), stream, next_seq, _ts(_now()), agent_id),
+                    (
+                        plan.length,
+                        int(plan.overflowed),
+                        stream,
+                        plan.next_seq,
+                        _ts(_now()),
+                        agent_id,
+                    ),
                 )
-            return AppendLogsResult(stored, skip, first_id, overflowed, overflowed)
+            return AppendLogsResult(
+                len(plan.kept), plan.skip, first_id, plan.overflowed, plan.overflowed
+            )
 
         return await self._run(self._tx, op)
 
