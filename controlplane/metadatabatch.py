@@ -4,7 +4,8 @@ Coder's 2,000-agent scale test found the metadata posts (each an UPDATE and a NO
 the largest part of its database load. Here a post only replaces the agent's latest value
 in memory; once per ``interval`` (1 s) every value that changed is written in one
 transaction, the newest per (agent, key) only. Readers see the store overlaid with what
-is still pending, so nothing reads stale; a crash loses at most one tick of values, which
+is still pending or being written (a value leaves memory only once its write committed),
+so nothing reads stale; a crash loses at most one tick of values, which
 the agents post again on their next interval. Watchers (the dashboard) are woken at once.
 """
 
@@ -33,7 +34,12 @@ class MetadataBatcher:
     def __init__(self, store: Store, interval: float = FLUSH_INTERVAL) -> None:
         self._store = store
         self.interval = interval
-        self._pending: dict[tuple[str, str], MetadataRecord] = {}
+        # agent id -> key -> newest record: waiting for the next write, and in the write
+        # under way (kept until it commits, so a reader never sees neither).
+        self._pending: dict[str, dict[str, MetadataRecord]] = {}
+        self._pending_rows = 0
+        self._writing: dict[str, dict[str, MetadataRecord]] = {}
+        self._write_lock = asyncio.Lock()
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
@@ -45,16 +51,19 @@ class MetadataBatcher:
 
     def put(self, record: MetadataRecord) -> None:
         self.posts += 1
-        self._pending[(record.agent_id, record.key)] = record
+        by_key = self._pending.setdefault(record.agent_id, {})
+        if record.key not in by_key:
+            self._pending_rows += 1
+        by_key[record.key] = record
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="metadata.flush")
-        if len(self._pending) >= MAX_PENDING:
+        if self._pending_rows >= MAX_PENDING:
             self._kick.set()
         for event in self._waiters.get(record.agent_id, ()):
             event.set()
 
     def pending_for(self, agent_id: str) -> dict[str, MetadataRecord]:
-        return {k: r for (a, k), r in self._pending.items() if a == agent_id}
+        return self._writing.get(agent_id, {}) | self._pending.get(agent_id, {})
 
     async def _run(self) -> None:
         while self._pending:
@@ -66,19 +75,33 @@ class MetadataBatcher:
             await self.flush()
 
     async def flush(self) -> None:
-        rows, self._pending = list(self._pending.values()), {}
-        if not rows:
-            return
-        try:
-            await self._store.upsert_agent_metadata(rows)
-        except Exception as exc:
-            # Keep what no newer post replaced meanwhile; the next tick tries again.
-            for row in rows:
-                self._pending.setdefault((row.agent_id, row.key), row)
-            log.warning("metadata.write_failed", rows=len(rows), error=str(exc))
-            return
+        async with self._write_lock:  # one write at a time; a second flush waits for it
+            if not self._pending:
+                return
+            writing, self._pending, self._pending_rows = self._pending, {}, 0
+            self._writing = writing
+            rows = [row for by_key in writing.values() for row in by_key.values()]
+            try:
+                await self._store.upsert_agent_metadata(rows)
+            except BaseException as exc:
+                # Keep what no newer post replaced meanwhile; the next flush tries again
+                # (also after a cancelled write: close() flushes once more).
+                self._restore(rows)
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("metadata.write_failed", rows=len(rows), error=str(exc))
+                return
+            finally:
+                self._writing = {}
         self.writes += 1
         self.rows_written += len(rows)
+
+    def _restore(self, rows: list[MetadataRecord]) -> None:
+        for row in rows:
+            by_key = self._pending.setdefault(row.agent_id, {})
+            if row.key not in by_key:
+                by_key[row.key] = row
+                self._pending_rows += 1
 
     # ---------------------------------------------------------------- watchers
 
