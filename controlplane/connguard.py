@@ -26,6 +26,12 @@ from aiohttp import web
 
 log = structlog.get_logger()
 
+# The listening socket's accept queue. Python's default (128) fills in a few milliseconds
+# when thousands of agents reconnect at once after a restart, or while the event loop is
+# busy; a full queue drops SYNs and each client waits a second for its retransmit. The
+# kernel caps it at net.core.somaxconn (4,096 on current kernels).
+LISTEN_BACKLOG: Final = 2048
+
 # File descriptors kept for everything that is not a client socket: the database and its
 # WAL, log files, listening sockets, outgoing fetches (AIA, Google keys).
 RESERVED_FDS: Final = 64
@@ -246,7 +252,7 @@ class GuardedSockSite(web.SockSite):
         guard: ConnectionGuard,
         *,
         ssl_context: object = None,
-        backlog: int = 128,
+        backlog: int = LISTEN_BACKLOG,
     ) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context, backlog=backlog)  # type: ignore[arg-type]
         self._guard = guard
