@@ -63,6 +63,8 @@ class AppHealth:
         self.reporter: AppHealthReporter | None = None
 
     async def on_metadata(self, metadata: Metadata) -> None:
+        if self.reporter is None and not metadata.apps:
+            return  # no app, nothing to probe: agent.apphealth stays unimported
         from agent.apphealth import AppHealthReporter, probed_apps
 
         if self.reporter is not None:
