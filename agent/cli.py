@@ -89,8 +89,6 @@ def run_agent(argv: Sequence[str]) -> int:
     # lifetime, and asyncio (with ssl) alone would add ~9 MiB to it.
     import asyncio
 
-    from agent.compose import compose
-    from agent.daemon import run_until_signalled
     from agent.logsinks import open_sinks
     from wscommon import logs
     from wscommon.logfile import LogFileError, make_log_dir
@@ -150,7 +148,17 @@ def run_agent(argv: Sequence[str]) -> int:
         )
 
     async def main() -> int:
-        return await run_until_signalled(compose(config), early)
+        from agent.firstrequest import FirstRequest
+
+        first = FirstRequest(config)
+        first.send()
+        await first.sent()
+        # The rest of the agent is imported while the first request is in flight: its
+        # modules take longer to import than the interpreter takes to start.
+        from agent.compose import compose
+        from agent.daemon import run_until_signalled
+
+        return await run_until_signalled(compose(config, first_request=first), early)
 
     try:
         return asyncio.run(main())

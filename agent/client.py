@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -28,25 +28,29 @@ from agent.errors import (
     transport_kind,
 )
 from agent.sdk import codec
-from agent.sdk.agentmetadata import MetadataResult
 from agent.sdk.errors import ValidationError
-from agent.sdk.hostkeys import SSHHostKey
-from agent.sdk.models import (
-    AuthenticateResponse,
-    AWSInstanceIdentityToken,
-    AzureInstanceIdentityToken,
-    ErrorResponse,
-    GitAuthResponse,
-    GitSSHKey,
-    GoogleInstanceIdentityToken,
-    Metadata,
-    PostAppHealthsRequest,
-    PostLifecycleRequest,
-    PostStartupRequest,
-    Stats,
-    StatsResponse,
-)
-from agent.sdk.startuplogs import SEQ_HEADER, STREAM_HEADER, PatchStartupLogs, StartupLog
+from agent.sdk.startuplogs import SEQ_HEADER, STREAM_HEADER
+
+if TYPE_CHECKING:
+    from agent.sdk.agentmetadata import MetadataResult
+    from agent.sdk.hostkeys import SSHHostKey
+    from agent.sdk.models import (
+        AuthenticateResponse,
+        AWSInstanceIdentityToken,
+        AzureInstanceIdentityToken,
+        GitAuthResponse,
+        GitSSHKey,
+        GoogleInstanceIdentityToken,
+        Metadata,
+        PostStartupRequest,
+        Stats,
+        StatsResponse,
+    )
+    from agent.sdk.startuplogs import StartupLog
+
+# The wire models (agent.sdk.models: dataclasses for every endpoint) are imported by the
+# methods that build or decode them, not here: the agent sends its first request before
+# they are imported (agent/firstrequest.py).
 
 T = TypeVar("T")
 
@@ -130,6 +134,7 @@ class ControlPlaneClient:
         auth: bool = True,
         extra_headers: dict[str, str] | None = None,
         request_timeout: float | object | None = httpx.USE_CLIENT_DEFAULT,
+        on_sent: Callable[[], None] | None = None,
     ) -> bytes:
         url = API_PREFIX + path + (f"?{params}" if params else "")
         headers: dict[str, str] = dict(extra_headers or {})
@@ -157,6 +162,7 @@ class ControlPlaneClient:
                     content=content,
                     headers=headers,
                     timeout=request_timeout,  # type: ignore[arg-type]
+                    extensions={} if on_sent is None else {"trace": _on_request_sent(on_sent)},
                 )
                 response = await self._http.send(request, stream=True)
                 try:
@@ -192,13 +198,23 @@ class ControlPlaneClient:
 
     # -------------------------------------------------------------- endpoints
 
-    async def metadata(self) -> Metadata:
-        return await self._decode("GET", "/workspaceagents/me/metadata", Metadata.from_json)
+    async def metadata(self, on_sent: Callable[[], None] | None = None) -> Metadata:
+        """The agent's metadata. ``on_sent`` is called once the request has been written
+        to the socket (not at all if it fails before that)."""
+        path = "/workspaceagents/me/metadata"
+        data = await self._request("GET", path, on_sent=on_sent)
+        # Imported once the request is out: the first one is sent before the models are.
+        from agent.sdk.models import Metadata
+
+        endpoint = f"GET {API_PREFIX}{path}"
+        return Metadata.from_json(codec.loads(endpoint, data), endpoint)
 
     async def post_startup(self, request: PostStartupRequest) -> None:
         await self._request("POST", "/workspaceagents/me/startup", body=request.to_json())
 
     async def post_lifecycle(self, state: str) -> None:
+        from agent.sdk.models import PostLifecycleRequest
+
         await self._request(
             "POST",
             "/workspaceagents/me/report-lifecycle",
@@ -209,6 +225,8 @@ class ControlPlaneClient:
         await self._request("POST", "/workspaceagents/me/ssh-host-key", body=key.to_json())
 
     async def post_app_health(self, healths: dict[str, str]) -> None:
+        from agent.sdk.models import PostAppHealthsRequest
+
         await self._request(
             "POST",
             "/workspaceagents/me/app-health",
@@ -219,6 +237,8 @@ class ControlPlaneClient:
         self, stream: str, first_seq: int, logs: tuple[StartupLog, ...]
     ) -> None:
         """Append lines to the agent's startup logs; ApiError 413 once they overflowed."""
+        from agent.sdk.startuplogs import PatchStartupLogs
+
         await self._request(
             "PATCH",
             "/workspaceagents/me/startup-logs",
@@ -235,6 +255,8 @@ class ControlPlaneClient:
         )
 
     async def report_stats(self, stats: Stats) -> StatsResponse:
+        from agent.sdk.models import StatsResponse
+
         return await self._decode(
             "POST",
             "/workspaceagents/me/report-stats",
@@ -243,6 +265,8 @@ class ControlPlaneClient:
         )
 
     async def git_auth(self, url: str, *, listen: bool = False) -> GitAuthResponse:
+        from agent.sdk.models import GitAuthResponse
+
         # ``listen`` is a presence flag on the server, so it is sent without a value.
         params = "url=" + quote(url, safe="") + ("&listen" if listen else "")
         return await self._decode(
@@ -254,6 +278,8 @@ class ControlPlaneClient:
         )
 
     async def git_ssh_key(self) -> GitSSHKey:
+        from agent.sdk.models import GitSSHKey
+
         return await self._decode("GET", "/workspaceagents/me/gitsshkey", GitSSHKey.from_json)
 
     async def auth_aws(self, token: AWSInstanceIdentityToken) -> AuthenticateResponse:
@@ -266,6 +292,8 @@ class ControlPlaneClient:
         return await self._identity("google-instance-identity", token.to_json())
 
     async def _identity(self, kind: str, body: dict[str, Any]) -> AuthenticateResponse:
+        from agent.sdk.models import AuthenticateResponse
+
         return await self._decode(
             "POST",
             f"/workspaceagents/{kind}",
@@ -290,6 +318,24 @@ class ControlPlaneClient:
 
     def websocket_headers(self) -> dict[str, str]:
         return {"Cookie": f"{SESSION_COOKIE}={self.tokens.token}", "User-Agent": "wsagent"}
+
+
+# httpcore's trace event once the whole request has been written to the connection.
+REQUEST_SENT_EVENT: Final = "http11.send_request_body.complete"
+
+
+def _on_request_sent(
+    callback: Callable[[], None],
+) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpx ``trace`` request extension that calls ``callback`` when the request has
+    been sent (httpcore reports each step of a request to it)."""
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        del info
+        if event == REQUEST_SENT_EVENT:
+            callback()
+
+    return trace
 
 
 async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
@@ -332,6 +378,8 @@ def _api_error(method: str, url: str, response: httpx.Response, data: bytes) -> 
         return cls(method, url, status, f"unexpected non-JSON response {ctype!r}", detail)
     if not data.strip():
         return cls(method, url, status, "empty response body")
+    from agent.sdk.models import ErrorResponse
+
     try:
         body = ErrorResponse.from_json(codec.loads(f"{method} {url}", data), f"{method} {url}")
     except DecodeError as exc:

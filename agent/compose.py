@@ -21,13 +21,14 @@ import structlog
 from agent import lifecycle, paths, procprio, sdnotify, sessionenv, shutdown, vscode
 from agent.agentmetadata import MetadataCollector
 from agent.children import ChildRegistry
-from agent.client import ControlPlaneClient, TokenHolder, tls_context
+from agent.client import ControlPlaneClient
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.compose_remote import SSHAccess
 from agent.config import AUTH_TOKEN, AgentConfig, default_state_dir
 from agent.connection import ConnectionLoop, TokenExchange
 from agent.coordinator import Coordinator, CoordinatorSession
 from agent.daemon import Agent
+from agent.firstrequest import FirstRequest
 from agent.ondemand import AppHealth, Streams, Terminals, build_metrics, serve_metrics
 from agent.ports import PortScanner
 from agent.sdk.extensions import (
@@ -67,29 +68,22 @@ def compose(
     rng: random.Random | None = None,
     environ: MutableMapping[str, str] | None = None,
     token_exchange: TokenExchange | None = None,
+    first_request: FirstRequest | None = None,
 ) -> Agent:
     """Build the agent for ``config``. Nothing runs until :meth:`Agent.run`.
 
     ``token_exchange`` replaces the one ``config.auth`` chooses (tests fake a cloud).
+    ``first_request`` carries the client and the metadata request already sent.
     """
     environ = os.environ if environ is None else environ
     rng = rng or random.Random()
     version = agent_version()
 
     # The control plane's client, with the token it sends (each identity exchange
-    # replaces it).
-    tokens = TokenHolder(config.token)
-    if config.token:
-        REDACTOR.add(config.token)
-    client = ControlPlaneClient(
-        config.url,
-        tokens,
-        verify=tls_context(
-            insecure_skip_verify=config.insecure_skip_verify,
-            ca_file=config.ca_file,
-            url=config.url,
-        ),
-    )
+    # replaces it). ``wsagent agent`` made it, and sent the first metadata request, before
+    # importing this module (agent/firstrequest.py).
+    first = first_request or FirstRequest(config)
+    tokens, client = first.tokens, first.client
     exchange = token_exchange or identity_exchange(config, client, clock)
 
     # What every part shares: the child processes to stop at shutdown, the traffic
@@ -208,7 +202,7 @@ def compose(
         version=version,
         tokens=tokens,
         exchange=exchange,
-        fetch_metadata=client.metadata,
+        fetch_metadata=first.fetch_metadata,
         post_startup=client.post_startup,
         on_startup=after_startup,
         serve=serve_coordinate,
@@ -249,6 +243,7 @@ def compose(
         background.append(("metrics", lambda: serve_metrics(page, host, port)))
     background.append(("startuplogs", startup_logs.run))
     on_shutdown += [
+        first.discard,
         agent_metadata.close,
         startup_logs.close,
         workspace_start.close,
