@@ -256,6 +256,8 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
     await store.agent_connected(agent.id, datetime.now(UTC))
     log.info("agent.connected", agent_id=agent.id, workspace=workspace.name)
 
+    closing = asyncio.Event()
+
     async def heartbeat() -> None:
         while True:
             # Woken early when a token of this agent is revoked on any replica.
@@ -267,11 +269,13 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
             try:
                 current = await store.get_workspace(workspace.id)
                 if current is None or current.latest_build != agent.build_number:
+                    closing.set()
                     await ws.close(code=1001, message=b"build is outdated")
                     return
                 # A revoked or expired token ends the session: the agent must authenticate
                 # again (cloud agents re-exchange their identity by themselves).
                 if await store.agent_by_token(token) is None:
+                    closing.set()
                     await ws.close(code=1008, message=b"agent token revoked or expired")
                     return
                 if coordinator.is_current(agent.id, peer):
@@ -285,6 +289,11 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
     try:
         await coordinator.run_agent(agent.id, peer)
     finally:
+        if closing.is_set():
+            # The reader stops as soon as the close frame is out; cancelling the close now
+            # would drop the connection under the agent's reply and it may read a reset
+            # (1006) instead of the reason. The close is bounded by the socket's timeout.
+            await asyncio.wait({beat}, timeout=15.0)
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
         if not coordinator.is_connected(agent.id):
