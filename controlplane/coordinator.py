@@ -27,7 +27,7 @@ from typing import Any, Final, Protocol
 import structlog
 from aiohttp import WSMsgType, web
 
-from agent.sdk.errors import DecodeError
+from agent.sdk.errors import DecodeError, WsagentError
 from agent.sdk.jsonstream import JSONStream
 from agent.sdk.tailnet import Node
 
@@ -37,6 +37,9 @@ WRITE_TIMEOUT: Final = 5.0
 MAX_VALUE_BYTES: Final = 1 << 20
 ORIGIN_TTL: Final = 60.0  # seconds a routed request's reply may take
 MAX_ORIGINS: Final = 10_000
+# Clients' nodes sent to an agent at once (on its connect) go in arrays of about this size:
+# one array of thousands of nodes would pass the 1 MiB an agent reads in one value.
+NODE_BATCH_BYTES: Final = 256 * 1024
 
 ExtensionHandler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 
@@ -53,10 +56,26 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
-class AgentNotConnected(Exception):
+class AgentNotConnected(WsagentError):
     def __init__(self, agent_id: str) -> None:
         super().__init__(f"agent {agent_id} is not connected to this server")
         self.agent_id = agent_id
+
+
+class TooLarge(AgentNotConnected):
+    """A message for an agent, or its reply, is over what the bus carries between replicas
+    (``controlplane.pgbus.MAX_MESSAGE_BYTES``): the agent is there but cannot be reached
+    with it."""
+
+    def __init__(self, size: int, limit: int, what: str = "the message") -> None:
+        WsagentError.__init__(
+            self,
+            f"{what} is {size:,} bytes, over the {limit:,}-byte limit"
+            " of messages between control-plane replicas",
+        )
+        self.agent_id = ""
+        self.size = size
+        self.limit = limit
 
 
 @dataclass(eq=False)
@@ -169,8 +188,9 @@ class Coordinator:
             log.info("coordinator.agent_taken_over", agent_id=agent_id, replica=replica)
             await previous.ws.close(code=1001, message=b"replaced by a newer agent connection")
         nodes = [c.node for c in self._clients.get(agent_id, {}).values() if c.node]
-        if nodes and self.bus is not None:
-            await self.bus.to_agent(replica, agent_id, nodes)
+        if self.bus is not None:
+            for batch in node_batches(nodes):
+                await self.bus.to_agent(replica, agent_id, batch)
 
     def deliver_release(self, agent_id: str, peer_id: str) -> None:
         remote = self._remote.get(agent_id)
@@ -201,8 +221,8 @@ class Coordinator:
             log.info("coordinator.agent_replaced", agent_id=agent_id)
             await previous.ws.close(code=1001, message=b"replaced by a newer agent connection")
         clients = [c.node for c in self._clients.get(agent_id, {}).values() if c.node]
-        if clients:
-            await peer.send(clients)
+        for batch in node_batches(clients):
+            await peer.send(batch)
         if self.bus is not None:
             try:
                 await self.bus.claimed(agent_id, peer.id, peer.since)
@@ -321,6 +341,23 @@ class Coordinator:
         for clients in list(self._clients.values()):
             for peer in list(clients.values()):
                 await peer.ws.close(code=1001, message=b"server shutting down")
+
+
+def node_batches(
+    nodes: list[dict[str, Any]], limit: int = NODE_BATCH_BYTES
+) -> list[list[dict[str, Any]]]:
+    """``nodes`` in order, as arrays whose JSON stays under ``limit`` bytes where it can (a
+    node bigger than that goes alone). Pure."""
+    batches: list[list[dict[str, Any]]] = []
+    size = limit
+    for node in nodes:
+        cost = len(json.dumps(node, separators=(",", ":")).encode()) + 1
+        if size + cost > limit:
+            batches.append([])
+            size = 2  # the brackets
+        batches[-1].append(node)
+        size += cost
+    return batches
 
 
 def _correlation(payload: object) -> str:

@@ -4,9 +4,10 @@ Every replica listens on ``wsagent_all`` (claims and releases of agent sockets, 
 nodes, revocations) and on a channel of its own (requests for agents whose socket it
 holds, replies to requests it sent). Ownership is also a row in ``agent_sockets``, read at
 start so a replica that starts late knows where sockets are. Only set-up messages travel
-here, each a small JSON object under PostgreSQL's 8,000-byte payload limit; terminal and
-stream bytes go agent -> replica directly (the dial-back carries the asking replica's
-URL). Git-auth credentials saved on any replica (or by ``wsagent admin``) wake the
+here, each a JSON object; one over PostgreSQL's 8,000-byte payload limit goes as ordered
+chunks in one transaction (``controlplane.buschunks``), up to :data:`MAX_MESSAGE_BYTES`.
+Terminal and stream bytes go agent -> replica directly (the dial-back carries the asking
+replica's URL). Git-auth credentials saved on any replica (or by ``wsagent admin``) wake the
 ``listen`` waiters on every replica through ``wsagent_gitauth``, startup-log appends wake
 the ``follow`` sockets through ``wsagent_logs``, and a revoked agent token makes every
 replica's sockets of that agent check their token at once (``wsagent_revoked``).
@@ -21,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
+import secrets
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -30,7 +34,8 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from controlplane.coordinator import AgentNotConnected, Coordinator
+from controlplane.buschunks import ChunkError, Reassembler, is_chunk, split
+from controlplane.coordinator import MAX_VALUE_BYTES, AgentNotConnected, Coordinator, TooLarge
 from controlplane.gitauth import GitAuthNotifier
 from controlplane.store.pg_base import (
     GITAUTH_CHANNEL,
@@ -44,6 +49,14 @@ log = structlog.get_logger()
 
 ALL: Final = "wsagent_all"
 MAX_PAYLOAD: Final = 7900  # PostgreSQL refuses NOTIFY payloads of 8,000 bytes and more
+# The largest message the bus carries, chunked: twice the largest value a coordinate socket
+# accepts, so any request or reply an agent or client can send crosses replicas (its JSON
+# envelope adds a few hundred bytes). Read at send time.
+MAX_MESSAGE_BYTES: Final = 2 * MAX_VALUE_BYTES
+# Unfinished chunked messages held at once; the oldest is dropped past it.
+MAX_BUFFERED_BYTES: Final = 2 * MAX_MESSAGE_BYTES
+# A transaction's chunks arrive together: one still missing after this never comes.
+CHUNK_TIMEOUT: Final = 10.0
 RECONNECT_MAX: Final = 5.0
 
 
@@ -77,6 +90,12 @@ class PgBus:
         self._connected = asyncio.Event()
         self._inbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
         self._worker: asyncio.Task[None] | None = None
+        self._chunks = Reassembler(
+            max_message=MAX_MESSAGE_BYTES, max_buffered=MAX_BUFFERED_BYTES, timeout=CHUNK_TIMEOUT
+        )
+        # Chunked message ids: this bus's tag (to skip our own broadcasts) and a counter.
+        self._tag = secrets.token_hex(6)
+        self._ids = itertools.count()
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2)
@@ -140,26 +159,28 @@ class PgBus:
 
     async def to_agent(self, replica: str, agent_id: str, payload: object) -> None:
         message = self._message("to_agent", agent=agent_id, payload=payload)
-        if len(message.encode()) > MAX_PAYLOAD:
-            raise AgentNotConnected(agent_id)
         try:
-            await self._notify(replica_channel(replica), message)
+            await self._send(replica_channel(replica), message)
+        except TooLarge as exc:
+            raise TooLarge(exc.size, exc.limit, f"the request for agent {agent_id}") from None
         except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise AgentNotConnected(agent_id) from exc
 
     async def reply(self, replica: str, agent_id: str, value: dict[str, Any]) -> None:
         message = self._message("from_agent", agent=agent_id, value=value)
-        if len(message.encode()) > MAX_PAYLOAD:
-            # Too large for NOTIFY: the asking replica gets an error it can show.
+        try:
+            await self._send(replica_channel(replica), message)
+        except TooLarge as exc:
+            # The asking replica gets an error it can show instead of waiting in vain.
             value = {k: value[k] for k in ("type", "request_id", "session_id") if k in value}
-            value["error"] = "the agent's reply is too large to route between replicas"
-            message = self._message("from_agent", agent=agent_id, value=value)
-        await self._notify(replica_channel(replica), message)
+            value["error"] = str(TooLarge(exc.size, exc.limit, "the agent's reply"))
+            await self._send(
+                replica_channel(replica), self._message("from_agent", agent=agent_id, value=value)
+            )
 
     async def agent_node(self, agent_id: str, node: dict[str, Any]) -> None:
-        message = self._message("node", agent=agent_id, node=node)
-        if len(message.encode()) <= MAX_PAYLOAD:
-            await self._notify(ALL, message)
+        with contextlib.suppress(TooLarge):  # logged; the clients keep the previous node
+            await self._send(ALL, self._message("node", agent=agent_id, node=node))
 
     async def want_node(self, replica: str, agent_id: str) -> None:
         await self._notify(replica_channel(replica), self._message("want_node", agent=agent_id))
@@ -167,7 +188,30 @@ class PgBus:
     # ------------------------------------------------------------ plumbing
 
     def _message(self, kind: str, **fields: Any) -> str:
-        return json.dumps({"t": kind, "from": self.replica_id, **fields}, separators=(",", ":"))
+        # Raw UTF-8, not \u escapes: the size limits count bytes, and escapes triple them.
+        return json.dumps(
+            {"t": kind, "from": self.replica_id, **fields},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+    async def _send(self, channel: str, message: str) -> None:
+        """One NOTIFY, or (over one payload) its chunks in one statement, so one transaction:
+        they reach every listener together and in order. :class:`TooLarge` past the cap."""
+        size = len(message.encode())
+        if size <= MAX_PAYLOAD:
+            await self._notify(channel, message)
+            return
+        if size > MAX_MESSAGE_BYTES:
+            kind = json.loads(message).get("t")  # rare: worth a parse for a useful log line
+            log.warning("bus.message_too_large", size=size, limit=MAX_MESSAGE_BYTES, kind=kind)
+            raise TooLarge(size, MAX_MESSAGE_BYTES)
+        chunks = split(message, f"{self._tag}{next(self._ids)}")
+        await self._execute(
+            "SELECT pg_notify($1, c) FROM unnest($2::text[]) WITH ORDINALITY AS u(c, i) ORDER BY i",
+            channel,
+            chunks,
+        )
 
     async def _notify(self, channel: str, message: str) -> None:
         await self._execute("SELECT pg_notify($1, $2)", channel, message)
@@ -239,11 +283,49 @@ class PgBus:
 
     async def _work(self) -> None:
         while True:
-            channel, payload = await self._inbox.get()
+            expiry = self._chunks.next_expiry()
             try:
+                if expiry is None:
+                    channel, payload = await self._inbox.get()
+                else:
+                    wait = max(0.0, expiry - time.monotonic())
+                    channel, payload = await asyncio.wait_for(self._inbox.get(), wait)
+            except TimeoutError:
+                self._chunks.expire()
+                self._log_dropped()
+                continue
+            try:
+                if is_chunk(payload):
+                    whole = self._reassemble(payload)
+                    if whole is None:
+                        continue
+                    payload = whole
                 await self._handle(channel, payload)
             except Exception:
                 log.exception("bus.message_failed", channel=channel)
+
+    def _reassemble(self, payload: str) -> str | None:
+        if payload.startswith("#" + self._tag):
+            return None  # a chunk of our own broadcast
+        try:
+            whole = self._chunks.feed(payload)
+        except ChunkError as exc:
+            log.warning("bus.chunk_refused", error=str(exc))
+            whole = None
+        self._chunks.expire()
+        self._log_dropped()
+        return whole
+
+    def _log_dropped(self) -> None:
+        for dropped in self._chunks.dropped:
+            log.warning(
+                "bus.chunks_dropped",
+                message_id=dropped.message_id,
+                reason=dropped.reason,
+                received=dropped.received,
+                count=dropped.count,
+            )
+        self._chunks.dropped.clear()
 
     async def _handle(self, channel: str, payload: str) -> None:
         if channel == GITAUTH_CHANNEL:

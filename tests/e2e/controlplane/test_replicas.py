@@ -2,11 +2,13 @@
 socket is on replica A, the user talks to replica B. Listening-port queries and client
 coordinate sockets reach the agent through LISTEN/NOTIFY; a newer agent socket on B takes
 over from A; a git-auth credential saved on A wakes a listen on B; a token revoked on B
-closes the socket on A at once."""
+closes the socket on A at once. Messages over one NOTIFY payload (8,000 bytes) cross in
+chunks; past the bus's limit the user gets a clear error."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,13 +16,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
-from agent.sdk.extensions import TYPE_LISTENING_PORTS_REQUEST
-from controlplane import gitauth, startuplogs
+from agent.sdk.extensions import (
+    TYPE_LISTENING_PORTS_REQUEST,
+    TYPE_PTY_REQUEST,
+    TYPE_STREAM_REQUEST,
+)
+from agent.sdk.pty import ReconnectingPTYInit
+from controlplane import gitauth, pgbus, startuplogs
 from controlplane.appkeys import COORDINATOR, GITAUTH
 from controlplane.store.records import GitAuthProvider
 from tests.conftest import ControlPlane, poll_until
-from tests.e2e.controlplane.conftest import AGENTS, ME, World, make_world, node
+from tests.e2e.controlplane.conftest import AGENTS, ME, World, assert_error, make_world, node
 from tests.e2e.controlplane.test_coordinate import connect
 from tests.e2e.controlplane.test_startup_logs import lines
 
@@ -175,3 +183,156 @@ async def test_lines_appended_on_a_reach_a_follower_on_b_at_once(
             assert response.status_code == 200, response.text
         message = await ws.receive_str(timeout=10)
     assert [e["output"] for e in json.loads(message)] == ["from a"]
+
+
+# ------------------------------------------------------------ messages of any size
+
+
+def many_ports(count: int) -> list[dict[str, Any]]:
+    return [
+        {"process_name": f"service-{n:05d}", "network": "tcp", "port": 20_000 + n}
+        for n in range(count)
+    ]
+
+
+async def answer_ports(agent: Any, ports: list[dict[str, Any]]) -> int:
+    """Answer one listening-ports request on the agent's socket; the reply's size."""
+    while True:
+        request = await agent.recv(10)
+        if isinstance(request, dict) and request.get("type") == TYPE_LISTENING_PORTS_REQUEST:
+            break
+    reply = {
+        "type": "listening_ports_response",
+        "request_id": request["request_id"],
+        "ports": ports,
+    }
+    await agent.send(reply)
+    return len(json.dumps(reply))
+
+
+async def test_a_60_kb_listening_ports_reply_crosses_replicas_whole(pair: Pair) -> None:
+    ports = many_ports(1200)
+    async with agent_socket(pair.a) as agent:
+        await _known_on(pair.b)
+        answering = asyncio.create_task(answer_ports(agent, ports))
+        async with pair.b.user() as client:
+            response = await client.get(f"{AGENTS}/{pair.b.agent_id}/listening-ports")
+        size = await answering
+    assert size > 60_000
+    assert response.status_code == 200, response.text[:500]
+    got = response.json()["ports"]
+    assert [(p["port"], p["process_name"]) for p in got] == [
+        (p["port"], p["process_name"]) for p in ports
+    ]
+
+
+async def test_a_reply_over_the_bus_limit_gets_a_clear_error(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgbus, "MAX_MESSAGE_BYTES", 100_000)
+    async with agent_socket(pair.a) as agent:
+        await _known_on(pair.b)
+        answering = asyncio.create_task(answer_ports(agent, many_ports(3000)))
+        with capture_logs() as logs:
+            async with pair.b.user() as client:
+                response = await client.get(f"{AGENTS}/{pair.b.agent_id}/listening-ports")
+        assert await answering > 100_000
+        # The agent keeps its socket: only this reply was refused.
+        assert pair.a.cp.app[COORDINATOR].is_local(pair.a.agent_id)
+    body = assert_error(response, 500)
+    assert (
+        "over the 100,000-byte limit of messages between control-plane replicas" in (body["detail"])
+    ), body
+    assert [e for e in logs if e["event"] == "bus.message_too_large"], logs
+
+
+async def test_a_60_kb_node_crosses_replicas_both_ways(pair: Pair) -> None:
+    endpoints = [f"198.51.100.{n % 250}:{40_000 + n}" for n in range(3000)]
+    async with agent_socket(pair.a) as agent:
+        await _known_on(pair.b)
+        async with client_socket(pair.b) as client:
+            mine = node(endpoints=endpoints)
+            assert len(json.dumps(mine)) > 60_000
+            await client.send(mine)
+            got = (await agent.recv_nodes(10))[0]
+            assert (got["key"], got["endpoints"]) == (mine["key"], endpoints)
+            theirs = node(endpoints=endpoints[::-1])
+            await agent.send(theirs)
+            got = (await client.recv_nodes(10))[0]
+            assert (got["key"], got["endpoints"]) == (theirs["key"], endpoints[::-1])
+
+
+async def test_many_clients_on_b_reach_an_agent_that_connects_on_a(pair: Pair) -> None:
+    """The agent's connect sends it every client's node, across replicas, in batches."""
+    endpoints = [f"198.51.100.1:{40_000 + n}" for n in range(400)]  # ~10 KB each
+    async with contextlib.AsyncExitStack() as stack:
+        keys = set()
+        for _ in range(12):
+            client = await stack.enter_async_context(client_socket(pair.b))
+            mine = node(endpoints=endpoints)
+            keys.add(mine["key"])
+            await client.send(mine)
+        coordinator_b = pair.b.cp.app[COORDINATOR]
+        await poll_until(
+            lambda: (
+                sum(1 for c in coordinator_b._clients.get(pair.b.agent_id, {}).values() if c.node)
+                == 12
+            ),
+            timeout=10,
+        )
+        async with agent_socket(pair.a) as agent:
+            seen: set[str] = set()
+            while seen != keys:
+                seen |= {n["key"] for n in await agent.recv_nodes(10)}
+
+
+async def test_a_pty_opened_on_b_with_a_long_command_dials_back_to_b(pair: Pair) -> None:
+    command = "echo " + "x" * 6000  # close to the longest request line a server takes
+    async with agent_socket(pair.a) as agent:
+        await _known_on(pair.b)
+        url = pair.b.cp.url.replace("http", "ws", 1) + f"{AGENTS}/{pair.b.agent_id}/pty"
+        query = f"?reconnect=7c3a1f5e-0a57-4b3c-9d2e-000000000001&command={command}"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(
+                url + query, headers={"Coder-Session-Token": pair.b.owner_token}
+            ) as user,
+        ):
+            request = await agent.recv(10)
+            while request.get("type") != TYPE_PTY_REQUEST:
+                request = await agent.recv(10)
+            assert request["url"] == pair.b.cp.url  # the dial-back goes where the user is
+            dial = f"{request['url'].replace('http', 'ws', 1)}{ME}/pty-dial"
+            async with session.ws_connect(
+                f"{dial}?session={request['session_id']}",
+                headers={"Coder-Session-Token": pair.a.agent_token},
+            ) as dialled:
+                frame = await dialled.receive_bytes(timeout=10)
+                split = ReconnectingPTYInit.split_frame(frame)
+                assert split is not None
+                assert split[0].command == command
+                await dialled.send_bytes(b"hello from a")
+                assert await user.receive_bytes(timeout=10) == b"hello from a"
+
+
+async def test_a_stream_refused_on_a_with_a_long_reason_reaches_the_user_on_b(
+    pair: Pair,
+) -> None:
+    reason = "connect: " + "refused, " * 3000  # ~27 KB
+    async with agent_socket(pair.a) as agent:
+        await _known_on(pair.b)
+
+        async def refuse() -> None:
+            request = await agent.recv(10)
+            while request.get("type") != TYPE_STREAM_REQUEST:
+                request = await agent.recv(10)
+            session = request["session_id"]
+            await agent.send({"type": "stream_error", "session_id": session, "error": reason})
+
+        refusing = asyncio.create_task(refuse())
+        # The refusal comes before the upgrade: a plain GET shows the error body.
+        async with pair.b.user() as client:
+            response = await client.get(f"{AGENTS}/{pair.b.agent_id}/stream?target=tcp:8080")
+        await refusing
+    body = assert_error(response, 502, "Failed to connect to tcp:8080 in the workspace.")
+    assert body["detail"] == reason
