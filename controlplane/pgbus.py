@@ -206,7 +206,7 @@ class PgBus:
             kind = json.loads(message).get("t")  # rare: worth a parse for a useful log line
             log.warning("bus.message_too_large", size=size, limit=MAX_MESSAGE_BYTES, kind=kind)
             raise TooLarge(size, MAX_MESSAGE_BYTES)
-        chunks = split(message, f"{self._tag}{next(self._ids)}")
+        chunks = split(message, f"{self._tag}-{next(self._ids)}")
         await self._execute(
             "SELECT pg_notify($1, c) FROM unnest($2::text[]) WITH ORDINALITY AS u(c, i) ORDER BY i",
             channel,
@@ -305,7 +305,7 @@ class PgBus:
                 log.exception("bus.message_failed", channel=channel)
 
     def _reassemble(self, payload: str) -> str | None:
-        if payload.startswith("#" + self._tag):
+        if payload.startswith(f"#{self._tag}-"):
             return None  # a chunk of our own broadcast
         try:
             whole = self._chunks.feed(payload)
