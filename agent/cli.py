@@ -8,10 +8,15 @@ import signal
 import sys
 import types
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from agent.config import load_config
+from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
 from wscommon import __version__
+
+if TYPE_CHECKING:
+    from agent.logsinks import Sinks
+    from wscommon.logs import RotatingFile
 
 EXIT_USAGE = 2
 
@@ -89,6 +94,63 @@ def run_agent(argv: Sequence[str]) -> int:
     # lifetime, and asyncio (with ssl) alone would add ~9 MiB to it.
     import asyncio
 
+    opened: list[LogOutputs] = []
+
+    async def main() -> int:
+        from agent.firstrequest import FirstRequest
+
+        first = FirstRequest(config)
+        first.send()
+        await first.sent()
+        # The rest is imported and set up while the first request is in flight: the logs
+        # (structlog), then the agent's parts. Their modules take longer to import than
+        # the interpreter takes to start.
+        try:
+            opened.append(open_logs(config))
+        except LogSetupError:
+            first.discard()
+            await first.client.aclose()
+            raise
+        from agent.compose import compose
+        from agent.daemon import run_until_signalled
+
+        return await run_until_signalled(compose(config, first_request=first), early)
+
+    try:
+        return asyncio.run(main())
+    except (ConfigError, LogSetupError) as exc:
+        print(f"wsagent agent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        for outputs in opened:
+            outputs.close()
+
+
+class LogSetupError(Exception):
+    """A log output could not be opened: a usage error (exit 2), like a bad flag."""
+
+
+class LogOutputs:
+    """The agent's log outputs: the rotating file, the extra sinks, the writer thread."""
+
+    def __init__(self, sinks: Sinks, log_file: RotatingFile | None) -> None:
+        self.sinks = sinks
+        self.log_file = log_file
+
+    def close(self) -> None:
+        from wscommon import logs
+
+        logs.close_stream(timeout=1.0)
+        self.sinks.close()
+        if self.log_file is not None:
+            self.log_file.close()
+
+
+def open_logs(config: AgentConfig) -> LogOutputs:
+    """Open the log outputs and log ``agent.starting``; LogSetupError if one cannot be
+    opened."""
+    import structlog
+
     from agent.logsinks import open_sinks
     from wscommon import logs
     from wscommon.logfile import LogFileError, make_log_dir
@@ -105,8 +167,7 @@ def run_agent(argv: Sequence[str]) -> int:
             config.log_backups,
         )
     except OSError as exc:
-        print(f"wsagent agent: error: log output: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise LogSetupError(f"log output: {exc}") from exc
     refused: LogFileError | None = None
     try:
         make_log_dir(config.log_dir)
@@ -126,10 +187,8 @@ def run_agent(argv: Sequence[str]) -> int:
             refused = exc
             log_file = logs.configure(log_file=None, level=level, background=True, extra=[sinks])
     except OSError as exc:
-        print(f"wsagent agent: error: CODER_AGENT_LOG_DIR: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-    import structlog
+        sinks.close()
+        raise LogSetupError(f"CODER_AGENT_LOG_DIR: {exc}") from exc
 
     if refused is not None:
         structlog.get_logger().error("logs.file_refused", error=str(refused))
@@ -146,30 +205,7 @@ def run_agent(argv: Sequence[str]) -> int:
             address=config.pprof_address,
             reason="profiling is not available in the Python agent; nothing listens there",
         )
-
-    async def main() -> int:
-        from agent.firstrequest import FirstRequest
-
-        first = FirstRequest(config)
-        first.send()
-        await first.sent()
-        # The rest of the agent is imported while the first request is in flight: its
-        # modules take longer to import than the interpreter takes to start.
-        from agent.compose import compose
-        from agent.daemon import run_until_signalled
-
-        return await run_until_signalled(compose(config, first_request=first), early)
-
-    try:
-        return asyncio.run(main())
-    except ConfigError as exc:
-        print(f"wsagent agent: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        logs.close_stream(timeout=1.0)
-        sinks.close()
-        if log_file is not None:
-            log_file.close()
+    return LogOutputs(sinks, log_file)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

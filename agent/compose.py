@@ -84,6 +84,8 @@ def compose(
     # importing this module (agent/firstrequest.py).
     first = first_request or FirstRequest(config)
     tokens, client = first.tokens, first.client
+    if config.token:
+        REDACTOR.add(config.token)
     exchange = token_exchange or identity_exchange(config, client, clock)
 
     # What every part shares: the child processes to stop at shutdown, the traffic

@@ -8,7 +8,8 @@ them, so ``wsagent agent`` sends it from here, imports the rest while it is in f
 the connection loop's first attempt takes its answer (or its error) as if it had made
 the request itself. Every later attempt fetches anew.
 
-This module imports only the client (httpx) and the configuration.
+This module imports only the client (httpx) and the configuration: not even the logs,
+which are set up while the request is in flight (nothing logs before).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from agent.client import ControlPlaneClient, TokenHolder, tls_context
 from agent.config import AUTH_TOKEN, AgentConfig
-from wscommon.logs import REDACTOR
 
 if TYPE_CHECKING:
     from agent.sdk.models import Metadata
@@ -30,8 +30,6 @@ class FirstRequest:
 
     def __init__(self, config: AgentConfig) -> None:
         self.tokens = TokenHolder(config.token)
-        if config.token:
-            REDACTOR.add(config.token)
         self.client = ControlPlaneClient(
             config.url,
             self.tokens,

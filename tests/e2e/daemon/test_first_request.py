@@ -151,13 +151,13 @@ async def test_identity_auth_sends_nothing_ahead(serve, tmp_path: Path) -> None:
 
 def test_the_path_to_the_first_request_imports_no_wire_models_nor_components() -> None:
     """What ``wsagent agent`` imports before sending (checked in a fresh interpreter):
-    the configuration, the logs and the client, not the endpoints' models or the parts."""
+    the configuration and the client; not the logs, the endpoints' models or the parts."""
     script = """
 import sys
-import agent.cli, agent.logsinks, agent.firstrequest, wscommon.logs
+import agent.cli, agent.firstrequest
 loaded = sorted(m for m in sys.modules if m.startswith("agent."))
 late = ("agent.sdk.models", "agent.sdk.extensions", "agent.compose", "agent.connection",
-        "agent.daemon", "agent.coordinator", "agent.ssh", "websockets")
+        "agent.daemon", "agent.coordinator", "agent.ssh", "websockets", "structlog")
 early = [m for m in late if m in sys.modules]
 assert not early, (early, loaded)
 print("ok")
