@@ -10,7 +10,10 @@ Terminal and stream bytes go agent -> replica directly (the dial-back carries th
 replica's URL). Git-auth credentials saved on any replica (or by ``wsagent admin``) wake the
 ``listen`` waiters on every replica through ``wsagent_gitauth``, startup-log appends wake
 the ``follow`` sockets through ``wsagent_logs``, and a revoked agent token makes every
-replica's sockets of that agent check their token at once (``wsagent_revoked``).
+replica's sockets of that agent check their token at once (``wsagent_revoked``). Any change
+that can end a token or a socket's build (``wsagent_auth``, sent by the database's
+triggers) clears this replica's token cache as the notification arrives; the cache is on
+only while this connection listens (``controlplane.store.tokencache``).
 
 A stale row (its replica died) is ignored: routes check the agent's ``last_connected_at``
 (refreshed by the live owner) before they route, and the agent's reconnect to another
@@ -38,12 +41,14 @@ from controlplane.buschunks import ChunkError, Reassembler, is_chunk, split
 from controlplane.coordinator import MAX_VALUE_BYTES, AgentNotConnected, Coordinator, TooLarge
 from controlplane.gitauth import GitAuthNotifier
 from controlplane.store.pg_base import (
+    AUTH_CHANNEL,
     GITAUTH_CHANNEL,
     LOGS_CHANNEL,
     REVOKED_CHANNEL,
     UNAVAILABLE,
     parse_uuid,
 )
+from controlplane.store.tokencache import AuthCache
 
 log = structlog.get_logger()
 
@@ -75,6 +80,7 @@ class PgBus:
         *,
         stale_after: float,
         logs_appended: Callable[[str], None] | None = None,
+        auth_cache: AuthCache | None = None,
     ) -> None:
         self.url = url
         self.replica_id = replica_id
@@ -83,6 +89,7 @@ class PgBus:
         self._gitauth = gitauth
         self._stale_after = stale_after
         self._logs_appended = logs_appended
+        self._auth_cache = auth_cache
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -242,14 +249,19 @@ class PgBus:
         self._lost.clear()
         conn.add_termination_listener(lambda _c: self._lost.set())
         try:
-            for channel in (ALL, self._channel, GITAUTH_CHANNEL, REVOKED_CHANNEL, LOGS_CHANNEL):
+            channels = (ALL, self._channel, GITAUTH_CHANNEL, REVOKED_CHANNEL, LOGS_CHANNEL)
+            for channel in (AUTH_CHANNEL, *channels):
                 await conn.add_listener(channel, self._on_notify)
+            if self._auth_cache is not None:
+                self._auth_cache.enable()  # from here on every change is heard
             await self._load_owners(conn)
             self._connected.set()
             log.info("bus.listening", replica=self.replica_id)
             await self._lost.wait()
             log.warning("bus.connection_lost", replica=self.replica_id)
         finally:
+            if self._auth_cache is not None:
+                self._auth_cache.disable()  # changes made meanwhile would go unheard
             self._listener = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2.0)
@@ -276,6 +288,12 @@ class PgBus:
         channel: str,
         payload: object,
     ) -> None:
+        cache = self._auth_cache
+        # Cleared here, not in the worker: a request served meanwhile must not hit.
+        if cache is not None and channel in (AUTH_CHANNEL, REVOKED_CHANNEL):
+            cache.invalidate()
+        if channel == AUTH_CHANNEL:
+            return
         try:
             self._inbox.put_nowait((channel, str(payload)))
         except asyncio.QueueFull:

@@ -259,6 +259,7 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
     closing = asyncio.Event()
 
     async def heartbeat() -> None:
+        checked: int | None = None  # the store's auth_version at the last build check
         while True:
             # Woken early when a token of this agent is revoked on any replica.
             try:
@@ -267,11 +268,16 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
                 pass
             peer.recheck.clear()
             try:
-                current = await store.get_workspace(workspace.id)
-                if current is None or current.latest_build != agent.build_number:
-                    closing.set()
-                    await ws.close(code=1001, message=b"build is outdated")
-                    return
+                # No build (and no token) changed anywhere since the last check: the build
+                # is still the latest, and the token lookup below is a cache hit.
+                version = await store.auth_version()
+                if version is None or version != checked:
+                    current = await store.get_workspace(workspace.id)
+                    if current is None or current.latest_build != agent.build_number:
+                        closing.set()
+                        await ws.close(code=1001, message=b"build is outdated")
+                        return
+                    checked = version
                 # A revoked or expired token ends the session: the agent must authenticate
                 # again (cloud agents re-exchange their identity by themselves).
                 if await store.agent_by_token(token) is None:

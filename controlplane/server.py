@@ -206,6 +206,7 @@ async def start_bus(app: web.Application, config: ServerConfig, port: int) -> No
         app[GITAUTH],
         stale_after=config.inactive_timeout,
         logs_appended=app[startuplogs.NOTIFIER].publish,
+        auth_cache=app[STORE].auth_cache,
     )
     await bus.start()
     app[COORDINATOR].bus = bus

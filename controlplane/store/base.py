@@ -30,6 +30,7 @@ from controlplane.store.records import (
     UserRecord,
     WorkspaceRecord,
 )
+from controlplane.store.tokencache import AuthCache
 
 
 class StoreError(Exception):
@@ -52,7 +53,17 @@ class StoreUnavailable(StoreError):
 
 
 class Store(Protocol):
+    # Token -> record, cleared on every change that can end a token (any process, any
+    # replica); see controlplane.store.tokencache.
+    auth_cache: AuthCache
+
     async def close(self) -> None: ...
+
+    async def auth_version(self) -> int | None:
+        """Moves whenever a token is deleted or given a new expiry, or a workspace gets
+        a new build (by any process or replica); None while such changes may go unheard.
+        A connection refresh that reads the value it read last skips its build check."""
+        ...
 
     # users and sessions
     async def create_user(self, name: str, email: str = "") -> UserRecord: ...
@@ -87,7 +98,12 @@ class Store(Protocol):
     async def list_agents(
         self, workspace_id: str, *, latest_only: bool = True
     ) -> list[AgentRecord]: ...
-    async def agent_by_token(self, token: str) -> AgentRecord | None: ...
+    async def agent_by_token(self, token: str) -> AgentRecord | None:
+        """The agent a live token signs in. May come from ``auth_cache``: its identity
+        and build are exact, its connection times, lifecycle and log counters may be stale
+        (read ``get_agent`` for those)."""
+        ...
+
     async def agent_by_instance_id(self, instance_id: str) -> AgentRecord | None: ...
     async def issue_agent_token(
         self, agent_id: str, *, kind: str, ttl_seconds: float | None

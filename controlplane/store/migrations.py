@@ -315,6 +315,39 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     CREATE INDEX agent_sockets_replica ON agent_sockets (replica_id);
     """,
     ),
+    # 7: a change that can end a token or a coordinate socket's right to stay (a token
+    # deleted or given a new expiry, a new build) moves a counter (SQLite, read before
+    # every cached token lookup) or notifies every replica (PostgreSQL), in the same
+    # transaction, whichever process made it (controlplane.store.tokencache).
+    Migration(
+        sqlite="""
+    CREATE TABLE auth_epoch (n INTEGER NOT NULL);
+    INSERT INTO auth_epoch (n) VALUES (0);
+    CREATE TRIGGER agent_tokens_deleted AFTER DELETE ON agent_tokens
+    BEGIN UPDATE auth_epoch SET n = n + 1; END;
+    CREATE TRIGGER agent_tokens_updated AFTER UPDATE ON agent_tokens
+    BEGIN UPDATE auth_epoch SET n = n + 1; END;
+    CREATE TRIGGER user_tokens_deleted AFTER DELETE ON user_tokens
+    BEGIN UPDATE auth_epoch SET n = n + 1; END;
+    CREATE TRIGGER user_tokens_updated AFTER UPDATE ON user_tokens
+    BEGIN UPDATE auth_epoch SET n = n + 1; END;
+    CREATE TRIGGER workspaces_rebuilt AFTER UPDATE OF latest_build ON workspaces
+    BEGIN UPDATE auth_epoch SET n = n + 1; END;
+    """,
+        postgres="""
+    CREATE FUNCTION wsagent_auth_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('wsagent_auth', '');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER agent_tokens_changed AFTER UPDATE OR DELETE ON agent_tokens
+        FOR EACH STATEMENT EXECUTE FUNCTION wsagent_auth_changed();
+    CREATE TRIGGER user_tokens_changed AFTER UPDATE OR DELETE ON user_tokens
+        FOR EACH STATEMENT EXECUTE FUNCTION wsagent_auth_changed();
+    CREATE TRIGGER workspaces_rebuilt AFTER UPDATE OF latest_build ON workspaces
+        FOR EACH STATEMENT EXECUTE FUNCTION wsagent_auth_changed();
+    """,
+    ),
 )
 
 
@@ -332,12 +365,25 @@ def migrate(conn: sqlite3.Connection) -> int:
     for version in range(current + 1, len(MIGRATIONS) + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[version - 1].sqlite.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(MIGRATIONS[version - 1].sqlite):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements, a trigger's ``BEGIN ...; END;`` body kept whole."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip():
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        statements.append(pending.strip())
+    return statements

@@ -129,13 +129,22 @@ class PostgresStore(PGReportStore, PGGitStore, PGLogStore, PGSessionStore):
         return token
 
     async def user_by_token(self, token: str) -> UserRecord | None:
+        token_hash = hash_token(token)
+        cached = self.auth_cache.users.get(token_hash)
+        if cached is not None:
+            return cached
+        generation = self.auth_cache.generation
         row = await self._fetchrow(
-            "SELECT u.* FROM user_tokens t JOIN users u ON u.id = t.user_id"
+            "SELECT u.*, t.expires_at AS token_expires FROM user_tokens t"
+            " JOIN users u ON u.id = t.user_id"
             " WHERE t.hash=$1 AND (t.expires_at IS NULL OR t.expires_at > $2)",
-            hash_token(token),
+            token_hash,
             now(),
         )
-        return self._user(row)
+        user = self._user(row)
+        if user is not None and row is not None:
+            self.auth_cache.users.put(token_hash, user, row["token_expires"], generation)
+        return user
 
     # ------------------------------------------------------------ workspaces
 
@@ -255,6 +264,7 @@ class PostgresStore(PGReportStore, PGGitStore, PGLogStore, PGSessionStore):
                 record = self._agent(row)
                 assert record is not None
                 created.append(CreatedAgent(record, token))
+        self.auth_cache.invalidate()  # older builds' sockets must notice (auth_version)
         return created
 
     # ------------------------------------------------------------ agents
@@ -304,13 +314,22 @@ class PostgresStore(PGReportStore, PGGitStore, PGLogStore, PGSessionStore):
         return [a for a in (self._agent(r) for r in rows) if a is not None]
 
     async def agent_by_token(self, token: str) -> AgentRecord | None:
+        token_hash = hash_token(token)
+        cached = self.auth_cache.agents.get(token_hash)
+        if cached is not None:
+            return cached
+        generation = self.auth_cache.generation
         row = await self._fetchrow(
-            "SELECT a.* FROM agent_tokens t JOIN agents a ON a.id = t.agent_id"
+            "SELECT a.*, t.expires_at AS token_expires FROM agent_tokens t"
+            " JOIN agents a ON a.id = t.agent_id"
             " WHERE t.hash=$1 AND (t.expires_at IS NULL OR t.expires_at > $2)",
-            hash_token(token),
+            token_hash,
             now(),
         )
-        return self._agent(row)
+        agent = self._agent(row)
+        if agent is not None and row is not None:
+            self.auth_cache.agents.put(token_hash, agent, row["token_expires"], generation)
+        return agent
 
     async def agent_by_instance_id(self, instance_id: str) -> AgentRecord | None:
         row = await self._fetchrow(
@@ -349,6 +368,7 @@ class PostgresStore(PGReportStore, PGGitStore, PGLogStore, PGSessionStore):
                 kind,
                 MAX_IDENTITY_TOKENS_PER_AGENT,
             )
+        self.auth_cache.invalidate()  # older identity tokens went (others: the NOTIFY)
         return token
 
     async def extend_agent_tokens(self, agent_id: str, until: datetime) -> int:
@@ -361,6 +381,7 @@ class PostgresStore(PGReportStore, PGGitStore, PGLogStore, PGSessionStore):
             until,
             key,
         )
+        self.auth_cache.invalidate()  # cached expiries are too early now
         return int(status.split()[-1])
 
     async def revoke_agent_tokens(self, agent_id: str) -> int:
@@ -371,6 +392,8 @@ class PostgresStore(PGReportStore, PGGitStore, PGLogStore, PGSessionStore):
             status = await conn.execute("DELETE FROM agent_tokens WHERE agent_id=$1", key)
             # Every replica's sockets of this agent check their token now (controlplane.pgbus).
             await conn.execute("SELECT pg_notify($1, $2)", REVOKED_CHANNEL, str(key))
+        # This replica at once; the others when the trigger's notification reaches them.
+        self.auth_cache.invalidate()
         return int(status.split()[-1])
 
     async def rotate_agent_token(self, agent_id: str) -> str:

@@ -27,6 +27,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from controlplane.store.base import StoreUnavailable
 from controlplane.store.migrations import MIGRATIONS, MigrationError
+from controlplane.store.tokencache import AuthCache
 
 log = structlog.get_logger()
 
@@ -48,6 +49,9 @@ PURGE_LOCK: Final = 0x77_73_61_02
 GITAUTH_CHANNEL: Final = "wsagent_gitauth"
 REVOKED_CHANNEL: Final = "wsagent_revoked"
 LOGS_CHANNEL: Final = "wsagent_logs"
+# Sent by triggers (migration 7) when a token is deleted or its expiry changes, or a
+# workspace gets a new build: every replica clears its token cache.
+AUTH_CHANNEL: Final = "wsagent_auth"
 
 # What a dead or restarting server looks like to asyncpg.
 UNAVAILABLE: Final = (
@@ -133,6 +137,12 @@ class PGBase:
         self.url = url
         self._closed = False
         self._jobs: list[asyncio.Task[None]] = []
+        # Off until the replica's bus listens on AUTH_CHANNEL (controlplane.pgbus): without
+        # it another replica's revocation would go unheard.
+        self.auth_cache = AuthCache(enabled=False)
+
+    async def auth_version(self) -> int | None:
+        return self.auth_cache.version()
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[Conn]:

@@ -30,6 +30,7 @@ class PGSessionStore(PGBase):
 
     async def revoke_user_token(self, token: str) -> bool:
         status = await self._execute("DELETE FROM user_tokens WHERE hash=$1", hash_token(token))
+        self.auth_cache.invalidate()  # this replica at once; the others by the NOTIFY
         return not status.endswith(" 0")
 
     async def revoke_user_tokens(self, user_id: str) -> int:
@@ -37,6 +38,7 @@ class PGSessionStore(PGBase):
         if key is None:
             return 0
         status = await self._execute("DELETE FROM user_tokens WHERE user_id=$1", key)
+        self.auth_cache.invalidate()
         return int(status.split()[-1])
 
     async def live_user_token_hashes(self, hashes: Collection[str]) -> set[str]:

@@ -109,9 +109,9 @@ class SQLiteStore(ReportStore, GitStore, LogStore, SessionStore):
         await self._run(self._tx, op)
         return token
 
-    def _live_token_row(self, sql: str, token: str) -> sqlite3.Row | None:
+    def _live_token_row(self, sql: str, token_hash: str) -> sqlite3.Row | None:
         """The row a token's hash selects, unless the token has expired."""
-        row: sqlite3.Row | None = self.conn.execute(sql, (hash_token(token),)).fetchone()
+        row: sqlite3.Row | None = self.conn.execute(sql, (token_hash,)).fetchone()
         if row is None:
             return None
         expires = _dt(row["token_expires"])
@@ -119,14 +119,33 @@ class SQLiteStore(ReportStore, GitStore, LogStore, SessionStore):
             return None
         return row
 
+    def _auth_generation(self) -> int:
+        """Clear the token cache if a token or build changed since the last lookup (any
+        process: the counter moves in the changing transaction); the generation to fill
+        with. Read before the lookup, so a change committed after it moves it again."""
+        self.auth_cache.observe(self.conn.execute("SELECT n FROM auth_epoch").fetchone()[0])
+        return self.auth_cache.generation
+
+    async def auth_version(self) -> int | None:
+        return await self._read(self._auth_generation)
+
     async def user_by_token(self, token: str) -> UserRecord | None:
+        token_hash = hash_token(token)
+
         def op() -> UserRecord | None:
+            generation = self._auth_generation()
+            cached = self.auth_cache.users.get(token_hash)
+            if cached is not None:
+                return cached
             row = self._live_token_row(
                 "SELECT u.*, t.expires_at AS token_expires FROM user_tokens t"
                 " JOIN users u ON u.id = t.user_id WHERE t.hash=?",
-                token,
+                token_hash,
             )
-            return None if row is None else self._user(row)
+            user = None if row is None else self._user(row)
+            if user is not None and row is not None:
+                self.auth_cache.users.put(token_hash, user, _dt(row["token_expires"]), generation)
+            return user
 
         return await self._read(op)
 
@@ -297,13 +316,22 @@ class SQLiteStore(ReportStore, GitStore, LogStore, SessionStore):
         return await self._read(op)
 
     async def agent_by_token(self, token: str) -> AgentRecord | None:
+        token_hash = hash_token(token)
+
         def op() -> AgentRecord | None:
+            generation = self._auth_generation()
+            cached = self.auth_cache.agents.get(token_hash)
+            if cached is not None:
+                return cached
             row = self._live_token_row(
                 "SELECT a.*, t.expires_at AS token_expires FROM agent_tokens t"
                 " JOIN agents a ON a.id = t.agent_id WHERE t.hash=?",
-                token,
+                token_hash,
             )
-            return None if row is None else self._agent(row)
+            agent = None if row is None else self._agent(row)
+            if agent is not None and row is not None:
+                self.auth_cache.agents.put(token_hash, agent, _dt(row["token_expires"]), generation)
+            return agent
 
         return await self._read(op)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from controlplane.store.migrations import migrate
+from controlplane.store.tokencache import AuthCache
 
 T = TypeVar("T")
 
@@ -65,6 +66,9 @@ class SQLiteBase:
         self._reader: sqlite3.Connection | None = None
         self._writer_thread = -1
         self._closed = False
+        # One process holds the database's writer; the counter read before each lookup
+        # catches other processes' changes (wsagent admin), so the cache is always on.
+        self.auth_cache = AuthCache(enabled=True)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
