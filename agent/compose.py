@@ -3,9 +3,11 @@ collaborators. Components never import each other; this is the one place that kn
 all, so reading :func:`compose` top to bottom is reading the agent's start-up.
 
 The optional parts stay cheap until used: the identity code is imported only for
-instance-identity auth; app health, terminals, byte streams and the metrics endpoint are
-built here but import their component on first use (agent/ondemand.py); the SSH server
-imports asyncssh on the first SSH stream (agent/compose_remote.py).
+instance-identity auth; app health, listening ports, terminals, byte streams and the
+metrics endpoint are built here but import their component on first use
+(agent/ondemand.py); the SSH server's glue and asyncssh come with the first SSH stream
+(agent/compose_remote.py). ``wsagent agent`` imports this module only after its first
+request has gone out (agent/firstrequest.py).
 """
 
 from __future__ import annotations
@@ -29,19 +31,18 @@ from agent.connection import ConnectionLoop, TokenExchange
 from agent.coordinator import Coordinator, CoordinatorSession
 from agent.daemon import Agent
 from agent.firstrequest import FirstRequest
-from agent.ondemand import AppHealth, Streams, Terminals, build_metrics, serve_metrics
-from agent.ports import PortScanner
-from agent.sdk.extensions import (
-    Extension,
-    ListeningPortsRequest,
-    ListeningPortsResponse,
-    PTYRequest,
-    StreamRequest,
+from agent.ondemand import (
+    AppHealth,
+    ListeningPorts,
+    Streams,
+    Terminals,
+    build_metrics,
+    serve_metrics,
 )
+from agent.sdk.extensions import Extension, ListeningPortsRequest, PTYRequest, StreamRequest
 from agent.sdk.models import Metadata
 from agent.sdk.settings import parse_duration
 from agent.sdk.tailnet import Node
-from agent.sdk.workspaceagents import ListeningPort
 from agent.startup import LOG_FILE_NAME, WorkspaceStart
 from agent.startuplogs import StartupLogSender
 from agent.stats import StatsCollector, StatsReporter
@@ -156,8 +157,8 @@ def compose(
 
     # What the server asks over the coordinate socket: listening ports, terminals, and
     # byte streams (SSH, forwarded TCP ports).
-    scanner = PortScanner(clock=clock.monotonic)
     own_port = config.metrics_address[1] if config.metrics_address else -1
+    listening_ports = ListeningPorts(clock, own_port)
     terminals = Terminals(config, client, tokens, children, traffic, clock, executable)
     ssh = SSHAccess(
         client,
@@ -167,11 +168,11 @@ def compose(
         config.state_dir or default_state_dir(environ),
         executable,
     )
-    streams = Streams(client, traffic, ssh.connector.connect)
+    streams = Streams(client, traffic, ssh.connect)
     coordinator = Coordinator(
         route_extensions(
             {
-                ListeningPortsRequest: answer_listening_ports(scanner, own_port),
+                ListeningPortsRequest: listening_ports.serve,
                 PTYRequest: terminals.serve,
                 StreamRequest: streams.serve,
             }
@@ -249,7 +250,7 @@ def compose(
         agent_metadata.close,
         startup_logs.close,
         workspace_start.close,
-        scanner.close,
+        listening_ports.close,
         streams.close,
         ssh.close,
     ]
@@ -330,28 +331,6 @@ def debug_block_loop(environ: Mapping[str, str]) -> TaskFactory | None:
         sdnotify.block_loop_later(seconds, duration)
 
     return arm
-
-
-def answer_listening_ports(scanner: PortScanner, own_port: int) -> ExtensionHandler:
-    """Answer the server's listening-ports requests. The agent's own metrics port is not
-    the workspace's to forward (Coder hides its own)."""
-
-    async def answer(request: Extension, session: CoordinatorSession) -> None:
-        assert isinstance(request, ListeningPortsRequest)
-        try:
-            ports = await asyncio.to_thread(scanner.scan)
-        except OSError as exc:
-            reply = ListeningPortsResponse(request.request_id, error=f"scan failed: {exc}")
-        else:
-            found = tuple(
-                ListeningPort(p.process_name, p.network, p.port)
-                for p in ports
-                if p.port != own_port
-            )
-            reply = ListeningPortsResponse(request.request_id, found)
-        await session.send_json(reply.to_json())
-
-    return answer
 
 
 def route_extensions(handlers: Mapping[type, ExtensionHandler]) -> ExtensionHandler:

@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from agent import motd, paths, sessionenv
+from agent import paths, sessionenv
 from agent.children import ChildRegistry
 from agent.client import ControlPlaneClient, TokenHolder
 from agent.errors import WsagentError
 from agent.sdk.hostkeys import SSHHostKey, normalize_public_key
 from agent.sdk.models import Metadata
-from agent.ssh.connector import SessionContext, SSHConnector, find_sftp_server
 from agent.ssh.hostkey import HostKeyFile
 from agent.supervisor import Supervisor
 
 if TYPE_CHECKING:
-    pass
+    from agent.sdk.extensions import StreamRequest
+    from agent.ssh.connector import SSHConnector
 
 log = structlog.get_logger()
 
@@ -55,20 +55,33 @@ class SSHAccess:
         self._supervisor = supervisor
         self._executable = executable
         self.metadata: Metadata | None = None  # the latest, for each new session
+        self._children = children
         self.host_key = HostKeyFile(state_dir, children.add, children.discard)
-        context = SessionContext(
-            environment=self._environment,
-            shell=paths.login_shell,
-            directory=self._directory,
-            home=paths.home_directory,
-            motd=self._motd,
-            register_group=children.add,
-            unregister_group=children.discard,
-            sftp_server=find_sftp_server(),
-            launch_argv=children.launch_argv,
-        )
-        self.connector = SSHConnector(self.host_key, context)
+        # The SSH server's glue (agent.ssh.connector) is imported on the first SSH stream.
+        self.connector: SSHConnector | None = None
         self._wanted = asyncio.Event()
+
+    async def connect(
+        self, request: StreamRequest
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The stream target for ``ssh`` streams."""
+        if self.connector is None:
+            from agent.ssh.connector import SessionContext, SSHConnector, find_sftp_server
+
+            children = self._children
+            context = SessionContext(
+                environment=self._environment,
+                shell=paths.login_shell,
+                directory=self._directory,
+                home=paths.home_directory,
+                motd=self._motd,
+                register_group=children.add,
+                unregister_group=children.discard,
+                sftp_server=find_sftp_server(),
+                launch_argv=children.launch_argv,
+            )
+            self.connector = SSHConnector(self.host_key, context)
+        return await self.connector.connect(request)
 
     def _environment(self) -> Mapping[str, str]:
         md = self.metadata
@@ -77,6 +90,8 @@ class SSHAccess:
         return sessionenv.session_environment(md, self._tokens.token, self._executable)
 
     def _motd(self) -> str:
+        from agent import motd
+
         md = self.metadata
         return motd.read_motd(md.motd_file, paths.home_directory()) if md else ""
 
@@ -103,4 +118,5 @@ class SSHAccess:
                 self._wanted.set()
 
     def close(self) -> None:
-        self.connector.close()
+        if self.connector is not None:
+            self.connector.close()

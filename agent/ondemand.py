@@ -1,7 +1,7 @@
 """The parts of the composition root that import their component on first use, so an
 idle agent does not pay for them: app health (on the first metadata with a health
-check), terminals and byte streams (on the first request; they bring websockets and
-the PTY code), and the metrics endpoint (only when configured).
+check), the listening-ports scanner, terminals and byte streams (on the first request;
+they bring websockets and the PTY code), and the metrics endpoint (only when configured).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from agent.sdk.extensions import (
     TARGET_SSH,
     TARGET_TCP,
     Extension,
+    ListeningPortsRequest,
+    ListeningPortsResponse,
     PTYRequest,
     StreamRequest,
 )
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from agent.agentmetadata import MetadataCollector
     from agent.apphealth import AppHealthReporter
     from agent.metrics import AgentMetrics
+    from agent.ports import PortScanner
     from agent.sdk.promtext import Family
     from agent.startuplogs import StartupLogSender
     from agent.streams import Connector, StreamHandler
@@ -167,6 +170,42 @@ class Terminals:
             return await dial(url, client.websocket_headers(), client.verify)
 
         return DialBackHandler(manager, dial_back, self._traffic).handle
+
+
+class ListeningPorts:
+    """Answers the server's listening-ports requests. The scanner (agent.ports) is made
+    on the first request. The agent's own metrics port is not the workspace's to forward
+    (Coder hides its own)."""
+
+    def __init__(self, clock: Clock, own_port: int) -> None:
+        self._clock = clock
+        self._own_port = own_port
+        self.scanner: PortScanner | None = None
+
+    async def serve(self, request: Extension, session: CoordinatorSession) -> None:
+        from agent.sdk.workspaceagents import ListeningPort
+
+        assert isinstance(request, ListeningPortsRequest)
+        if self.scanner is None:
+            from agent.ports import PortScanner
+
+            self.scanner = PortScanner(clock=self._clock.monotonic)
+        try:
+            ports = await asyncio.to_thread(self.scanner.scan)
+        except OSError as exc:
+            reply = ListeningPortsResponse(request.request_id, error=f"scan failed: {exc}")
+        else:
+            found = tuple(
+                ListeningPort(p.process_name, p.network, p.port)
+                for p in ports
+                if p.port != self._own_port
+            )
+            reply = ListeningPortsResponse(request.request_id, found)
+        await session.send_json(reply.to_json())
+
+    def close(self) -> None:
+        if self.scanner is not None:
+            self.scanner.close()
 
 
 class Streams:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from agent.sdk.codec import Obj
 from agent.sdk.errors import DecodeError
-from agent.sdk.workspaceagents import ListeningPort
+
+if TYPE_CHECKING:
+    from agent.sdk.workspaceagents import ListeningPort
 
 COORDINATE_ENDPOINT: Final = "coordinate message"
 PTY_DIAL_PATH: Final = "/api/v2/workspaceagents/me/pty-dial"
@@ -115,6 +117,10 @@ class ListeningPortsResponse:
 
     @classmethod
     def from_obj(cls, o: Obj) -> ListeningPortsResponse:
+        # Only the control plane decodes these; the agent, which never does, is spared
+        # the user-facing models (agent.sdk.workspaceagents).
+        from agent.sdk.workspaceagents import ListeningPort
+
         ports = o.array("ports", lambda v, p: ListeningPort.from_obj(Obj(v, o.endpoint, p)))
         return cls(request_id=o.text("request_id"), ports=tuple(ports), error=o.text("error", ""))
 
