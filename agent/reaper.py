@@ -8,68 +8,70 @@ and exits with the agent's code.
 
 Why a fresh interpreter rather than a fork of the agent's: whatever the PID 1 process has
 imported stays resident for the container's lifetime. A bare ``-I -S`` interpreter running
-this file (``os``, ``signal`` and ``sys`` only: builtin modules) keeps the smallest private
-footprint Python allows; its code pages are shared with the agent's interpreter. So this
-module imports nothing else, not even ``typing``.
+this file keeps the smallest private footprint Python allows; its code pages are shared
+with the agent's interpreter. So this module imports builtin modules only, and the lowest
+of them: ``posix`` and ``_signal`` rather than ``os`` and ``signal``, which would bring
+``enum``, ``functools``, ``collections`` and ``abc`` (1 MiB of private memory, measured in
+docs/benchmarks.md "Agent footprint"). Not even ``__future__`` or ``typing``.
 """
 
-from __future__ import annotations
-
-import os
-import signal
+import _signal  # type: ignore[import-not-found]  # signal's C half: no enum
+import posix
 import sys
 
-FORWARDED = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
+FORWARDED: tuple[int, ...] = (
+    _signal.SIGTERM,
+    _signal.SIGINT,
+    _signal.SIGHUP,
+    _signal.SIGQUIT,
+    _signal.SIGUSR1,
+    _signal.SIGUSR2,
 )
 
 
 def should_reap(no_reap: bool) -> bool:
-    return os.getpid() == 1 and not no_reap and sys.platform.startswith("linux")
+    return posix.getpid() == 1 and not no_reap and sys.platform.startswith("linux")
 
 
 def exit_code(status: int) -> int:
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status)
+    if posix.WIFSIGNALED(status):
+        return 128 + posix.WTERMSIG(status)
+    return posix.waitstatus_to_exitcode(status)
 
 
 def exec_init(agent_argv: list[str]) -> None:
     """Replace this process with the minimal reaper, which runs ``agent_argv``."""
+    import os.path  # in the agent's process, which has it already
+
     script = os.path.abspath(__file__)
-    os.execv(sys.executable, [sys.executable, "-I", "-S", script, *agent_argv])
+    posix.execv(sys.executable, [sys.executable, "-I", "-S", script, *agent_argv])
 
 
 def run_as_init(argv: list[str]) -> int:
     """Fork/exec ``argv`` (with ``--no-reap``), reap everything, return the child's code."""
     child_argv = [*argv, "--no-reap"]
-    pid = os.fork()
+    pid = posix.fork()
     if pid == 0:  # pragma: no cover - replaced by exec
         try:
             # Its own process group: a signal sent to PID 1's group (Ctrl-C on the
             # container's terminal) then reaches the agent once, forwarded by us, and
             # not twice, which the agent would take for "exit at once".
-            os.setpgid(0, 0)
-            os.execv(child_argv[0], child_argv)
+            posix.setpgid(0, 0)
+            posix.execv(child_argv[0], child_argv)
         finally:
-            os._exit(127)
+            posix._exit(127)
 
     def forward(signum: int, _frame: object) -> None:
         try:
-            os.kill(pid, signum)
+            posix.kill(pid, signum)
         except ProcessLookupError:
             pass
 
     for signum in FORWARDED:
-        signal.signal(signum, forward)
+        _signal.signal(signum, forward)
     while True:
         try:
-            reaped, status = os.waitpid(-1, 0)
+            reaped, status = posix.waitpid(-1, 0)
         except ChildProcessError:
             return 0
         if reaped == pid:
@@ -78,7 +80,7 @@ def run_as_init(argv: list[str]) -> int:
             # namespace and the kernel kills the rest.
             while True:
                 try:
-                    other, _ = os.waitpid(-1, os.WNOHANG)
+                    other, _ = posix.waitpid(-1, posix.WNOHANG)
                 except ChildProcessError:
                     break
                 if other == 0:
