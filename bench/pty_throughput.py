@@ -41,18 +41,19 @@ def write_file(path: Path, mib: int) -> int:
     return total
 
 
-async def through_pty(url: str, headers: dict[str, str]) -> tuple[int, float, str]:
-    received = 0
+async def through_pty(url: str, headers: dict[str, str]) -> tuple[int, int, float, str]:
+    received = messages = 0
     started = time.perf_counter()
     async with connect(url, additional_headers=headers, compression=None, max_size=1 << 22) as ws:
         try:
             async for message in ws:
                 received += len(message)
+                messages += 1
         except ConnectionClosed:
             pass
         elapsed = time.perf_counter() - started
         rcvd = ws.protocol.close_rcvd
-    return received, elapsed, rcvd.reason if rcvd else "no close frame"
+    return received, messages, elapsed, rcvd.reason if rcvd else "no close frame"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -89,7 +90,8 @@ async def main(args: argparse.Namespace) -> None:
         async with running_stack() as stack:
             pids = (stack.agent.pid, stack.server.pid)
             before = [cpu_seconds(p) for p in pids] + [time.process_time()]
-            got, secs, reason = await through_pty(stack.pty_url(f"cat {path}"), stack.headers)
+            url = stack.pty_url(f"cat {path}")
+            got, messages, secs, reason = await through_pty(url, stack.headers)
             after = [cpu_seconds(p) for p in pids] + [time.process_time()]
         local_cpu = time.process_time()
         local_got, local_secs = local_pty(path)
@@ -102,6 +104,8 @@ async def main(args: argparse.Namespace) -> None:
         f"  through /pty (server + agent): {got / secs / 1e6:7.1f} MB/s"
         f"  ({got} bytes in {secs:.2f} s; closed: {reason})"
     )
+    per_message = got / max(messages, 1) / 1024
+    print(f"  messages received: {messages} ({per_message:.1f} KiB each on average)")
     print(
         f"  local PTY, read directly:      {local_got / local_secs / 1e6:7.1f} MB/s"
         f"  ({local_got} bytes in {local_secs:.2f} s)"

@@ -119,8 +119,27 @@ def mbps(nbytes: int, seconds: float) -> str:
     return f"{nbytes / seconds / 1e6:7.1f} MB/s  ({seconds:6.2f} s)"
 
 
-async def main(mib: int) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid``, all threads."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()} | {"bench": time.process_time()}
+
+
+def cpu_line(before: dict[str, float], after: dict[str, float], nbytes: int) -> str:
+    mb = nbytes / 1e6
+    parts = [f"{name} {(after[name] - before[name]) * 1000 / mb:.2f} ms" for name in before]
+    return "  CPU per MB: " + ", ".join(parts)
+
+
+async def main(mib: int, only: str) -> None:
     total = mib << 20
+    via_cp = direct = 0.0
+    why = ""
     async with running_stack() as stack:
         key = await published_key(stack)
         pid = stack.agent.pid
@@ -144,17 +163,21 @@ async def main(mib: int) -> None:
                 "-o", "BatchMode=yes",
             ]  # fmt: skip
             # One short SSH session first: what the first connection costs the agent.
-            await run(["ssh", *options, "ws", "true"], env)
+            if only != "port-forward":
+                await run(["ssh", *options, "ws", "true"], env)
             after_rss, after_crypto = rss_kib(pid), loads_crypto(pid)
             dest = tmp / "through.bin"
-            via_cp = await run(["scp", "-q", *options, str(src), f"ws:{dest}"], env)
-            if hashlib.sha256(dest.read_bytes()).hexdigest() != digest:
-                raise RuntimeError("scp through the control plane corrupted the file")
-            dest.unlink()
+            pids = {"agent": pid, "server": stack.server.pid}
+            scp_cpu = cpu_now(pids)
+            if only != "port-forward":
+                via_cp = await run(["scp", "-q", *options, str(src), f"ws:{dest}"], env)
+                if hashlib.sha256(dest.read_bytes()).hexdigest() != digest:
+                    raise RuntimeError("scp through the control plane corrupted the file")
+                dest.unlink()
+            scp_cpu_after = cpu_now(pids)
             after_scp_rss = rss_kib(pid)
 
-            direct: float | None = None
-            why = sshd_unavailable()
+            why = sshd_unavailable() if only != "port-forward" else "--only port-forward"
             if not why:
                 async with run_sshd(tmp / "sshd") as sshd:
                     sshd.authorize(keygen(tmp / "id_ed25519"))
@@ -176,7 +199,10 @@ async def main(mib: int) -> None:
                 assert forwarder.stderr is not None
                 line = (await asyncio.wait_for(forwarder.stderr.readline(), 20)).decode()
                 local = int(line.split("127.0.0.1:")[1].split()[0])
+                pids["forwarder"] = forwarder.pid
+                pf_cpu = cpu_now(pids)
                 forwarded = await send_all(local, total)
+                pf_cpu_after = cpu_now(pids)
                 plain = await send_all(sink_port, total)
             finally:
                 forwarder.terminate()
@@ -184,13 +210,16 @@ async def main(mib: int) -> None:
                 server.close()
 
     print(f"payload: {mib} MiB of random bytes")
-    print(f"scp through the control plane   {mbps(total, via_cp)}")
-    if direct is not None:
+    if via_cp:
+        print(f"scp through the control plane   {mbps(total, via_cp)}")
+        print(cpu_line(scp_cpu, scp_cpu_after, total) + " (bench: the ssh/scp parent)")
+    if direct:
         print(f"scp to a local sshd (baseline)  {mbps(total, direct)}")
         print(f"  ratio: {direct / via_cp:.0%} of direct")
     else:
         print(f"scp to a local sshd (baseline)  skipped: {why}")
     print(f"port-forward through the plane  {mbps(total, forwarded)}")
+    print(cpu_line(pf_cpu, pf_cpu_after, total) + " (bench: client and sink)")
     print(f"direct loopback (baseline)      {mbps(total, plain)}")
     print(f"  ratio: {plain / forwarded:.0%} of direct")
     print(
@@ -209,4 +238,6 @@ async def main(mib: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=256)
-    asyncio.run(main(parser.parse_args().mib))
+    parser.add_argument("--only", choices=("all", "port-forward"), default="all")
+    args = parser.parse_args()
+    asyncio.run(main(args.mib, args.only))

@@ -14,15 +14,20 @@
   over a websockets client on ``/pty`` (bench/pty_latency.py's measure).
 - App proxy throughput: curl downloads ``--mib`` MiB from a small app in the workspace
   through ``/@bench/ws.main/ports/<port>/``, and directly from the app on loopback; and
-  the same bytes over ``/stream`` with a websockets client (the stream plane alone).
+  the same bytes over ``/stream`` with a websockets client (the stream plane alone). The
+  server's and the agent's CPU time per MB through the proxy is printed beside it.
+  ``--only proxy`` runs these downloads alone, without the browser.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pty_latency import remote, summary
@@ -192,7 +197,86 @@ async def raw_stream_mib_per_s(stack: Any, port: int, size: int) -> float:
         return total / (time.perf_counter() - started) / (1 << 20)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid``, all threads."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Downloads:
+    proxied: list[float]
+    direct: list[float]
+    raw: list[float]
+    cpu_per_mb: dict[str, float]  # through the proxy: ms of CPU per MB, per process
+
+
+async def download_rounds(stack: Any, app_port: int, args: argparse.Namespace) -> Downloads:
+    n = args.mib << 20
+    runs = Downloads([], [], [], {})
+    pids = {"server": stack.server.pid, "agent": stack.agent.pid}
+    spent = dict.fromkeys(pids, 0.0)
+    # Alternated, several rounds: one download lasts about a second, and the machine is
+    # shared, so single runs swing widely.
+    for _ in range(args.rounds):
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        rate, size = await curl_mib_per_s(
+            f"{stack.url}/@bench/ws.main/ports/{app_port}/bytes?n={n}&length=1", stack.headers
+        )
+        for name, pid in pids.items():
+            spent[name] += cpu_seconds(pid) - before[name]
+        runs.proxied.append(rate)
+        rate, direct_size = await curl_mib_per_s(
+            f"http://127.0.0.1:{app_port}/bytes?n={n}&length=1", {}
+        )
+        runs.direct.append(rate)
+        assert size == n and direct_size == n, (size, direct_size, n)
+        runs.raw.append(await raw_stream_mib_per_s(stack, app_port, n))
+    mb = args.rounds * n / 1e6
+    runs.cpu_per_mb = {name: seconds * 1000 / mb for name, seconds in spent.items()}
+    return runs
+
+
+def print_downloads(args: argparse.Namespace, runs: Downloads) -> None:
+    proxied = statistics.median(runs.proxied)
+    direct = statistics.median(runs.direct)
+    raw = statistics.median(runs.raw)
+    ratio = proxied / direct
+
+    def spread(values: list[float]) -> str:
+        return f"{min(values):.0f}-{max(values):.0f}"
+
+    print(f"download of {args.mib} MiB, median of {args.rounds} alternated rounds (range):")
+    print(f"  through the app proxy (curl): {proxied:7.1f} MiB/s ({spread(runs.proxied)})")
+    cpu = ", ".join(f"{name} {ms:.2f} ms" for name, ms in runs.cpu_per_mb.items())
+    print(f"    CPU per MB through the proxy: {cpu}")
+    print(f"  direct on loopback (curl):    {direct:7.1f} MiB/s ({spread(runs.direct)})")
+    print(f"  the stream plane alone (/stream, websockets client): {raw:7.1f} MiB/s")
+    print(f"  proxy / direct: {ratio:.0%} (goal >= 50 %) {'ok' if ratio >= 0.5 else 'MISSED'}")
+
+
+async def proxy_only(args: argparse.Namespace) -> None:
+    """``--only proxy``: the downloads alone, no browser."""
+    app = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.e2e.web.echo_app", cwd=str(REPO),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert app.stdout is not None
+    app_port = int((await app.stdout.readline()).decode())
+    try:
+        async with running_stack() as stack:
+            downloads = await download_rounds(stack, app_port, args)
+    finally:
+        app.terminate()
+        await app.wait()
+    print_downloads(args, downloads)
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.only == "proxy":
+        await proxy_only(args)
+        return
     from playwright.async_api import async_playwright
 
     app = await asyncio.create_subprocess_exec(
@@ -218,22 +302,7 @@ async def main(args: argparse.Namespace) -> None:
             cli = await remote(stack.pty_url("cat >/dev/null"), stack.headers, args.keys)
             looped = await page_loop(page, stack, args.keys)
             await browser.close()
-            n = args.mib << 20
-            proxied_runs, direct_runs, raw_runs = [], [], []
-            # Alternated, several rounds: one download lasts about a second, and the machine
-            # is shared, so single runs swing widely.
-            for _ in range(args.rounds):
-                proxied_runs.append(
-                    await curl_mib_per_s(
-                        f"{stack.url}/@bench/ws.main/ports/{app_port}/bytes?n={n}&length=1",
-                        stack.headers,
-                    )
-                )
-                direct_runs.append(
-                    await curl_mib_per_s(f"http://127.0.0.1:{app_port}/bytes?n={n}&length=1", {})
-                )
-                raw_runs.append(await raw_stream_mib_per_s(stack, app_port, n))
-            assert all(size == n for _, size in proxied_runs + direct_runs)
+            downloads = await download_rounds(stack, app_port, args)
     finally:
         app.terminate()
         await app.wait()
@@ -261,25 +330,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"  browser, WebSocket send -> echo message:  p50 {mp50:6.2f} ms  p99 {mp99:6.2f} ms")
     print(f"  page script on /pty, no key events:      p50 {lp50:6.2f} ms  p99 {lp99:6.2f} ms")
     print(f"  CLI client on /pty (send -> echo):       p50 {cp50:6.2f} ms  p99 {cp99:6.2f} ms")
-    proxied = statistics.median(r for r, _ in proxied_runs)
-    direct = statistics.median(r for r, _ in direct_runs)
-    raw = statistics.median(raw_runs)
-    ratio = proxied / direct
-
-    def spread(values: list[float]) -> str:
-        return f"{min(values):.0f}-{max(values):.0f}"
-
-    print(f"download of {args.mib} MiB, median of {args.rounds} alternated rounds (range):")
-    print(
-        f"  through the app proxy (curl): {proxied:7.1f} MiB/s"
-        f" ({spread([r for r, _ in proxied_runs])})"
-    )
-    print(
-        f"  direct on loopback (curl):    {direct:7.1f} MiB/s"
-        f" ({spread([r for r, _ in direct_runs])})"
-    )
-    print(f"  the stream plane alone (/stream, websockets client): {raw:7.1f} MiB/s")
-    print(f"  proxy / direct: {ratio:.0%} (goal >= 50 %) {'ok' if ratio >= 0.5 else 'MISSED'}")
+    print_downloads(args, downloads)
 
 
 if __name__ == "__main__":
@@ -288,4 +339,5 @@ if __name__ == "__main__":
     parser.add_argument("--keys", type=int, default=300)
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=("all", "proxy"), default="all")
     asyncio.run(main(parser.parse_args()))

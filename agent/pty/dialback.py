@@ -117,7 +117,9 @@ class DialBackHandler:
         first: list[ReconnectingPTYRequest],
     ) -> None:
         async def send(chunk: bytes) -> None:
-            await asyncio.wait_for(ws.send(chunk), self._stall_timeout)
+            # asyncio.timeout, not wait_for: no extra task for every message sent.
+            async with asyncio.timeout(self._stall_timeout):
+                await ws.send(chunk)
 
         sender = asyncio.create_task(conn.run(send))
         receiver = asyncio.create_task(self._receive(ws, decoder, session, first))

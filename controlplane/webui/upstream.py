@@ -60,7 +60,8 @@ class UpstreamError(HTTPError):
 
 async def _read(stream: ByteStream, seconds: float) -> bytes:
     try:
-        return await asyncio.wait_for(stream.read(), seconds)
+        async with asyncio.timeout(seconds):  # unlike wait_for, no task for every read
+            return await stream.read()
     except TimeoutError:
         raise UpstreamError(504, "The app did not answer in time.") from None
 
@@ -100,7 +101,8 @@ async def forward_http(
     length = _content_length(head)
     if length is not None and request.method != "HEAD":
         response.content_length = length
-    return await _relay_body(request, response, conn, stream)
+    bodyless = request.method == "HEAD" or head.status_code in (204, 304)
+    return await _relay_body(request, response, conn, stream, None if bodyless else length)
 
 
 async def _response_head(conn: h11.Connection, stream: ByteStream) -> h11.Response:
@@ -126,26 +128,24 @@ def _content_length(head: h11.Response) -> int | None:
 
 
 async def _relay_body(
-    request: web.Request, response: web.StreamResponse, conn: h11.Connection, stream: ByteStream
+    request: web.Request,
+    response: web.StreamResponse,
+    conn: h11.Connection,
+    stream: ByteStream,
+    length: int | None,
 ) -> web.StreamResponse:
+    """Relay the response body; ``length`` is its Content-Length when it has a body of
+    that length, else None (chunked, until close, or none at all: h11 frames those)."""
     await response.prepare(request)
     # Read ahead of the browser by a few chunks: while one chunk is being written (and the
     # browser's socket drained), the next is already coming from the agent.
     ahead: asyncio.Queue[bytes | BaseException] = asyncio.Queue(READ_AHEAD)
     reader = asyncio.create_task(_read_ahead(stream, ahead))
     try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await ahead.get()
-                if isinstance(data, BaseException):
-                    raise data
-                conn.receive_data(data)
-                continue
-            if isinstance(event, h11.Data):
-                await response.write(bytes(event.data))
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                break
+        if length is not None:
+            await _relay_exact(response, conn, ahead, length)
+        else:
+            await _relay_framed(response, conn, ahead)
     except (h11.ProtocolError, UpstreamError):
         # The head is sent: all that is left is to cut the body short, which the browser
         # sees as a failed download rather than a complete one.
@@ -157,6 +157,49 @@ async def _relay_body(
         await asyncio.gather(reader, return_exceptions=True)
     await response.write_eof()
     return response
+
+
+async def _relay_exact(
+    response: web.StreamResponse,
+    conn: h11.Connection,
+    ahead: asyncio.Queue[bytes | BaseException],
+    length: int,
+) -> None:
+    """A body of known length: the stream's chunks go to the browser as they are. Passing
+    them through h11 would copy each one three times (into its buffer, out of it, and
+    into bytes) for framing a byte count already gives."""
+    data, _ = conn.trailing_data  # what came with the head
+    remaining = length
+    while True:
+        if data:
+            piece = data if len(data) <= remaining else data[:remaining]
+            remaining -= len(piece)
+            await response.write(piece)
+        if remaining <= 0:
+            return
+        item = await ahead.get()
+        if isinstance(item, BaseException):
+            raise item
+        if not item:
+            raise UpstreamError(502, "The app closed the connection in the middle of its body.")
+        data = item
+
+
+async def _relay_framed(
+    response: web.StreamResponse, conn: h11.Connection, ahead: asyncio.Queue[bytes | BaseException]
+) -> None:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await ahead.get()
+            if isinstance(data, BaseException):
+                raise data
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.Data):
+            await response.write(bytes(event.data))
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            return
 
 
 async def _read_ahead(stream: ByteStream, ahead: asyncio.Queue[bytes | BaseException]) -> None:

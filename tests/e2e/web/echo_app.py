@@ -1,6 +1,7 @@
 """A small HTTP and WebSocket app, run on the workspace's loopback during the proxy tests:
 its page opens a WebSocket back to it, ``/headers`` echoes the request headers, ``/ws``
-echoes messages, ``/bytes?n=`` streams n bytes, ``/upload`` counts a streamed body."""
+echoes messages, ``/bytes?n=`` streams n bytes (``&length=1`` with a Content-Length,
+``&cut=1`` dying half-way), ``/upload`` counts a streamed body."""
 
 from __future__ import annotations
 
@@ -52,11 +53,17 @@ async def stream_bytes(request: web.Request) -> web.StreamResponse:
         response.content_length = total
     await response.prepare(request)
     block = b"x" * (256 * 1024)
+    # cut=1: the app dies half-way through its body.
+    end = total // 2 if request.query.get("cut") == "1" else total
     sent = 0
-    while sent < total:
-        chunk = block[: min(len(block), total - sent)]
+    while sent < end:
+        chunk = block[: min(len(block), end - sent)]
         await response.write(chunk)
         sent += len(chunk)
+    if end < total:
+        assert request.transport is not None
+        request.transport.close()
+        return response
     await response.write_eof()
     return response
 

@@ -105,6 +105,12 @@ async def test_app_and_port_proxy(
     assert big.status_code == 200 and len(big.content) == 8 << 20
     chunked = await alice.http.get(f"{base}/ports/{echo_port}/bytes?n=1000000")
     assert len(chunked.content) == 1_000_000
+    head = await alice.http.head(f"{base}/ports/{echo_port}/bytes?n=5000&length=1")
+    assert head.status_code == 200 and head.content == b""
+    # An app that dies in the middle of a body of known length: the browser's download
+    # fails rather than ending early as if complete.
+    with pytest.raises(httpx.RemoteProtocolError):
+        await alice.http.get(f"{base}/ports/{echo_port}/bytes?n={4 << 20}&length=1&cut=1")
 
     # WebSockets: echoed, with the subprotocol; the cookie needs our origin.
     ws_url = control_plane.url.replace("http", "ws") + f"{base}/apps/echo/ws"
