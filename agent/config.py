@@ -6,13 +6,15 @@ Pure: takes an argv list and an environment mapping, returns a frozen config or 
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NoReturn
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Final, NoReturn
+
+if TYPE_CHECKING:
+    import argparse
 
 from agent.errors import ConfigError
 from agent.sdk.settings import (
@@ -86,18 +88,36 @@ LOG_SINK_FLAGS: Final = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises :class:`ConfigError` (one line, exit 2) instead of printing
-    usage and exiting from inside the library."""
-
-    def error(self, message: str) -> NoReturn:
-        setting = "flags"
-        if message.startswith("argument ") and ": " in message:
-            setting, message = message[len("argument ") :].split(": ", 1)
-        raise ConfigError(setting, message)
+# The flags' destinations, all None when no flag is given (``store_true`` flags default to
+# None too, so that the environment decides). argparse (with gettext, 0.35 MiB resident
+# for the agent's lifetime) is imported only when there are flags to parse; the usual
+# agent, configured by its environment, has none.
+FLAG_DESTS: Final = (
+    "agent_url",
+    "auth",
+    "agent_token",
+    "log_dir",
+    "no_reap",
+    "metrics_address",
+    "pprof_address",
+    *(flag.replace("-", "_") for flag, _, _ in LOG_SINK_FLAGS),
+    "insecure_skip_tls_verify",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        """argparse that raises :class:`ConfigError` (one line, exit 2) instead of
+        printing usage and exiting from inside the library."""
+
+        def error(self, message: str) -> NoReturn:
+            setting = "flags"
+            if message.startswith("argument ") and ": " in message:
+                setting, message = message[len("argument ") :].split(": ", 1)
+            raise ConfigError(setting, message)
+
     parser = _Parser(
         prog="wsagent agent",
         description="Run the workspace agent in the foreground.",
@@ -144,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace | SimpleNamespace:
+    if not argv:
+        return SimpleNamespace(**dict.fromkeys(FLAG_DESTS))
+    args, unknown = build_parser().parse_known_args(list(argv))
+    if unknown:
+        raise ConfigError(unknown[0], "unknown flag")
+    return args
+
+
 def _env_or(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name)
     return default if value is None or value == "" else value
@@ -151,10 +180,7 @@ def _env_or(env: Mapping[str, str], name: str, default: str) -> str:
 
 def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
     """Build the config; flags win over environment variables."""
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(list(argv))
-    if unknown:
-        raise ConfigError(unknown[0], "unknown flag")
+    args = parse_flags(argv)
 
     url = validate_url(args.agent_url or env.get("CODER_AGENT_URL", ""), "CODER_AGENT_URL")
     token = args.agent_token if args.agent_token is not None else env.get("CODER_AGENT_TOKEN", "")
@@ -168,7 +194,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
     if auth == AUTH_TOKEN and not token:
         raise ConfigError("CODER_AGENT_TOKEN", "is required when CODER_AGENT_AUTH=token")
 
-    log_dir = Path(args.log_dir or _env_or(env, "CODER_AGENT_LOG_DIR", tempfile.gettempdir()))
+    log_dir = Path(args.log_dir or env.get("CODER_AGENT_LOG_DIR") or _temp_dir())
     if log_dir.exists() and not log_dir.is_dir():
         raise ConfigError("CODER_AGENT_LOG_DIR", f"{log_dir} is not a directory")
 
@@ -267,6 +293,12 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> AgentConfig:
         log_stackdriver=sinks["log-stackdriver"],
         pprof_address=flag_or_env(args.pprof_address, "CODER_AGENT_PPROF_ADDRESS").strip(),
     )
+
+
+def _temp_dir() -> str:
+    import tempfile  # with shutil, bz2, lzma and random: only when it is needed
+
+    return tempfile.gettempdir()
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:

@@ -184,3 +184,12 @@ def test_pprof_address_is_accepted() -> None:
     )
     assert load_config([], {**GOOD, "CODER_AGENT_PPROF_ADDRESS": ":6061"}).pprof_address == ":6061"
     assert load_config([], GOOD).pprof_address == ""
+
+
+def test_no_flags_reads_as_argparse_would_without_importing_it() -> None:
+    # An agent configured by its environment skips argparse; the namespace it gets
+    # instead must be the one argparse gives for no flags (a flag added to the parser
+    # and not to FLAG_DESTS fails here).
+    from agent.config import build_parser, parse_flags
+
+    assert vars(parse_flags([])) == vars(build_parser().parse_known_args([])[0])
