@@ -29,7 +29,6 @@ from agent.errors import (
 )
 from agent.sdk import codec
 from agent.sdk.errors import ValidationError
-from agent.sdk.startuplogs import SEQ_HEADER, STREAM_HEADER
 
 if TYPE_CHECKING:
     from agent.sdk.agentmetadata import MetadataResult
@@ -237,7 +236,7 @@ class ControlPlaneClient:
         self, stream: str, first_seq: int, logs: tuple[StartupLog, ...]
     ) -> None:
         """Append lines to the agent's startup logs; ApiError 413 once they overflowed."""
-        from agent.sdk.startuplogs import PatchStartupLogs
+        from agent.sdk.startuplogs import SEQ_HEADER, STREAM_HEADER, PatchStartupLogs
 
         await self._request(
             "PATCH",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -140,6 +139,8 @@ def check_float(value: object, endpoint: str, path: str) -> float:
 
 
 def check_uuid(value: object, endpoint: str, path: str) -> str:
+    import uuid  # not at the top: the agent's first request goes out before it is needed
+
     text = check_str(value, endpoint, path)
     try:
         return str(uuid.UUID(text))

@@ -157,7 +157,8 @@ import sys
 import agent.cli, agent.firstrequest
 loaded = sorted(m for m in sys.modules if m.startswith("agent."))
 late = ("agent.sdk.models", "agent.sdk.extensions", "agent.compose", "agent.connection",
-        "agent.daemon", "agent.coordinator", "agent.ssh", "websockets", "structlog", "argparse")
+        "agent.daemon", "agent.coordinator", "agent.ssh", "websockets", "structlog", "argparse",
+        "agent.sdk.startuplogs", "uuid")
 early = [m for m in late if m in sys.modules]
 assert not early, (early, loaded)
 print("ok")
