@@ -153,7 +153,10 @@ class PGBase:
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 yield conn
         except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+            # A pool wait that timed out says nothing (str(TimeoutError()) is empty).
+            raise StoreUnavailable(
+                f"PostgreSQL is unavailable: {str(exc) or type(exc).__name__}"
+            ) from exc
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Conn]:

@@ -89,29 +89,45 @@ async def test_concurrent_writes_from_many_agents_are_all_kept(
         "alice", "fleet", [{"name": f"a{i}", "apps": MAIN_AGENT["apps"]} for i in range(count)]
     )
 
-    async def one_agent(name: str, agent_id: str, token: str) -> None:
-        web = next(
+    # Looked up before the writes: the test's own store reads would otherwise queue for a
+    # pool connection behind the requests under test.
+    webs = {
+        agent_id: next(
             a.id for a in await control_plane.store.list_apps(agent_id) if a.spec.slug == "web"
         )
-        # 350 requests at once on a shared 2-core machine (and, on PostgreSQL, its server
-        # processes on the same cores): give each more than the default 10 s.
+        for agent_id, _ in agents.values()
+    }
+    # Twenty requests in flight: twice the PostgreSQL pool and twenty writers on SQLite's one
+    # write lock, so every store still sees contention. All 350 at once only deepened the
+    # queue: on a loaded 2-core machine (this one process runs the server and all clients)
+    # the last in line waited past the PostgreSQL store's 15 s pool timeout and got a 503.
+    in_flight = asyncio.Semaphore(20)
+
+    async def post(client: httpx.AsyncClient, path: str, body: Any) -> httpx.Response:
+        async with in_flight:
+            return await client.post(path, json=body)
+
+    async def one_agent(name: str, agent_id: str, token: str) -> None:
+        web = webs[agent_id]
         async with control_plane.http(token) as client:
-            client.timeout = httpx.Timeout(60.0)
+            client.timeout = httpx.Timeout(60.0)  # a loaded machine; the point is no lost write
             posts = [
-                client.post(f"{ME}/report-stats", json={"rx_bytes": n + 1, "tx_bytes": 1})
+                post(client, f"{ME}/report-stats", {"rx_bytes": n + 1, "tx_bytes": 1})
                 for n in range(5)
             ]
             posts.append(
-                client.post(
-                    f"{ME}/startup", json={"version": f"v1.0.{name[1:]}", "expanded_directory": ""}
+                post(
+                    client,
+                    f"{ME}/startup",
+                    {"version": f"v1.0.{name[1:]}", "expanded_directory": ""},
                 )
             )
-            posts.append(client.post(f"{ME}/app-health", json={"Healths": {web: "healthy"}}))
+            posts.append(post(client, f"{ME}/app-health", {"Healths": {web: "healthy"}}))
             responses = await asyncio.gather(*posts)
             assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
             for state in ("starting", "ready"):
                 assert (
-                    await client.post(f"{ME}/report-lifecycle", json={"state": state})
+                    await post(client, f"{ME}/report-lifecycle", {"state": state})
                 ).status_code == 204
 
     await asyncio.gather(*(one_agent(name, aid, tok) for name, (aid, tok) in agents.items()))
