@@ -74,8 +74,8 @@ class Step:
     server_cpu: float = 0.0  # CPU seconds the server used over the window
     client_cpu: float = 0.0
     rss: int = 0
-    connected: int = 0
-    ready: int = 0
+    connected: int = -1  # -1: not read back yet
+    ready: int = -1
     listen_overflows: int = 0  # machine-wide, over the window and the check
     metadata_posts: float = 0.0  # server counters over the window
     metadata_writes: float = 0.0
@@ -317,9 +317,15 @@ class Load:
             step.client_cpu = cpu_seconds(os.getpid()) - own0
             step.window_requests = step.requests - requests0
             step.rss = sum(rss_bytes(pid) for pid in pids)
+            # Printed before the read-back: on a loaded machine that can outlast --max-seconds.
+            print_step(step, self.baseline_rss)
             step.connected, step.ready = await self.verify(user_token, agents[:target])
             step.listen_overflows = listen_overflows() - overflows0
-            print_step(step, self.baseline_rss)
+            print(
+                f"  read back: connected {step.connected}/{step.agents},"
+                f" ready {step.ready}/{step.agents}, listen overflows {step.listen_overflows}",
+                flush=True,
+            )
         self.stop.set()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.session.close()
@@ -340,9 +346,13 @@ def step_row(step: Step) -> str:
             else ""
         )
         + f"  client CPU {100 * step.client_cpu / max(step.window_seconds, 1e-9):3.0f} %"
-        f"  errors {step.error_count}  connected {step.connected}/{step.agents}"
-        f"  ready {step.ready}/{step.agents}"
-        f"  metadata {step.metadata_posts / max(step.window_seconds, 1e-9):.0f} posts/s"
+        f"  errors {step.error_count}"
+        + (
+            f"  connected {step.connected}/{step.agents}  ready {step.ready}/{step.agents}"
+            if step.connected >= 0
+            else ""
+        )
+        + f"  metadata {step.metadata_posts / max(step.window_seconds, 1e-9):.0f} posts/s"
         f" -> {step.metadata_writes / max(step.window_seconds, 1e-9):.1f} writes/s"
         f" ({step.metadata_rows:.0f} rows)"
     )
@@ -372,7 +382,7 @@ def print_step(step: Step, baseline_rss: int) -> None:
     per_agent = (step.rss - baseline_rss) / step.agents / 1024
     print(
         f"\n{step.agents} agents: {rate:.0f} req/s in the window, memory per agent"
-        f" {per_agent:.1f} KiB, listen overflows {step.listen_overflows}"
+        f" {per_agent:.1f} KiB"
     )
     print(f"  {'endpoint':<22} {'count':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} errors")
     for name in sorted(set(step.latencies) | set(step.errors)):

@@ -16,6 +16,8 @@ docs/benchmarks.md, "Control plane"). A read sees every write committed before i
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import os
 import sqlite3
 import threading
@@ -57,6 +59,12 @@ def _req_dt(value: str) -> datetime:
     return parsed
 
 
+# A write waiting for the writer thread: what to run, whether it is a transaction's body
+# (``_tx``: grouped with its neighbours), and its caller's future; and what came of it.
+_Queued = tuple[Callable[..., Any], bool, "asyncio.Future[Any]"]
+_Outcome = tuple[bool, Any]
+
+
 class SQLiteBase:
     def __init__(self, path: Path, *, durability: str = "normal") -> None:
         self.path = path
@@ -66,6 +74,9 @@ class SQLiteBase:
         self._reader: sqlite3.Connection | None = None
         self._writer_thread = -1
         self._closed = False
+        # Writes waiting for the writer thread; whether it has a group in hand.
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._committing = False
         # One process holds the database's writer; the counter read before each lookup
         # catches other processes' changes (wsagent admin), so the cache is always on.
         self.auth_cache = AuthCache(enabled=True)
@@ -91,9 +102,101 @@ class SQLiteBase:
         self._conn, self._reader = conn, reader
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the writer thread (write transactions)."""
+        """Run ``fn`` on the writer thread, after every write asked for before it.
+
+        ``_run(self._tx, op)`` (every write) joins a group commit: the writes that arrive
+        while the writer thread is busy are committed together, each in a savepoint of
+        one transaction, when it is free again. One waiting write is the old single
+        transaction; under load a burst of reports costs one thread hand-off and one
+        commit instead of one each (docs/benchmarks.md, "Control plane")."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        done: asyncio.Future[Any] = loop.create_future()
+        if fn == self._tx:
+            self._queue.append((args[0], True, done))
+        else:
+            self._queue.append((functools.partial(fn, *args), False, done))
+        if not self._committing:
+            self._hand_over(loop)
+        result: T = await done
+        return result
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the writer thread the next group (on the loop; no task, no extra future)."""
+        batch: list[_Queued] = []
+        # Consecutive writes go together; anything else (open, close) alone, in order.
+        while self._queue and (not batch or (batch[0][1] and self._queue[0][1])):
+            item = self._queue.popleft()
+            if not item[2].cancelled():  # as an executor job cancelled before it ran
+                batch.append(item)
+            if not item[1]:
+                break
+        if not batch:
+            self._committing = False
+            return
+        self._committing = True
+        try:
+            self._executor.submit(self._work, loop, batch)
+        except RuntimeError as exc:  # the store was closed: fail these, never leave them hanging
+            self._committing = False
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+
+    def _work(self, loop: asyncio.AbstractEventLoop, batch: list[_Queued]) -> None:
+        outcomes: list[_Outcome]
+        try:
+            if batch[0][1]:
+                outcomes = self._tx_group([op for op, _, _ in batch])
+            else:
+                outcomes = [(True, batch[0][0]())]
+        except BaseException as exc:  # the commit itself failed: every write in it
+            outcomes = [(False, exc)] * len(batch)
+        try:
+            loop.call_soon_threadsafe(self._settle, loop, batch, outcomes)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def _settle(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Queued], outcomes: list[_Outcome]
+    ) -> None:
+        for (_, _, done), (ok, value) in zip(batch, outcomes, strict=True):
+            if done.done():
+                continue
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
+        self._hand_over(loop)
+
+    def _tx_group(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[_Outcome]:
+        """One transaction for ``ops``, each in a savepoint: one op's error undoes only its
+        own changes and is its caller's, as with a transaction of its own."""
+        if len(ops) == 1:
+            try:
+                return [(True, self._tx(ops[0]))]
+            except Exception as exc:
+                return [(False, exc)]
+        conn = self.conn
+        outcomes: list[_Outcome] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((True, value))
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return outcomes
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a read-only ``fn`` inline, on the reader connection."""
