@@ -65,8 +65,15 @@ def defer_import(name: str) -> None:
     """Make ``import name`` cheap until the module is really used."""
     if name in sys.modules:
         return
+    import importlib.util  # frozen, and already imported by ``python -m``
+
+    spec = importlib.util.find_spec(name)  # finds, does not execute
+    if spec is None:
+        return
     stub = _Deferred(name)
-    stub.__spec__ = None  # the import system reads it; None means "not initializing"
+    # The module's own spec (not initializing), so the import system takes the stand-in
+    # as imported and find_spec() still answers for it.
+    stub.__spec__ = spec
     sys.modules[name] = stub
     parent, _, child = name.rpartition(".")
     if parent:

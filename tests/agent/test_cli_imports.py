@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import pytest
@@ -21,6 +22,9 @@ def test_a_deferred_module_loads_on_first_attribute(monkeypatch: pytest.MonkeyPa
     import colorsys
 
     assert isinstance(sys.modules["colorsys"], _Deferred)  # imported, not yet executed
+    spec = importlib.util.find_spec("colorsys")
+    assert spec is not None and spec.name == "colorsys"
+    assert isinstance(sys.modules["colorsys"], _Deferred)  # finding it did not load it
     assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
     real = sys.modules["colorsys"]
     assert not isinstance(real, _Deferred)
@@ -47,3 +51,9 @@ def test_an_imported_module_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> No
 
     defer_import("json")
     assert sys.modules["json"] is json
+
+
+def test_a_missing_module_is_not_deferred(monkeypatch: pytest.MonkeyPatch) -> None:
+    forget(monkeypatch, "wsagent_no_such_module")
+    defer_import("wsagent_no_such_module")
+    assert "wsagent_no_such_module" not in sys.modules
