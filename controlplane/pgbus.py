@@ -15,6 +15,9 @@ that can end a token or a socket's build (``wsagent_auth``, sent by the database
 triggers) clears this replica's token cache as the notification arrives; the cache is on
 only while this connection listens (``controlplane.store.tokencache``).
 
+Messages about agents are delivered in one lane per agent (``controlplane.buslanes``): in
+order for each agent, and an agent that stops reading its socket delays only its own.
+
 A stale row (its replica died) is ignored: routes check the agent's ``last_connected_at``
 (refreshed by the live owner) before they route, and the agent's reconnect to another
 replica claims the row.
@@ -38,6 +41,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from controlplane.buschunks import ChunkError, Reassembler, is_chunk, split
+from controlplane.buslanes import Lanes
 from controlplane.coordinator import MAX_VALUE_BYTES, AgentNotConnected, Coordinator, TooLarge
 from controlplane.gitauth import GitAuthNotifier
 from controlplane.store.pg_base import (
@@ -62,6 +66,9 @@ MAX_MESSAGE_BYTES: Final = 2 * MAX_VALUE_BYTES
 MAX_BUFFERED_BYTES: Final = 2 * MAX_MESSAGE_BYTES
 # A transaction's chunks arrive together: one still missing after this never comes.
 CHUNK_TIMEOUT: Final = 10.0
+# Messages waiting for delivery, per agent and in all (controlplane.buslanes).
+LANE_MESSAGES: Final = 1000
+LANE_BYTES: Final = 4 * MAX_MESSAGE_BYTES
 RECONNECT_MAX: Final = 5.0
 
 
@@ -103,6 +110,9 @@ class PgBus:
         # Chunked message ids: this bus's tag (to skip our own broadcasts) and a counter.
         self._tag = secrets.token_hex(6)
         self._ids = itertools.count()
+        self._lanes: Lanes[dict[str, Any]] = Lanes(
+            self._deliver, max_per_lane=LANE_MESSAGES, max_bytes=LANE_BYTES
+        )
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2)
@@ -121,6 +131,7 @@ class PgBus:
         await asyncio.gather(
             *(t for t in (self._task, self._worker) if t is not None), return_exceptions=True
         )
+        await self._lanes.close()
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), 5.0)
@@ -303,11 +314,10 @@ class PgBus:
         while True:
             expiry = self._chunks.next_expiry()
             try:
-                if expiry is None:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel that
+                # races with the item's arrival, and close() would wait for ever.
+                async with asyncio.timeout(None if expiry is None else expiry - time.monotonic()):
                     channel, payload = await self._inbox.get()
-                else:
-                    wait = max(0.0, expiry - time.monotonic())
-                    channel, payload = await asyncio.wait_for(self._inbox.get(), wait)
             except TimeoutError:
                 self._chunks.expire()
                 self._log_dropped()
@@ -358,9 +368,15 @@ class PgBus:
                 self._logs_appended(payload)
             return
         message = json.loads(payload)
-        kind, agent = message.get("t"), str(message.get("agent", ""))
         if message.get("from") == self.replica_id:
             return  # our own broadcast
+        agent = str(message.get("agent", ""))
+        if not self._lanes.put(agent, message, len(payload)):
+            log.warning("bus.lane_full", agent_id=agent[:64], kind=str(message.get("t"))[:32])
+
+    async def _deliver(self, message: dict[str, Any]) -> None:
+        """One message for one agent, in that agent's lane (``controlplane.buslanes``)."""
+        kind, agent = message.get("t"), str(message.get("agent", ""))
         coordinator = self._coordinator
         match kind:
             case "claim":

@@ -336,3 +336,38 @@ async def test_a_stream_refused_on_a_with_a_long_reason_reaches_the_user_on_b(
         await refusing
     body = assert_error(response, 502, "Failed to connect to tcp:8080 in the workspace.")
     assert body["detail"] == reason
+
+
+async def test_an_agent_that_stops_reading_on_a_does_not_hold_up_another_agent(
+    pair: Pair,
+) -> None:
+    """Requests for one agent wait behind that agent's stalled socket, not everyone's."""
+    created = await pair.a.cp.create_workspace("alice", "second", [{"name": "main"}])
+    other_id, other_token = created["main"]
+    healthy_a = World(pair.a.cp, pair.a.owner_token, pair.a.other_token, other_id, other_token)
+    healthy_b = World(pair.b.cp, pair.b.owner_token, pair.b.other_token, other_id, other_token)
+    endpoints = [f"198.51.100.1:{n}" for n in range(38_000)]  # a node of ~0.9 MB
+    async with agent_socket(pair.a) as stalled, agent_socket(healthy_a) as healthy:
+        del stalled  # never read: the server's writes to it back up
+        await _known_on(pair.b)
+        await _known_on(healthy_b)
+        peer = pair.a.cp.app[COORDINATOR]._agents[pair.a.agent_id]
+        async with client_socket(pair.b) as client:
+            for _ in range(16):  # more than the loopback socket buffers hold
+                await client.send(node(endpoints=endpoints))
+            # A's write to the stalled agent is blocked once its transport buffers data.
+            await poll_until(
+                lambda: (
+                    peer.ws._writer is not None
+                    and peer.ws._writer.transport.get_write_buffer_size() > 0
+                ),
+                timeout=30,
+                message="the stalled agent's socket never backed up",
+            )
+            answering = asyncio.create_task(answer_ports(healthy, many_ports(3)))
+            async with healthy_b.user() as user:
+                response = await user.get(f"{AGENTS}/{other_id}/listening-ports")
+            # The answer came while the other agent's socket was still stuck.
+            assert peer.ws._writer.transport.get_write_buffer_size() > 0
+            assert response.status_code == 200, response.text
+            await answering
