@@ -186,9 +186,9 @@ class ListeningPorts:
         from agent.sdk.workspaceagents import ListeningPort
 
         assert isinstance(request, ListeningPortsRequest)
-        if self.scanner is None:
-            from agent.ports import PortScanner
+        from agent.ports import PortScanner, reportable
 
+        if self.scanner is None:
             self.scanner = PortScanner(clock=self._clock.monotonic)
         try:
             ports = await asyncio.to_thread(self.scanner.scan)
@@ -197,8 +197,7 @@ class ListeningPorts:
         else:
             found = tuple(
                 ListeningPort(p.process_name, p.network, p.port)
-                for p in ports
-                if p.port != self._own_port
+                for p in reportable(ports, self._own_port)
             )
             reply = ListeningPortsResponse(request.request_id, found)
         await session.send_json(reply.to_json())

@@ -28,6 +28,10 @@ from typing import Final, NamedTuple
 TCP_LISTEN: Final = "0A"
 CACHE_SECONDS: Final = 1.0
 MIN_PORT: Final = 9
+# Ports one answer reports at most (the lowest): even with the longest process names, as
+# JSON escapes (15 characters of 6 bytes), 4,096 entries stay under 600 KB, inside the
+# 1 MiB a coordinate socket takes in one value. Past it the server would close the socket.
+MAX_REPORTED_PORTS: Final = 4096
 
 
 class Listener(NamedTuple):
@@ -375,6 +379,12 @@ class Port(NamedTuple):
     port: int
     process_name: str
     network: str = "tcp"
+
+
+def reportable(ports: Iterable[Port], own_port: int) -> list[Port]:
+    """What an answer reports: not the agent's own port, and only the lowest
+    :data:`MAX_REPORTED_PORTS` of the rest. Pure."""
+    return sorted(p for p in ports if p.port != own_port)[:MAX_REPORTED_PORTS]
 
 
 class PortScanner:
