@@ -275,9 +275,12 @@ async def add_gitauth_provider(
 def check_gitauth_provider(provider: GitAuthProvider, where: str) -> None:
     if not provider.id or not provider.regex:
         raise SpecError(f"{where}: id and regex are required")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", provider.id):
-        # The id is a path segment of <access URL>/gitauth/<id>.
-        raise SpecError(f"{where}.id: letters, digits, '.', '_' and '-' only: {provider.id!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", provider.id):
+        # The id is a path segment of <access URL>/gitauth/<id>, and with several replicas
+        # it rides in the NOTIFY that wakes other replicas' waiters (8,000 bytes at most).
+        raise SpecError(
+            f"{where}.id: at most 64 letters, digits, '.', '_' and '-': {provider.id[:80]!r}"
+        )
     try:
         re.compile(provider.regex)
     except re.error as exc:
