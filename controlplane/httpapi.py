@@ -79,6 +79,12 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytearr
         raise HTTPError(
             408, "Request body was not received in time.", f"The limit is {seconds:g} seconds."
         ) from None
+    except ConnectionResetError:
+        # The client went away mid-body (gave up, crashed, lost its network): nobody will
+        # read an answer, and it is no server fault to log with a traceback.
+        raise HTTPError(
+            400, "Request body was cut short.", "The client closed the connection."
+        ) from None
     return body
 
 

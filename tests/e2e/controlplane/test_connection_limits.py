@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from controlplane.connguard import GUARD
 from tests.conftest import poll_until
@@ -169,6 +170,26 @@ async def test_a_slow_request_body_is_408(world_factory: Any) -> None:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.close()
     assert head.startswith(b"HTTP/1.1 408"), head
+
+
+async def test_a_client_gone_mid_body_is_not_a_server_error(world_factory: Any) -> None:
+    w: World = await world_factory()
+    with capture_logs() as logs:
+        _, writer = await asyncio.open_connection("127.0.0.1", w.cp.config.port)
+        writer.write(
+            b"POST /api/v2/workspaceagents/me/report-stats HTTP/1.1\r\nHost: x\r\n"
+            b"Coder-Session-Token: " + w.agent_token.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        ended = await poll_until(
+            lambda: [e for e in logs if e["event"].startswith("http.")],
+            timeout=10,
+            message="the server never finished the cut-short request",
+        )
+    assert [e["event"] for e in ended] == ["http.request_failed"], ended
 
 
 async def test_over_the_cap_the_oldest_unauthenticated_connection_goes(
