@@ -66,6 +66,9 @@ MAX_MESSAGE_BYTES: Final = 2 * MAX_VALUE_BYTES
 MAX_BUFFERED_BYTES: Final = 2 * MAX_MESSAGE_BYTES
 # A transaction's chunks arrive together: one still missing after this never comes.
 CHUNK_TIMEOUT: Final = 10.0
+# Notifications read but not yet handled: 10,000 payloads of up to 8,000 bytes would be
+# 80 MB; this keeps the inbox to a few whole messages' worth of chunks.
+INBOX_BYTES: Final = 8 * MAX_MESSAGE_BYTES
 # Messages waiting for delivery, per agent and in all (controlplane.buslanes).
 LANE_MESSAGES: Final = 1000
 LANE_BYTES: Final = 4 * MAX_MESSAGE_BYTES
@@ -103,6 +106,7 @@ class PgBus:
         self._lost = asyncio.Event()
         self._connected = asyncio.Event()
         self._inbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
+        self._inbox_bytes = 0  # payload characters queued (PostgreSQL's are mostly ASCII)
         self._worker: asyncio.Task[None] | None = None
         self._chunks = Reassembler(
             max_message=MAX_MESSAGE_BYTES, max_buffered=MAX_BUFFERED_BYTES, timeout=CHUNK_TIMEOUT
@@ -305,10 +309,16 @@ class PgBus:
             cache.invalidate()
         if channel == AUTH_CHANNEL:
             return
+        text = str(payload)
+        if self._inbox_bytes + len(text) > INBOX_BYTES:
+            log.warning("bus.inbox_full", channel=channel, queued_bytes=self._inbox_bytes)
+            return
         try:
-            self._inbox.put_nowait((channel, str(payload)))
+            self._inbox.put_nowait((channel, text))
         except asyncio.QueueFull:
             log.warning("bus.inbox_full", channel=channel)
+            return
+        self._inbox_bytes += len(text)
 
     async def _work(self) -> None:
         while True:
@@ -318,6 +328,7 @@ class PgBus:
                 # races with the item's arrival, and close() would wait for ever.
                 async with asyncio.timeout(None if expiry is None else expiry - time.monotonic()):
                     channel, payload = await self._inbox.get()
+                self._inbox_bytes -= len(payload)
             except TimeoutError:
                 self._chunks.expire()
                 self._log_dropped()
