@@ -210,12 +210,15 @@ class PgBus:
     # ------------------------------------------------------------ plumbing
 
     def _message(self, kind: str, **fields: Any) -> str:
+        value = {"t": kind, "from": self.replica_id, **fields}
         # Raw UTF-8, not \u escapes: the size limits count bytes, and escapes triple them.
-        return json.dumps(
-            {"t": kind, "from": self.replica_id, **fields},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON may carry "\ud800") has no UTF-8 form: escape it.
+            text = json.dumps(value, separators=(",", ":"))
+        return text
 
     async def _send(self, channel: str, message: str) -> None:
         """One NOTIFY, or (over one payload) its chunks in one statement, so one transaction:
