@@ -13,30 +13,54 @@ class RingBuffer:
         if capacity <= 0:
             raise ValueError("ring buffer capacity must be positive")
         self.capacity = capacity
-        # A bytearray trimmed from the front: CPython deletes a prefix of a bytearray in
-        # O(1) amortised (it moves a start offset), so this is as cheap as a true ring and
-        # snapshot() needs no stitching.
+        # Grows by appending until it holds ``capacity`` bytes (a quiet session never
+        # allocates the whole capacity), then wraps: new bytes overwrite the oldest in
+        # place from ``_start``. Every write copies only its own bytes. (Appending and
+        # trimming the front instead made CPython reallocate and copy the whole buffer
+        # whenever the trimmed prefix ran out: a quarter MiB moved for every output
+        # message of a busy terminal.)
         self._buf = bytearray()
+        self._start = 0  # once full: where the oldest byte is, and the next write goes
         self.total_written = 0
 
     def __len__(self) -> int:
         return len(self._buf)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        n = len(data)
+        view = memoryview(data).cast("B")
+        n = len(view)
         if not n:
             return
         self.total_written += n
-        if n >= self.capacity:
-            self._buf[:] = bytes(data[n - self.capacity :])
+        capacity, buf = self.capacity, self._buf
+        if n >= capacity:
+            buf[:] = view[n - capacity :]
+            self._start = 0
             return
-        self._buf += data
-        excess = len(self._buf) - self.capacity
-        if excess > 0:
-            del self._buf[:excess]
+        room = capacity - len(buf)
+        if room:
+            buf += view[:room]
+            if n <= room:
+                return
+            view = view[room:]
+            n -= room
+        start = self._start
+        first = min(n, capacity - start)
+        buf[start : start + first] = view[:first]
+        if first < n:
+            buf[: n - first] = view[first:]
+        self._start = (start + n) % capacity
 
     def snapshot(self) -> bytes:
-        return bytes(self._buf)
+        start = self._start
+        if not start:
+            return bytes(self._buf)
+        view = memoryview(self._buf)
+        try:
+            return b"".join((view[start:], view[:start]))
+        finally:
+            view.release()
 
     def clear(self) -> None:
-        self._buf.clear()
+        self._buf = bytearray()
+        self._start = 0

@@ -45,10 +45,18 @@ def test_ring_rejects_zero_capacity() -> None:
 @given(st.lists(st.binary(max_size=50), max_size=40), st.integers(1, 64))
 def test_ring_equals_tail_of_everything(writes: list[bytes], capacity: int) -> None:
     ring = RingBuffer(capacity)
+    everything = b""
     for w in writes:
-        ring.write(w)
-    everything = b"".join(writes)
-    assert ring.snapshot() == everything[-capacity:] if everything else ring.snapshot() == b""
+        ring.write(memoryview(w) if len(w) % 2 else w)
+        everything += w
+        # After every write, wrapped or not: exactly the newest bytes, oldest first.
+        assert ring.snapshot() == everything[-capacity:]
+        assert len(ring) == min(capacity, len(everything))
+        assert ring.total_written == len(everything)
+    ring.clear()
+    assert ring.snapshot() == b"" and len(ring) == 0
+    ring.write(b"again")
+    assert ring.snapshot() == b"again"[-capacity:]
 
 
 # ------------------------------------------------------------------ init + input decoding
