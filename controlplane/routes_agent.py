@@ -318,6 +318,9 @@ def setup(app: web.Application) -> None:
 
     app.on_cleanup.append(close_heartbeats)
     app.router.add_get(f"{ME}/metadata", metadata)
+    # Coder renamed the route when "metadata" came to mean the agent's metadata commands;
+    # its agents from then on ask for the manifest.
+    app.router.add_get(f"{ME}/manifest", metadata)
     app.router.add_post(f"{ME}/startup", post_startup)
     app.router.add_post(f"{ME}/report-lifecycle", report_lifecycle)
     app.router.add_post(f"{ME}/app-health", app_health)

@@ -46,6 +46,19 @@ async def test_metadata_fields_and_units(world: World) -> None:
     assert body["vscode_port_proxy_uri"] == ""  # no wildcard hostname configured
 
 
+async def test_manifest_is_the_metadata_under_its_later_name(world: World) -> None:
+    # Coder's agents from the agent-metadata release on fetch GET /me/manifest; the body is
+    # the same object.
+    async with world.agent() as client:
+        metadata = await client.get(f"{ME}/metadata")
+        manifest = await client.get(f"{ME}/manifest")
+    assert manifest.status_code == 200, manifest.text
+    assert manifest.headers["content-type"] == "application/json; charset=utf-8"
+    assert manifest.json() == metadata.json()
+    async with world.cp.http() as anonymous:
+        assert_error(await anonymous.get(f"{ME}/manifest"), 401)
+
+
 async def test_metadata_derpmap_uses_tailscale_casing(world: World) -> None:
     async with world.agent() as client:
         derp = (await client.get(f"{ME}/metadata")).json()["derpmap"]
