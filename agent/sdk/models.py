@@ -341,6 +341,9 @@ class PostAppHealthsRequest:
 # Agents report a handful of protocols ("ssh", "vscode", "jetbrains", "reconnecting_pty");
 # the caps keep one stored report small whatever a client sends.
 MAX_STATS_PROTOCOLS: Final = 16
+# Coder's names for the two counts since v0.19 (the seed's are conns_by_proto, num_comms).
+LATER_CONNS: Final = "connections_by_proto"
+LATER_COUNT: Final = "connection_count"
 MAX_STATS_PROTOCOL_NAME: Final = 64
 
 
@@ -368,24 +371,29 @@ class Stats:
     @classmethod
     def from_json(cls, value: object, endpoint: str, *, fold_case: bool = False) -> Stats:
         o = Obj(value, endpoint, fold_case=fold_case)
-        conns = o.int_map("conns_by_proto")
+        # Coder's agents since v0.19 spell the two counts connections_by_proto and
+        # connection_count; the seed's names win when both are sent.
+        conns_key = "conns_by_proto"
+        if o.get(conns_key, None) is None and o.get(LATER_CONNS, None) is not None:
+            conns_key = LATER_CONNS
+        conns = o.int_map(conns_key)
         if len(conns) > MAX_STATS_PROTOCOLS:
             raise DecodeError(
                 endpoint,
-                "$.conns_by_proto",
+                o.at(conns_key),
                 f"{len(conns)} protocols; at most {MAX_STATS_PROTOCOLS} are accepted",
             )
         for name in conns:
             if not 0 < len(name) <= MAX_STATS_PROTOCOL_NAME:
                 raise DecodeError(
                     endpoint,
-                    "$.conns_by_proto",
+                    o.at(conns_key),
                     f"protocol name of {len(name)} characters; 1 to "
                     f"{MAX_STATS_PROTOCOL_NAME} are accepted",
                 )
         return cls(
             conns_by_proto=conns,
-            num_comms=o.integer("num_comms", 0),
+            num_comms=o.integer("num_comms", o.integer(LATER_COUNT, 0)),
             rx_packets=o.integer("rx_packets", 0),
             rx_bytes=o.integer("rx_bytes", 0),
             tx_packets=o.integer("tx_packets", 0),

@@ -305,6 +305,29 @@ async def test_stats_are_stored_and_bump_last_used(world_factory: Any) -> None:
     assert first.user_id == workspace.owner_id and first.workspace_id == workspace.id
 
 
+async def test_stats_in_the_later_coder_spelling_keep_their_counts(world_factory: Any) -> None:
+    # Coder's agents since v0.19 send connections_by_proto and connection_count (plus
+    # session and latency figures, not stored here).
+    world: World = await world_factory(stats_min_spacing=0)
+    later = {
+        "connections_by_proto": {"ssh": 2, "tcp": 1},
+        "connection_count": 3,
+        "connection_median_latency_ms": 1.5,
+        "session_count_ssh": 2,
+        "rx_packets": 10,
+        "rx_bytes": 1000,
+        "tx_packets": 20,
+        "tx_bytes": 2000,
+    }
+    async with world.agent() as client:
+        response = await client.post(f"{ME}/report-stats", json=later)
+    assert response.status_code == 200, response.text
+    rows = await world.cp.store.list_stats(world.agent_id)
+    assert len(rows) == 1
+    assert rows[0].conns_by_proto == {"ssh": 2, "tcp": 1}
+    assert (rows[0].num_comms, rows[0].rx_bytes, rows[0].tx_bytes) == (3, 1000, 2000)
+
+
 # ------------------------------------------------------------------ gitsshkey
 
 
