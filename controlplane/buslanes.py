@@ -8,9 +8,10 @@ the replica, and the bus's inbox would fill and drop them. So each agent gets a 
 messages are delivered one at a time in arrival order (a claim before the requests that
 follow it), and lanes run side by side. A lane's task ends when its queue is empty.
 
-Bounded: at most ``max_per_lane`` messages wait in one lane and ``max_bytes`` in all of
-them together; past either, :meth:`Lanes.put` refuses the message (the caller logs it,
-and the asker gets its own timeout, as for any lost message).
+Bounded: at most ``max_per_lane`` messages and ``max_lane_bytes`` wait in one lane (so
+one stalled agent cannot take the room of all the others) and ``max_bytes`` in all of
+them together; past any, :meth:`Lanes.put` refuses the message (the caller logs it, and
+the asker gets its own timeout, as for any lost message).
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ class Lanes(Generic[T]):
         deliver: Callable[[T], Awaitable[None]],
         *,
         max_per_lane: int,
+        max_lane_bytes: int,
         max_bytes: int,
     ) -> None:
         self._deliver = deliver
         self.max_per_lane = max_per_lane
+        self.max_lane_bytes = max_lane_bytes
         self.max_bytes = max_bytes
         self._queues: dict[str, deque[tuple[T, int]]] = {}
+        self._lane_bytes: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._bytes = 0
 
@@ -57,7 +61,8 @@ class Lanes(Generic[T]):
         queue = self._queues.get(key)
         if queue is not None and len(queue) >= self.max_per_lane:
             return False
-        if self._bytes + size > self.max_bytes:
+        lane_bytes = self._lane_bytes.get(key, 0)
+        if lane_bytes + size > self.max_lane_bytes or self._bytes + size > self.max_bytes:
             return False
         if queue is None:
             queue = self._queues[key] = deque()
@@ -65,6 +70,7 @@ class Lanes(Generic[T]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         queue.append((message, size))
+        self._lane_bytes[key] = lane_bytes + size
         self._bytes += size
         return True
 
@@ -79,14 +85,16 @@ class Lanes(Generic[T]):
                 finally:
                     queue.popleft()
                     self._bytes -= size
+                    self._lane_bytes[key] -= size
         finally:
             # No await between the last check of the queue and this: a put() either came
             # before (and was delivered) or finds no lane and starts a new one.
-            if self._queues.get(key) is queue:
-                del self._queues[key]
             for _, size in queue:  # cancelled mid-way
                 self._bytes -= size
             queue.clear()
+            if self._queues.get(key) is queue:
+                del self._queues[key]
+                del self._lane_bytes[key]
 
     async def close(self) -> None:
         tasks = list(self._tasks)

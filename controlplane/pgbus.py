@@ -71,7 +71,8 @@ CHUNK_TIMEOUT: Final = 10.0
 INBOX_BYTES: Final = 8 * MAX_MESSAGE_BYTES
 # Messages waiting for delivery, per agent and in all (controlplane.buslanes).
 LANE_MESSAGES: Final = 1000
-LANE_BYTES: Final = 4 * MAX_MESSAGE_BYTES
+LANE_AGENT_BYTES: Final = 2 * MAX_MESSAGE_BYTES
+LANE_BYTES: Final = 16 * MAX_MESSAGE_BYTES
 RECONNECT_MAX: Final = 5.0
 
 
@@ -115,7 +116,10 @@ class PgBus:
         self._tag = secrets.token_hex(6)
         self._ids = itertools.count()
         self._lanes: Lanes[dict[str, Any]] = Lanes(
-            self._deliver, max_per_lane=LANE_MESSAGES, max_bytes=LANE_BYTES
+            self._deliver,
+            max_per_lane=LANE_MESSAGES,
+            max_lane_bytes=LANE_AGENT_BYTES,
+            max_bytes=LANE_BYTES,
         )
 
     async def start(self) -> None:

@@ -43,7 +43,7 @@ class Recorder:
 
 async def test_one_agents_messages_arrive_in_order() -> None:
     r = Recorder()
-    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=100, max_bytes=10_000)
+    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=100, max_lane_bytes=10_000, max_bytes=10_000)
     for n in range(20):
         assert lanes.put("a", f"a{n}", 10)
     await r.wait_for("a19")
@@ -53,7 +53,7 @@ async def test_one_agents_messages_arrive_in_order() -> None:
 
 async def test_a_stalled_agent_does_not_hold_up_another() -> None:
     r = Recorder()
-    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=100, max_bytes=10_000)
+    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=100, max_lane_bytes=10_000, max_bytes=10_000)
     gate = r.gate("x-stuck")
     lanes.put("x", "x-stuck", 10)
     lanes.put("x", "x-after", 10)
@@ -70,7 +70,7 @@ async def test_a_stalled_agent_does_not_hold_up_another() -> None:
 
 async def test_a_failed_delivery_does_not_stop_its_lane() -> None:
     r = Recorder()
-    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=100, max_bytes=10_000)
+    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=100, max_lane_bytes=10_000, max_bytes=10_000)
     lanes.put("a", "boom", 10)
     lanes.put("a", "a-next", 10)
     await r.wait_for("a-next")
@@ -78,10 +78,27 @@ async def test_a_failed_delivery_does_not_stop_its_lane() -> None:
     await lanes.close()
 
 
+async def test_one_stalled_agent_cannot_take_every_lanes_room() -> None:
+    r = Recorder()
+    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=100, max_lane_bytes=300, max_bytes=1000)
+    gate = r.gate("x0")
+    assert lanes.put("x", "x0", 100)
+    await asyncio.wait_for(r.started["x0"].wait(), 5)
+    assert lanes.put("x", "x1", 100) and lanes.put("x", "x2", 100)
+    assert not lanes.put("x", "x3", 100)  # x's lane is full ...
+    assert lanes.put("y", "y0", 300)  # ... and the others still have room
+    await r.wait_for("y0")
+    gate.set()
+    await r.wait_for("x2")
+    assert lanes.put("x", "x4", 300)  # delivered messages free their lane's room
+    await r.wait_for("x4")
+    await lanes.close()
+
+
 @pytest.mark.parametrize("limit", ["per_lane", "bytes"])
 async def test_full_lanes_refuse_and_free_their_room_once_delivered(limit: str) -> None:
     r = Recorder()
-    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=3, max_bytes=1000)
+    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=3, max_lane_bytes=900, max_bytes=1000)
     gate = r.gate("first")
     assert lanes.put("a", "first", 100)
     if limit == "per_lane":
@@ -105,7 +122,7 @@ async def test_full_lanes_refuse_and_free_their_room_once_delivered(limit: str) 
 
 async def test_close_stops_stuck_lanes_and_forgets_their_messages() -> None:
     r = Recorder()
-    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=100, max_bytes=10_000)
+    lanes: Lanes[str] = Lanes(r.deliver, max_per_lane=100, max_lane_bytes=10_000, max_bytes=10_000)
     r.gate("stuck")
     lanes.put("x", "stuck", 10)
     lanes.put("x", "never", 10)
