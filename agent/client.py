@@ -89,6 +89,10 @@ def websocket_url(base_url: str, path: str, query: str = "") -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
 
 
+METADATA_PATH: Final = "/workspaceagents/me/metadata"
+MANIFEST_PATH: Final = "/workspaceagents/me/manifest"
+
+
 class ControlPlaneClient:
     def __init__(
         self,
@@ -103,6 +107,7 @@ class ControlPlaneClient:
         self.tokens = tokens
         self.verify = verify
         self._timeout = timeout
+        self._metadata_path = METADATA_PATH
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout,
@@ -200,8 +205,15 @@ class ControlPlaneClient:
     async def metadata(self, on_sent: Callable[[], None] | None = None) -> Metadata:
         """The agent's metadata. ``on_sent`` is called once the request has been written
         to the socket (not at all if it fails before that)."""
-        path = "/workspaceagents/me/metadata"
-        data = await self._request("GET", path, on_sent=on_sent)
+        path = self._metadata_path
+        try:
+            data = await self._request("GET", path, on_sent=on_sent)
+        except ApiError as exc:
+            if exc.status not in (404, 405) or path == MANIFEST_PATH:
+                raise
+            # Coder's servers from v0.22 serve this object only under its new name.
+            path = self._metadata_path = MANIFEST_PATH
+            data = await self._request("GET", path)
         # Imported once the request is out: the first one is sent before the models are.
         from agent.sdk.models import Metadata
 

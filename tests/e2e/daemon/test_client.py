@@ -13,18 +13,21 @@ from agent.errors import ApiError, DecodeError, TransportError, UnauthorizedErro
 
 TOKEN = "5f0d2a4e-9c1b-4a8e-b7f3-2d6c8e1a9b40"
 METADATA = "/api/v2/workspaceagents/me/metadata"
+MANIFEST = "/api/v2/workspaceagents/me/manifest"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    """``url = await serve(handler)``: the handler answers the metadata path."""
+async def serve() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """``url = await serve(handler, *paths)``: the handler answers the metadata path and
+    ``paths``."""
     runners: list[web.AppRunner] = []
 
-    async def start(handler: Handler) -> str:
+    async def start(handler: Handler, *paths: str) -> str:
         app = web.Application()
-        app.router.add_route("*", METADATA, handler)
+        for path in (METADATA, *paths):
+            app.router.add_route("*", path, handler)
         runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -41,6 +44,47 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
 
 def client(url: str, timeout: float = 10.0) -> ControlPlaneClient:
     return ControlPlaneClient(url, TokenHolder(TOKEN), verify=False, timeout=timeout)
+
+
+@pytest.mark.e2e
+async def test_a_server_that_names_it_the_manifest_is_asked_for_that(serve) -> None:  # type: ignore[no-untyped-def]
+    # Coder's servers from v0.22 answer the object at /me/manifest and 404 /me/metadata.
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        if request.path == METADATA:
+            return web.json_response({"message": "Route not found."}, status=404)
+        return web.json_response(
+            {
+                "git_auth_configs": 0,
+                "vscode_port_proxy_uri": "",
+                "apps": [],
+                "derpmap": {"Regions": {}},
+                "environment_variables": {},
+                "startup_script": "echo manifest",
+                "startup_script_timeout": 0,
+                "directory": "",
+                "motd_file": "",
+            }
+        )
+
+    async with client(await serve(handler, MANIFEST)) as c:
+        first = await c.metadata()
+        again = await c.metadata()
+    assert first.startup_script == again.startup_script == "echo manifest"
+    assert seen == [METADATA, MANIFEST, MANIFEST]  # the server's name is remembered
+
+
+@pytest.mark.e2e
+async def test_a_404_on_both_names_is_the_servers_error(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"message": "Route not found."}, status=404)
+
+    async with client(await serve(handler, MANIFEST)) as c:
+        with pytest.raises(ApiError) as info:
+            await c.metadata()
+    assert info.value.status == 404 and info.value.url.endswith("/me/manifest")
 
 
 @pytest.mark.e2e
