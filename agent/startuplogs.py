@@ -37,8 +37,10 @@ MAX_BATCH_LINES: Final = 2000
 # Under the server's 1 MiB body limit even when every byte needs a 6-byte \u escape
 # (binary output) and every line its ~70 bytes of keys and timestamp: 768 KiB + 140 KB.
 MAX_BATCH_BYTES: Final = 128 * 1024
-# A longer line is sent in pieces of this many characters (nothing is cut off).
-MAX_LINE_CHARS: Final = 4096
+# A longer line is sent in pieces of this many characters (nothing is cut off). Coder's
+# server stores each line in a varchar(1024) column: a longer one fails the whole batch
+# with a 500, which the agent would retry for ever, holding back every later line.
+MAX_LINE_CHARS: Final = 1024
 RETRY_FLOOR: Final = 0.25
 RETRY_CEILING: Final = 10.0
 

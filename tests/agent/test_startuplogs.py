@@ -39,6 +39,14 @@ def test_splitter_cuts_long_lines_into_pieces_without_loss() -> None:
     assert s.feed(b"x" * 9 + b"\n") == ["xxxx", "xxxx", "x"]
 
 
+def test_by_default_no_piece_is_longer_than_coders_column() -> None:
+    # Coder stores a line in varchar(1024): characters, not bytes.
+    s = LineSplitter()
+    pieces = s.feed(("€" * 2500 + "\n").encode())
+    assert [len(p) for p in pieces] == [1024, 1024, 452]
+    assert "".join(pieces) == "€" * 2500
+
+
 def test_queue_batches_by_lines_and_bytes_and_numbers_them() -> None:
     q = LogQueue(cap_bytes=1000, max_lines=3, max_bytes=9)
     q.new_stream("s1")
