@@ -482,6 +482,12 @@ async def run_load(args: argparse.Namespace) -> tuple[list[Step], int, list[str]
                 data_dir, "normal", *flags, f"--metrics-address=127.0.0.1:{metrics_port}"
             )
             pids, db_pids = [proc.pid], list
+            if args.pin and len(os.sched_getaffinity(0)) >= 2:
+                # A core each: the generator's CPU no longer competes with the server's.
+                server_core, own_core = sorted(os.sched_getaffinity(0))[:2]
+                for tid in os.listdir(f"/proc/{proc.pid}/task"):  # every thread of it
+                    os.sched_setaffinity(int(tid), {server_core})
+                os.sched_setaffinity(0, {own_core})
 
             async def stop() -> None:
                 proc.send_signal(signal.SIGTERM)
@@ -523,6 +529,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--replicas", type=int, default=1, help="servers on one PostgreSQL, behind HAProxy if > 1"
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="SQLite: the server on one core, this generator on another (a quiet machine)",
     )
     return parser.parse_args(argv)
 
