@@ -25,5 +25,16 @@ def setup(app: web.Application) -> None:
     if missing:
         # A source checkout without `scripts/setup` (or `npm run build` in web/).
         log.warning("web.assets_missing", directory=str(STATIC_DIR), missing=missing)
-    if STATIC_DIR.is_dir():
-        app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    app.router.add_get("/static/{name}", asset)
+
+
+async def asset(request: web.Request) -> web.FileResponse:
+    # One flat directory; anything else (a dot file, a subpath, a missing name) is the
+    # error middleware's 404 with Coder's body. aiohttp's own static route answers a
+    # missing file with an empty body instead.
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    if name.startswith(".") or "/" in name or not path.is_file():
+        raise web.HTTPNotFound()
+    # FileResponse serves the gzip sibling to a client that accepts it.
+    return web.FileResponse(path)

@@ -277,6 +277,17 @@ async def test_static_assets_are_served_gzipped(control_plane: ControlPlane) -> 
         ].startswith("application/javascript")
         assert int(js.headers["content-length"]) < 300 * 1024
         assert (await client.get("/static/../server.py")).status_code == 404
+        for missing in (
+            "/static/nope.js",
+            "/static/",
+            "/static/.hidden",
+            "/static/a/b.js",
+            "/static/..%2Fserver.py",
+        ):
+            absent = await client.get(missing)
+            # Coder's error body, not an empty octet-stream.
+            assert absent.status_code == 404, missing
+            assert absent.json() == {"message": "Route not found."}, missing
 
 
 async def test_cookies_are_secure_under_https(
