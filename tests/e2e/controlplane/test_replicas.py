@@ -371,3 +371,22 @@ async def test_an_agent_that_stops_reading_on_a_does_not_hold_up_another_agent(
             assert peer.ws._writer.transport.get_write_buffer_size() > 0
             assert response.status_code == 200, response.text
             await answering
+
+
+async def test_a_node_over_the_bus_limit_is_refused_and_logged_and_the_client_stays(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgbus, "MAX_MESSAGE_BYTES", 50_000)
+    endpoints = [f"198.51.100.1:{40_000 + n}" for n in range(3000)]  # ~70 KB
+    async with agent_socket(pair.a) as agent:
+        await _known_on(pair.b)
+        async with client_socket(pair.b) as client:
+            with capture_logs() as logs:
+                await client.send(node(endpoints=endpoints))
+                small = node()
+                await client.send(small)  # the next node still goes through
+                got = await agent.recv_nodes(10)
+            assert [n["key"] for n in got] == [small["key"]]
+            assert not client.ws.closed
+    refused = [e for e in logs if e["event"] == "bus.message_too_large"]
+    assert refused and refused[0]["kind"] == "to_agent", logs
