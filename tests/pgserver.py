@@ -69,10 +69,47 @@ def _run_as() -> tuple[list[str], int, int] | None:
     raise PgUnavailable("running as root and found no way to run PostgreSQL unprivileged")
 
 
+PREFIX = "wsagent-pg-"
+OWNER_FILE = "owner.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans(tmp: Path | None = None) -> list[Path]:
+    """Stop and remove clusters whose creating process is gone: a test run killed by a
+    timeout or a signal never reaches its teardown, and ``pg_ctl start`` detaches the
+    server, so without this each such run leaves a PostgreSQL running."""
+    swept = []
+    for base in Path(tmp or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            owner = int((base / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being created
+        if _alive(owner):
+            continue
+        try:
+            PgCluster(base).destroy()
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            continue
+        swept.append(base)
+    return swept
+
+
 class PgCluster:
     def __init__(self, base: Path | None = None) -> None:
         self.bindir = find_bindir()
-        self.base = Path(base or tempfile.mkdtemp(prefix="wsagent-pg-"))
+        if base is None:
+            base = Path(tempfile.mkdtemp(prefix=PREFIX))
+            (base / OWNER_FILE).write_text(str(os.getpid()))
+        self.base = Path(base)
         self.data = self.base / "data"
         self.sockdir = self.base / "sock"
         self.logfile = self.base / "server.log"
@@ -210,6 +247,7 @@ def start_template_cluster() -> PgTemplate:
     import asyncio
     import threading
 
+    sweep_orphans()
     cluster = PgCluster()
     try:
         cluster.init()
