@@ -5,7 +5,9 @@ Refreshes come batched from :class:`controlplane.heartbeats.HeartbeatBatcher`: o
 ``UPDATE ... FROM unnest($1::uuid[])`` per tick for all of a replica's agents. Stats
 reports are batched here the same way: every report that arrives within ``STATS_DELAY``
 is one multi-row insert in one transaction, and each request returns once its row is
-committed. The 30-day purge is a job (``pg_base``), not part of the insert.
+committed. A replica runs one batch's transaction at a time: a batch begun before the
+previous one committed would not see the row that one is inserting (an agent's first
+report) and would insert a second row instead of merging into it. The 30-day purge is a job (``pg_base``), not part of the insert.
 """
 
 from __future__ import annotations
@@ -135,14 +137,20 @@ class PGReportStore(PGBase):
             flushed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             flushed.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._stats_flushed = flushed
-            self._stats_task = asyncio.create_task(self._flush_stats(flushed))
+            self._stats_task = asyncio.create_task(self._flush_stats(flushed, self._stats_task))
         # Shielded: one request going away must not cancel the others' shared insert.
         await asyncio.shield(self._stats_flushed)
 
-    async def _flush_stats(self, done: asyncio.Future[None]) -> None:
+    async def _flush_stats(
+        self, done: asyncio.Future[None], previous: asyncio.Task[None] | None
+    ) -> None:
         if len(self._stats_pending) < MAX_STATS_BATCH:
             await asyncio.sleep(STATS_DELAY)
         rows, self._stats_pending, self._stats_flushed = self._stats_pending, [], None
+        if previous is not None:
+            # After the previous batch commits (see the module docstring). asyncio.wait, as
+            # this batch being cancelled must not cancel that one.
+            await asyncio.wait({previous})
         try:
             await self._insert_stats_rows(rows)
         except Exception as exc:

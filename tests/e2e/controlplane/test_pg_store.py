@@ -5,6 +5,7 @@ Coder's error body, sockets kept, recovery without a restart)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -162,3 +163,38 @@ async def test_reports_within_the_spacing_merge_across_a_batch(world: World) -> 
         await client.post(f"{ME}/report-stats", json={"rx_bytes": 1000})
     rows = await world.cp.store.list_stats(world.agent_id)
     assert [r.rx_bytes for r in rows] == [sum(range(1, 21)) + 1000]
+
+
+async def test_a_batch_waits_for_the_one_before_to_commit(world: World) -> None:
+    """The agent's first report is in a batch that cannot commit yet; the next report's
+    batch must still merge into that row, not insert a second one (as it did when it began
+    its own transaction and could not see the first batch's insert)."""
+    locker = await asyncpg.connect(world.cp.config.database_url)
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    try:
+        # Each batch ends by updating its workspace's last_used_at: hold that row.
+        locked = locker.transaction()
+        await locked.start()
+        await locker.execute("SELECT 1 FROM workspaces FOR UPDATE")
+        async with world.agent() as client:
+            first = asyncio.create_task(client.post(f"{ME}/report-stats", json={"rx_bytes": 1}))
+            await poll_until(lambda: locker.fetchval(waiting), timeout=10)
+            second = asyncio.create_task(client.post(f"{ME}/report-stats", json={"rx_bytes": 2}))
+            # An absence can only be seen over time: a second batch that did not wait would
+            # be blocked on the same row within this second.
+            with contextlib.suppress(AssertionError):
+                await poll_until(lambda: _at_least(locker.fetchval(waiting), 2), timeout=1)
+            await locked.rollback()
+            responses = await asyncio.gather(first, second)
+        assert [r.status_code for r in responses] == [200, 200]
+    finally:
+        await locker.close()
+    rows = await world.cp.store.list_stats(world.agent_id)
+    assert [r.rx_bytes for r in rows] == [3]
+
+
+async def _at_least(count: Awaitable[int], n: int) -> bool:
+    return await count >= n
