@@ -7,7 +7,8 @@ reports are batched here the same way: every report that arrives within ``STATS_
 is one multi-row insert in one transaction, and each request returns once its row is
 committed. A replica runs one batch's transaction at a time: a batch begun before the
 previous one committed would not see the row that one is inserting (an agent's first
-report) and would insert a second row instead of merging into it. The 30-day purge is a job (``pg_base``), not part of the insert.
+report) and would insert a second row instead of merging into it. The 30-day purge is a
+job (``pg_base``), not part of the insert.
 """
 
 from __future__ import annotations
