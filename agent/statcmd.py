@@ -7,7 +7,8 @@ stat``).
 ``cpu`` and ``mem`` report this process's own cgroup (the container's, in a container;
 cgroup v2 or v1) unless ``--host`` asks for the whole machine from /proc. ``disk`` reports
 the filesystem holding ``--path`` (default ``/``). Without a subcommand all five figures
-are printed: host_cpu, host_memory, disk, container_cpu, container_memory. Text output is
+are printed under ``coder stat``'s names: host_cpu, host_memory, home_disk (the filesystem
+of the home directory, or of ``--path``), container_cpu, container_memory. Text output is
 ``used/total unit (percent)``, e.g. ``0.3/2.0 cores (15%)``; ``-o json`` prints
 ``{"used": ..., "total": ..., "unit": ...}`` (an object of those without a subcommand).
 Exit status 1 with a one-line error when a figure cannot be read.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -33,7 +35,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("what", nargs="?", choices=("cpu", "mem", "disk"), default=None)
     p.add_argument("--host", action="store_true", help="the whole machine, not this cgroup")
-    p.add_argument("--path", default="/", help="disk: a path on the filesystem (default /)")
+    p.add_argument(
+        "--path",
+        default=None,
+        help="disk: a path on the filesystem (default /; the home directory for home_disk)",
+    )
     p.add_argument("--prefix", choices=tuple(PREFIXES), default="Gi", help="memory/disk unit")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument(
@@ -48,7 +54,7 @@ def figures(args: argparse.Namespace, reader: Reader) -> dict[str, Callable[[], 
     return {
         "host_cpu": lambda: reader.host_cpu(interval),
         "host_memory": lambda: reader.host_memory(scale, unit),
-        "disk": lambda: reader.disk(args.path, scale, unit),
+        "home_disk": lambda: reader.disk(args.path or os.path.expanduser("~"), scale, unit),
         "container_cpu": lambda: reader.cgroup_cpu(interval),
         "container_memory": lambda: reader.cgroup_memory(scale, unit),
     }
@@ -56,7 +62,8 @@ def figures(args: argparse.Namespace, reader: Reader) -> dict[str, Callable[[], 
 
 def main(argv: Sequence[str], reader: Reader | None = None) -> int:
     args = parser().parse_args(list(argv))
-    table = figures(args, reader or Reader())
+    reader = reader or Reader()
+    table = figures(args, reader)
     try:
         if args.what is not None:
             name = {
@@ -64,7 +71,10 @@ def main(argv: Sequence[str], reader: Reader | None = None) -> int:
                 "mem": "host_memory" if args.host else "container_memory",
                 "disk": "disk",
             }[args.what]
-            figure = table[name]()
+            if name == "disk":
+                figure = reader.disk(args.path or "/", PREFIXES[args.prefix], f"{args.prefix}B")
+            else:
+                figure = table[name]()
             print(json.dumps(figure.to_json()) if args.output == "json" else figure.text())
             return 0
         results: dict[str, Figure | None] = {}

@@ -104,7 +104,7 @@ def test_cpu_totals_and_disk() -> None:
 def test_human_output_and_errors() -> None:
     text = stat()
     names = [line.split()[0] for line in text.splitlines()]
-    assert names == ["host_cpu", "host_memory", "disk", "container_cpu", "container_memory"]
+    assert names == ["host_cpu", "host_memory", "home_disk", "container_cpu", "container_memory"]
     assert "cores (" in stat("cpu", "--host")
     bad = subprocess.run(
         [sys.executable, "-m", "wsagent", "stat", "disk", "--path", "/nonexistent/x"],
@@ -114,3 +114,30 @@ def test_human_output_and_errors() -> None:
         cwd=str(REPO),
     )
     assert bad.returncode == 1 and bad.stderr.startswith("wsagent stat: cannot stat")
+
+
+def test_all_figures_carry_coders_names_and_home_disk_is_the_home_directorys(
+    tmp_path: Path,
+) -> None:
+    # coder stat's columns; its disk figure is the home directory's filesystem. A tmpfs home
+    # tells it apart from /.
+    home = "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "wsagent", "stat", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=str(REPO),
+        check=True,
+        env={**os.environ, "HOME": home},
+    ).stdout
+    figures = json.loads(out)
+    assert list(figures) == [
+        "host_cpu",
+        "host_memory",
+        "home_disk",
+        "container_cpu",
+        "container_memory",
+    ]
+    st = os.statvfs(home)
+    assert figures["home_disk"]["total"] * GIB == pytest.approx(st.f_blocks * st.f_frsize, rel=1e-9)
