@@ -394,14 +394,18 @@ async def test_reports_closer_than_the_spacing_merge_into_one_row(world_factory:
 
 
 async def test_rows_resume_once_the_spacing_has_passed(world_factory: Any) -> None:
-    world: World = await world_factory(stats_min_spacing=0.2)
+    # A spacing the two back-to-back posts cannot outlast even on a loaded machine (0.2 s
+    # did: the second landed after it and made a row of its own).
+    spacing = 3.0
+    world: World = await world_factory(stats_min_spacing=spacing)
     async with world.agent() as client:
         await client.post(f"{ME}/report-stats", json={"rx_bytes": 1})
         await client.post(f"{ME}/report-stats", json={"rx_bytes": 2})
         first = (await world.cp.store.list_stats(world.agent_id))[0]
         # Wait on the clock, not a fixed sleep: until the row is older than the spacing.
         await poll_until(
-            lambda: datetime.now(UTC) - first.created_at > timedelta(seconds=0.25), timeout=5
+            lambda: datetime.now(UTC) - first.created_at > timedelta(seconds=spacing + 0.05),
+            timeout=spacing + 10,
         )
         await client.post(f"{ME}/report-stats", json={"rx_bytes": 4})
     assert [r.rx_bytes for r in await world.cp.store.list_stats(world.agent_id)] == [3, 4]
