@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane import startuplogs
 from tests.conftest import REPO
 from tests.e2e.controlplane.conftest import ME, World
 
@@ -56,22 +57,25 @@ async def test_unknown_workspace_or_agent_is_a_clear_error(world: World) -> None
         assert message in err.decode()
 
 
-async def test_follow_prints_new_lines_within_a_second(world: World) -> None:
+async def test_follow_prints_new_lines_within_a_second(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the wake-up on a new line can deliver it: the server's periodic re-read (every
+    # 5 s) is pushed out of the test's reach. So a line that arrives at all was pushed, and
+    # the deadline can allow a loaded machine.
+    monkeypatch.setattr(startuplogs, "RECHECK_INTERVAL", 3600.0)
     async with world.agent() as client:
         await client.patch(f"{ME}/startup-logs", json=lines("old"))
     proc = await run_cli(world, "dev", "--follow")
     assert proc.stdout is not None
     try:
         assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"old\n"
-        loop = asyncio.get_running_loop()
         for text in ("new 1", "new 2"):
             async with world.agent() as client:
                 response = await client.patch(f"{ME}/startup-logs", json=lines(text))
                 assert response.status_code == 200
-                sent = loop.time()  # stored on the server from here on
             line = await asyncio.wait_for(proc.stdout.readline(), 5)
             assert line == f"{text}\n".encode()
-            assert loop.time() - sent < 1.0
     finally:
         proc.terminate()
         await proc.wait()

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import aiohttp
 import pytest
 
+from controlplane import startuplogs
 from tests.e2e.controlplane.conftest import AGENTS, ME, World, assert_error
 
 pytestmark = pytest.mark.e2e
@@ -134,7 +134,12 @@ async def test_bad_input_gets_coder_errors(world: World) -> None:
     assert await read_logs(world) == []
 
 
-async def test_follow_streams_new_lines_as_they_arrive(world: World) -> None:
+async def test_follow_streams_new_lines_as_they_arrive(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the wake-up on a new line can deliver it (the periodic re-read, every 5 s, is out
+    # of reach), so the deadline can allow a loaded machine.
+    monkeypatch.setattr(startuplogs, "RECHECK_INTERVAL", 3600.0)
     async with world.agent() as client:
         await client.patch(f"{ME}/startup-logs", json=lines("before"))
     url = world.cp.url.replace("http", "ws", 1) + f"{AGENTS}/{world.agent_id}/startup-logs"
@@ -146,12 +151,9 @@ async def test_follow_streams_new_lines_as_they_arrive(world: World) -> None:
     ):
         first = json.loads(await ws.receive_str(timeout=5))
         assert [e["output"] for e in first] == ["before"]
-        loop = asyncio.get_running_loop()
         async with world.agent() as client:
             await client.patch(f"{ME}/startup-logs", json=lines("after 1", "after 2"))
-            stored_at = loop.time()  # the server has them from here on
         message = await ws.receive_str(timeout=5)
-        assert loop.time() - stored_at < 1.0
         assert message.endswith("\n")
         assert [e["output"] for e in json.loads(message)] == ["after 1", "after 2"]
         assert json.loads(message)[0]["id"] > first[0]["id"]
