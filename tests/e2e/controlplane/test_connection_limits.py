@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from controlplane.connguard import GUARD
 from tests.conftest import poll_until
 from tests.e2e.controlplane.conftest import ME, World
-from tests.e2e.controlplane.test_durability import start_server_process
+from tests.e2e.controlplane.test_durability import drain_output, start_server_process
 
 pytestmark = pytest.mark.e2e
 
@@ -84,6 +84,7 @@ async def test_idle_and_slowloris_connections_leave_healthz_answering(tmp_path: 
         pytest.skip("this process cannot open enough sockets for the attack")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(own_soft, 2 * (IDLE + SLOWLORIS)), own_hard))
     proc, url = await start_server_process(tmp_path / "data", preexec_fn=_low_fd_limit)
+    output = drain_output(proc)
     attack = Attack(int(url.rsplit(":", 1)[1]))
     try:
         assert _soft_fd_limit(proc.pid) == SERVER_FDS  # raised from 128 to the hard limit
@@ -111,7 +112,7 @@ async def test_idle_and_slowloris_connections_leave_healthz_answering(tmp_path: 
         # Every attacking socket was accepted: more than the server has descriptors.
         assert attack.failed is None, attack.failed
         assert len(attack.writers) == IDLE + SLOWLORIS + 50
-        assert proc.returncode is None
+        assert proc.returncode is None, "".join(output)
     finally:
         attack.close()
         proc.send_signal(signal.SIGTERM)
@@ -119,7 +120,7 @@ async def test_idle_and_slowloris_connections_leave_healthz_answering(tmp_path: 
             await asyncio.wait_for(proc.wait(), 15)
         except TimeoutError:
             proc.kill()
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), 10)
         resource.setrlimit(resource.RLIMIT_NOFILE, (own_soft, own_hard))
 
 

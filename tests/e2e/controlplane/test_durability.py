@@ -7,6 +7,7 @@ import json
 import signal
 import sqlite3
 import sys
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,8 +61,30 @@ async def start_server_process(
                     return proc, str(event["url"])
     except BaseException:
         proc.kill()
-        await proc.wait()
+        await asyncio.wait_for(proc.wait(), 10)
         raise
+
+
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
+def drain_output(proc: asyncio.subprocess.Process, keep: int = 64) -> deque[str]:
+    """Read the server's output to its end in the background, keeping the last ``keep``
+    chunks for a failure message. Unread, the pipe fills (64 KiB, then the reader's own
+    buffer), the server blocks on its next log line, and once the reader pauses, the
+    ``wait()`` after a kill never sees the pipe close."""
+    tail: deque[str] = deque(maxlen=keep)
+    stdout = proc.stdout
+    assert stdout is not None
+
+    async def drain() -> None:
+        while chunk := await stdout.read(65536):
+            tail.append(chunk.decode(errors="replace"))
+
+    task = asyncio.create_task(drain(), name="test.drain_server_output")
+    _DRAINS.add(task)
+    task.add_done_callback(_DRAINS.discard)
+    return tail
 
 
 async def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
@@ -107,12 +130,12 @@ async def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
             # Kill in the middle of the stream of writes.
             await poll_until(lambda: len(acked) >= 200 and len(versions) >= 20, timeout=20)
             proc.send_signal(signal.SIGKILL)
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), 10)
             await asyncio.wait_for(asyncio.gather(*tasks), 10)
     finally:
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), 10)
     assert proc.returncode == -signal.SIGKILL
 
     store = await SQLiteStore.open(data_dir)  # recovers the WAL
@@ -166,7 +189,7 @@ async def test_sigterm_stops_cleanly_and_records_the_disconnect(tmp_path: Path) 
     finally:
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), 10)
     store = await SQLiteStore.open(data_dir)
     try:
         agent = await store.get_agent(agent_id)
@@ -189,7 +212,7 @@ async def test_startup_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
         )
     finally:
         proc.kill()
-        await proc.wait()
+        await asyncio.wait_for(proc.wait(), 10)
     assert busy.code == 1
     assert "wsagent server: error:" in busy.stderr and "Traceback" not in busy.stderr
 
@@ -231,7 +254,7 @@ async def test_the_server_never_logs_a_token(tmp_path: Path) -> None:
     finally:
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), 10)
     assert "http.request_failed" in output  # the failures were logged ...
     for secret in (token, session, bogus):
         assert secret not in output  # ... without the tokens
@@ -272,7 +295,7 @@ async def test_server_applies_a_workspace_file_at_start(tmp_path: Path) -> None:
         finally:
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+                await asyncio.wait_for(proc.wait(), 10)
 
 
 async def test_server_serves_tls_with_the_given_certificate(tmp_path: Path) -> None:
@@ -305,4 +328,4 @@ async def test_server_serves_tls_with_the_given_certificate(tmp_path: Path) -> N
         finally:
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+                await asyncio.wait_for(proc.wait(), 10)
