@@ -31,6 +31,11 @@ log = structlog.get_logger()
 # busy; a full queue drops SYNs and each client waits a second for its retransmit. The
 # kernel caps it at net.core.somaxconn (4,096 on current kernels).
 LISTEN_BACKLOG: Final = 2048
+# asyncio also takes its ``backlog`` as the number of connections it accepts in one turn
+# of the loop. The guard's evictions free their descriptors only on the next turn, so a
+# turn that accepted 2,048 at once would run out of descriptors under a flood, and
+# asyncio then stops accepting for a whole second. Turns stay at 128 accepts.
+ACCEPTS_PER_TURN: Final = 128
 
 # File descriptors kept for everything that is not a client socket: the database and its
 # WAL, log files, listening sockets, outgoing fetches (AIA, Google keys).
@@ -266,5 +271,7 @@ class GuardedSockSite(web.SockSite):
             self._guard.protocol_factory(server),
             sock=self._sock,
             ssl=self._ssl_context,
-            backlog=self._backlog,
+            backlog=ACCEPTS_PER_TURN,
         )
+        # Then the kernel's queue alone is made longer (listen() again only resizes it).
+        self._sock.listen(self._backlog)
