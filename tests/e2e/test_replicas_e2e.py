@@ -322,6 +322,19 @@ async def test_replicas_behind_haproxy(cluster: Cluster, start_agent: Any, tmp_p
     await asyncio.to_thread(cluster.pg.restart)
     await poll_until(lambda: cluster.connected_on(r1), timeout=40, message="r1 did not recover")
     await poll_until(lambda: cluster.connected_on(r2), timeout=40, message="r2 did not recover")
+
+    # PostgreSQL keeps no NOTIFY for a channel nobody listens on, so a request r1 routes
+    # before r2's bus has re-LISTENed is lost (the asker gets its timeout's error). Routing
+    # is back once a routed request comes back; each try waits out its own 5 s at most.
+    async def routed_ports_answer() -> bool:
+        async with httpx.AsyncClient(timeout=20) as client:
+            response = await client.get(
+                f"{r1.url}{AGENTS}/{cluster.agent_id}/listening-ports",
+                headers={"Coder-Session-Token": cluster.owner_token},
+            )
+        return response.status_code == 200
+
+    await poll_until(routed_ports_answer, timeout=40, message="routing did not come back")
     third = await cluster.pty(r1, reconnect)  # r1 routes through the bus to r2's socket
     await third.expect(rb"mark-42\r\n", timeout=30)
     await third.type("echo after-$((1+1))\r")
