@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.fakes.fake_control_plane import FakeControlPlane
 
@@ -184,3 +185,31 @@ def _collect_garbage_after_each_test():  # type: ignore[no-untyped-def]
     import gc
 
     gc.collect()
+
+
+METADATA_PATH = "/api/v2/workspaceagents/me/metadata"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """``url = await serve(handler, *paths)``: the handler answers the metadata path and
+    ``paths``."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler, *paths: str) -> str:
+        app = web.Application()
+        for path in (METADATA_PATH, *paths):
+            app.router.add_route("*", path, handler)
+        runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

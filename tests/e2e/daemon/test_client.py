@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -16,30 +16,6 @@ METADATA = "/api/v2/workspaceagents/me/metadata"
 MANIFEST = "/api/v2/workspaceagents/me/manifest"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """``url = await serve(handler, *paths)``: the handler answers the metadata path and
-    ``paths``."""
-    runners: list[web.AppRunner] = []
-
-    async def start(handler: Handler, *paths: str) -> str:
-        app = web.Application()
-        for path in (METADATA, *paths):
-            app.router.add_route("*", path, handler)
-        runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 def client(url: str, timeout: float = 10.0) -> ControlPlaneClient:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,27 +23,6 @@ METADATA = "/api/v2/workspaceagents/me/metadata"
 TOKEN = "t" * 36
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    runners: list[web.AppRunner] = []
-
-    async def start(handler: Handler) -> str:
-        app = web.Application()
-        app.router.add_get(METADATA, handler)
-        runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 def config(url: str, tmp_path: Path, auth: str = "token") -> AgentConfig:
