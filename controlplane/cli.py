@@ -159,6 +159,7 @@ def run_server(argv: Sequence[str]) -> int:
         import signal
 
         from controlplane.admin import apply_spec, load_spec_file
+        from controlplane.collector import tune_for_serving
         from controlplane.server import running
 
         # SIGTERM (systemd, docker stop) stops as cleanly as Ctrl-C: agents' sockets are
@@ -168,6 +169,7 @@ def run_server(argv: Sequence[str]) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with running(config) as server:
+            tune_for_serving()
             for path in args.apply:
                 result = await apply_spec(server.store, load_spec_file(path))
                 if result.users or result.agents or result.not_rebuilt:

@@ -28,6 +28,7 @@ from agent.sdk.promtext import (
     render,
 )
 from controlplane.appkeys import COORDINATOR
+from controlplane.collector import PAUSES
 from controlplane.metadatabatch import METADATA
 
 log = structlog.get_logger()
@@ -120,7 +121,7 @@ def setup(app: web.Application) -> None:
 
 
 def render_page(app: web.Application) -> str:
-    families = app[METRICS].families(app[COORDINATOR].connected_agents)
+    families = app[METRICS].families(app[COORDINATOR].connected_agents) + PAUSES.families()
     batcher = app.get(METADATA)
     if batcher is not None:
         families += [
