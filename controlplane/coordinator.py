@@ -84,8 +84,6 @@ class Peer:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     node: dict[str, Any] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Set when this socket's token may have been revoked (on any replica): check now.
-    recheck: asyncio.Event = field(default_factory=asyncio.Event)
     # When it opened (wall clock, comparable across replicas): the newest socket wins.
     since: float = field(default_factory=time.time)
 
@@ -102,6 +100,9 @@ class Coordinator:
         self._clients: dict[str, dict[str, Peer]] = {}
         self._handlers: dict[str, ExtensionHandler] = {}
         self.bus: Bus | None = None
+        # Called when a token of an agent was revoked on any replica: its sockets' refresh
+        # checks now (controlplane/refresher.py).
+        self.on_recheck: Callable[[str], None] | None = None
         # agent id -> (replica, peer id) of its socket on another replica.
         self._remote: dict[str, tuple[str, str]] = {}
         # request/session id -> (replica that asked, expiry): where the agent's reply goes.
@@ -205,9 +206,8 @@ class Coordinator:
 
     def recheck(self, agent_id: str) -> None:
         """A token of this agent was revoked somewhere: its sockets check theirs now."""
-        peer = self._agents.get(agent_id)
-        if peer is not None:
-            peer.recheck.set()
+        if self.on_recheck is not None:
+            self.on_recheck(agent_id)
 
     # -------------------------------------------------------------- agents
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -29,8 +28,8 @@ from controlplane.appkeys import CONFIG, COORDINATOR, GITAUTH, STORE
 from controlplane.auth import authenticate_agent, request_token
 from controlplane.config import derp_map_for
 from controlplane.gitauth import link_usable, match_provider, response_for
-from controlplane.heartbeats import HEARTBEATS, HeartbeatBatcher
 from controlplane.httpapi import HTTPError, decode_body, read_json, respond
+from controlplane.refresher import CLOSE_TIMEOUT, REFRESHER, ConnectionRefresher, WatchedSocket
 from controlplane.routes_shared import app_model
 from controlplane.store.records import AgentRecord, WorkspaceRecord
 
@@ -246,7 +245,6 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
     agent = await authenticate_agent(request)
     token = request_token(request)
     store = request.app[STORE]
-    config = request.app[CONFIG]
     workspace = await _workspace_of(request, agent)
     if agent.build_number != workspace.latest_build:
         raise HTTPError(403, "Agent trying to connect from non-latest build.", "build is outdated")
@@ -257,52 +255,18 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
     await store.agent_connected(agent.id, datetime.now(UTC))
     log.info("agent.connected", agent_id=agent.id, workspace=workspace.name)
 
-    closing = asyncio.Event()
-
-    async def heartbeat() -> None:
-        checked: int | None = None  # the store's auth_version at the last build check
-        while True:
-            # Woken early when a token of this agent is revoked on any replica.
-            # asyncio.timeout, not wait_for: no task per wait (one per agent every 3 s).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(config.agent_heartbeat_interval):
-                    await peer.recheck.wait()
-            peer.recheck.clear()
-            try:
-                # No build (and no token) changed anywhere since the last check: the build
-                # is still the latest, and the token lookup below is a cache hit.
-                version = await store.auth_version()
-                if version is None or version != checked:
-                    current = await store.get_workspace(workspace.id)
-                    if current is None or current.latest_build != agent.build_number:
-                        closing.set()
-                        await ws.close(code=1001, message=b"build is outdated")
-                        return
-                    checked = version
-                # A revoked or expired token ends the session: the agent must authenticate
-                # again (cloud agents re-exchange their identity by themselves).
-                if await store.agent_by_token(token) is None:
-                    closing.set()
-                    await ws.close(code=1008, message=b"agent token revoked or expired")
-                    return
-                if coordinator.is_current(agent.id, peer):
-                    await request.app[HEARTBEATS].refresh(agent.id)
-            except Exception as exc:
-                # A store hiccup (a lock held too long by another writer) must not end the
-                # refreshes for good: the agent would look disconnected with its socket open.
-                log.warning("agent.heartbeat_failed", agent_id=agent.id, error=str(exc))
-
-    beat = asyncio.create_task(heartbeat())
+    refresher = request.app[REFRESHER]
+    watched = WatchedSocket(agent.id, workspace.id, agent.build_number, token, peer)
+    refresher.watch(watched)
     try:
         await coordinator.run_agent(agent.id, peer)
     finally:
-        if closing.is_set():
+        refresher.forget(watched)
+        if watched.closing is not None:
             # The reader stops as soon as the close frame is out; cancelling the close now
             # would drop the connection under the agent's reply and it may read a reset
             # (1006) instead of the reason. The close is bounded by the socket's timeout.
-            await asyncio.wait({beat}, timeout=15.0)
-        beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
+            await asyncio.wait({watched.closing}, timeout=CLOSE_TIMEOUT)
         if not coordinator.is_connected(agent.id):
             # Bounded: the row update must land even while the server shuts down.
             await asyncio.shield(store.agent_disconnected(agent.id, datetime.now(UTC)))
@@ -311,12 +275,14 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    app[HEARTBEATS] = HeartbeatBatcher(app[STORE], app[CONFIG].agent_heartbeat_interval)
+    app[REFRESHER] = ConnectionRefresher(
+        app[STORE], app[COORDINATOR], app[CONFIG].agent_heartbeat_interval
+    )
 
-    async def close_heartbeats(app: web.Application) -> None:
-        await app[HEARTBEATS].close()
+    async def close_refresher(app: web.Application) -> None:
+        await app[REFRESHER].close()
 
-    app.on_cleanup.append(close_heartbeats)
+    app.on_cleanup.append(close_refresher)
     app.router.add_get(f"{ME}/metadata", metadata)
     # Coder renamed the route when "metadata" came to mean the agent's metadata commands;
     # its agents from then on ask for the manifest.

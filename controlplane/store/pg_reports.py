@@ -1,7 +1,7 @@
 """The PostgreSQL store's agent-report part: startup, lifecycle, connection times, app
 health and traffic stats.
 
-Refreshes come batched from :class:`controlplane.heartbeats.HeartbeatBatcher`: one
+Refreshes come batched from :class:`controlplane.refresher.ConnectionRefresher`: one
 ``UPDATE ... FROM unnest($1::uuid[])`` per tick for all of a replica's agents. Stats
 reports are batched here the same way: every report that arrives within ``STATS_DELAY``
 is one multi-row insert in one transaction, and each request returns once its row is
