@@ -70,6 +70,9 @@ class SimAgent:
 class Step:
     agents: int
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # Those of the requests that ended inside the measured window: the steady state, with
+    # every agent of the step connected and none starting.
+    window_latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     requests: int = 0  # every successful request of the step, ramp included
     window_seconds: float = 0.0
@@ -109,6 +112,7 @@ class Load:
         self.error_samples: list[str] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.running = 0  # agents past start-up, socket open
+        self.measuring = False  # inside a step's measured window
         self.baseline_rss = 0
         self.metrics_url = ""
         # One pool; websockets hold their connection for good, so no per-host cap.
@@ -144,7 +148,10 @@ class Load:
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.error(endpoint, repr(exc))
             return None
-        step.latencies[endpoint].append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        step.latencies[endpoint].append(elapsed)
+        if self.measuring:
+            step.window_latencies.append(elapsed)
         step.requests += 1
         return json.loads(raw) if raw else {}
 
@@ -309,7 +316,9 @@ class Load:
             db0 = total_cpu(db_pids())
             requests0, overflows0 = step.requests, listen_overflows()
             meta0 = await self.metadata_counters()
+            self.measuring = True
             await asyncio.sleep(args.step_seconds)
+            self.measuring = False
             meta1 = await self.metadata_counters()
             step.metadata_posts, step.metadata_writes, step.metadata_rows = (
                 b - a for a, b in zip(meta0, meta1, strict=True)
@@ -337,11 +346,14 @@ class Load:
 
 def step_row(step: Step) -> str:
     lat = step.all_latencies()
+    steady = step.window_latencies
     cpu = 100 * step.server_cpu / max(step.window_seconds, 1e-9)
     per_request = 1e6 * step.server_cpu / max(1, step.window_requests)
     return (
         f"{step.agents:>6} agents: p50 {pct(lat, 0.5):6.2f} ms  p95 {pct(lat, 0.95):7.2f} ms"
-        f"  p99 {pct(lat, 0.99):7.2f} ms  RSS {step.rss / MIB:6.1f} MiB"
+        f"  p99 {pct(lat, 0.99):7.2f} ms (window only: p50 {pct(steady, 0.5):.2f}"
+        f" p95 {pct(steady, 0.95):.2f} p99 {pct(steady, 0.99):.2f} ms)"
+        f"  RSS {step.rss / MIB:6.1f} MiB"
         f"  server CPU {cpu:3.0f} % ({per_request:.0f} us/request)"
         + (
             f"  db CPU {100 * step.db_cpu / max(step.window_seconds, 1e-9):3.0f} %"
