@@ -165,6 +165,9 @@ class ConnectionRefresher:
                 continue
             try:
                 await self.check(batch)
+            except Exception:
+                # One tick's surprise must not end every socket's refreshes for good.
+                log.exception("agent.refresh_failed", agents=len(batch))
             finally:
                 self.reschedule(batch, loop.time())
 

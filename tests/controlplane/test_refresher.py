@@ -14,6 +14,7 @@ import pytest
 from controlplane.coordinator import Coordinator, Peer
 from controlplane.refresher import ConnectionRefresher, RefreshSchedule, WatchedSocket
 from controlplane.store.base import Store
+from tests.conftest import poll_until
 
 
 def test_due_times_round_up_to_ticks_so_sockets_share_a_check() -> None:
@@ -204,3 +205,31 @@ async def test_forgotten_and_refused_sockets_are_not_rescheduled() -> None:
     assert refused.closing is not None
     await refused.closing
     await beats.close()
+
+
+class FlakyCoordinator(Coordinator):
+    """Fails the first currency check: a surprise inside a tick, outside the store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks = 0
+
+    def is_current(self, agent_id: str, peer: Peer) -> bool:
+        self.checks += 1
+        if self.checks == 1:
+            raise RuntimeError("injected")
+        return super().is_current(agent_id, peer)
+
+
+async def test_a_failed_tick_does_not_end_the_refreshes() -> None:
+    store = RecordingStore(builds={"w": 1}, tokens={"t"})
+    coordinator = FlakyCoordinator()
+    beats = ConnectionRefresher(cast(Store, cast(Any, store)), coordinator, interval=0.05)
+    socket = watched(coordinator, "a", "w", "t")
+    beats.watch(socket)
+    try:
+        await poll_until(lambda: store.writes, timeout=5, interval=0.01, message="no refresh")
+    finally:
+        await beats.close()
+    assert coordinator.checks >= 2
+    assert store.writes[0] == ["a"]
