@@ -198,3 +198,26 @@ async def test_a_batch_waits_for_the_one_before_to_commit(world: World) -> None:
 
 async def _at_least(count: Awaitable[int], n: int) -> bool:
     return await count >= n
+
+
+async def test_a_pooled_connection_comes_back_without_an_open_transaction(
+    make_database: Callable[[], Awaitable[str]],
+) -> None:
+    """The pool skips asyncpg's reset query (a round trip per store call); a transaction
+    left open by a caller that went away is still rolled back before reuse."""
+    from controlplane.store.pg_base import create_pool
+
+    pool = await create_pool(await make_database(), size=1)
+    try:
+        async with pool.acquire() as conn:
+            first_pid = conn.get_server_pid()
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+            assert conn.is_in_transaction()
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == first_pid  # the same connection, reused
+            assert not conn.is_in_transaction()
+            exists = await conn.fetchval("SELECT to_regclass('pg_temp.left_open') IS NOT NULL")
+            assert exists is False  # its transaction was rolled back, not committed
+    finally:
+        await pool.close()
