@@ -1,7 +1,7 @@
 """How the server process uses CPython's cyclic garbage collector, and what it costs.
 
-Every connected agent keeps about 130 tracked objects alive (its WebSocket, reader
-task, refresh task, coordinator entries): about 650,000 objects at 5,000 agents. With
+Every connected agent keeps about 130 tracked objects alive (its WebSocket, its reader
+task, the coordinator's entries): about 650,000 objects at 5,000 agents. With
 CPython's default thresholds (700, 10, 10) a young collection runs every 700 net
 allocations, so the objects of every request still waiting on the store are promoted,
 and the oldest generation filled fast enough to be walked 3 to 6 times every 10 s, each
