@@ -32,9 +32,10 @@ log = structlog.get_logger()
 # kernel caps it at net.core.somaxconn (4,096 on current kernels).
 LISTEN_BACKLOG: Final = 2048
 # asyncio also takes its ``backlog`` as the number of connections it accepts in one turn
-# of the loop. The guard's evictions free their descriptors only on the next turn, so a
+# of the loop. The guard's evictions free their descriptors only on a later turn, so a
 # turn that accepted 2,048 at once would run out of descriptors under a flood, and
-# asyncio then stops accepting for a whole second. Turns stay at 128 accepts.
+# asyncio then stops accepting for a whole second. Turns stay at 128 accepts, and at a
+# 16th of the descriptor limit (see accepts_per_turn).
 ACCEPTS_PER_TURN: Final = 128
 
 # File descriptors kept for everything that is not a client socket: the database and its
@@ -60,6 +61,16 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError) as exc:
             log.warning("server.fd_limit_unchanged", soft=soft, hard=hard, error=str(exc))
     return soft
+
+
+def accepts_per_turn(fd_limit: int) -> int:
+    """Connections asyncio accepts in one turn of the loop. Under a flood the descriptors in
+    use peak at the cap, plus one turn's accepts (admitted, and evicting, only on the turns
+    after), plus the previous turn's evictions (closed a turn later still). With the cap at
+    half of what the reserve leaves, a 16th of the limit per turn keeps that peak below the
+    limit: 128 per turn at 2,048 descriptors or more; 16 at 256, where 128 ran a test
+    server out of descriptors and stopped its accepts for a second."""
+    return max(1, min(ACCEPTS_PER_TURN, fd_limit // 16))
 
 
 def cap_for(limit: int, fd_limit: int) -> int:
@@ -248,7 +259,7 @@ def mark_authenticated(request: web.Request) -> None:
 class GuardedSockSite(web.SockSite):
     """``SockSite`` whose listening socket hands connections to the guard first."""
 
-    __slots__ = ("_guard",)
+    __slots__ = ("_accepts", "_guard")
 
     def __init__(
         self,
@@ -258,9 +269,11 @@ class GuardedSockSite(web.SockSite):
         *,
         ssl_context: object = None,
         backlog: int = LISTEN_BACKLOG,
+        accepts: int = ACCEPTS_PER_TURN,
     ) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context, backlog=backlog)  # type: ignore[arg-type]
         self._guard = guard
+        self._accepts = accepts
 
     async def start(self) -> None:
         self._runner._reg_site(self)
@@ -271,7 +284,7 @@ class GuardedSockSite(web.SockSite):
             self._guard.protocol_factory(server),
             sock=self._sock,
             ssl=self._ssl_context,
-            backlog=ACCEPTS_PER_TURN,
+            backlog=self._accepts,
         )
         # Then the kernel's queue alone is made longer (listen() again only resizes it).
         self._sock.listen(self._backlog)

@@ -36,6 +36,7 @@ from controlplane.connguard import (
     ConnectionGuard,
     GuardedSockSite,
     GuardLimits,
+    accepts_per_turn,
     cap_for,
     guard_middleware,
     raise_open_file_limit,
@@ -174,7 +175,9 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         await store.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     port = sock.getsockname()[1]
-    site = GuardedSockSite(runner, sock, guard, ssl_context=tls_context(config))
+    site = GuardedSockSite(
+        runner, sock, guard, ssl_context=tls_context(config), accepts=accepts_per_turn(fd_limit)
+    )
     await site.start()
     if not config.access_url:
         config.access_url = config.resolved_access_url(port)
