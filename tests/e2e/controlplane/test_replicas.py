@@ -29,7 +29,7 @@ from controlplane.appkeys import COORDINATOR, GITAUTH
 from controlplane.store.records import GitAuthProvider
 from tests.conftest import ControlPlane, poll_until
 from tests.e2e.controlplane.conftest import AGENTS, ME, World, assert_error, make_world, node
-from tests.e2e.controlplane.test_coordinate import connect
+from tests.e2e.controlplane.test_coordinate import close_frame_code, connect
 from tests.e2e.controlplane.test_startup_logs import lines
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.e2e]
@@ -68,21 +68,6 @@ def client_socket(world: World) -> Any:
         f"{world.cp.url}{AGENTS}/{world.agent_id}/coordinate",
         headers={"Cookie": f"coder_session_token={world.owner_token}"},
     )
-
-
-async def closed_code(peer: Any, timeout: float = 10.0) -> int:
-    """The code in the server's close frame, read until the server closes the socket.
-    (Not ``ws.close_code``. A server closing from another task than the reader's closes
-    its transport right after the close frame, without waiting for the reply (aiohttp).
-    When this client is slow, the frame and the end of the stream arrive together; its
-    reply then finds its own transport closed, and it overwrites the code it read with
-    1006.)"""
-    async with asyncio.timeout(timeout):
-        while True:
-            msg = await peer.ws.receive()
-            if msg.type == aiohttp.WSMsgType.CLOSE:
-                return int(msg.data)
-            assert msg.type == aiohttp.WSMsgType.BINARY, msg
 
 
 async def _known_on(world: World) -> None:
@@ -133,7 +118,7 @@ async def test_a_newer_socket_on_b_takes_over_from_a(pair: Pair) -> None:
     async with agent_socket(pair.a) as old:
         await _known_on(pair.b)
         async with agent_socket(pair.b) as new:
-            assert await closed_code(old) == 1001
+            assert await close_frame_code(old) == 1001
             assert pair.b.cp.app[COORDINATOR].is_local(pair.b.agent_id)
             await poll_until(
                 lambda: not pair.a.cp.app[COORDINATOR].is_local(pair.a.agent_id), timeout=5
@@ -166,7 +151,7 @@ async def test_a_token_revoked_on_b_closes_the_socket_on_a_at_once(pair: Pair) -
         await _known_on(pair.b)
         assert await pair.b.cp.store.revoke_agent_tokens(pair.b.agent_id) == 1
         # Refreshes are 30 s apart here: only the revocation's notification is this fast.
-        assert await closed_code(agent) == 1008
+        assert await close_frame_code(agent) == 1008
 
 
 async def test_lines_appended_on_a_reach_a_follower_on_b_at_once(

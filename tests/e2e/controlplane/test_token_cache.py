@@ -4,17 +4,13 @@ on both stores; a revoked token's socket and an outdated build's socket still cl
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-import aiohttp
 import pytest
 
 from controlplane.store.records import AgentSpec
 from tests.conftest import poll_until
 from tests.e2e.controlplane.cli import Where, admin
 from tests.e2e.controlplane.conftest import ME, World, assert_error
-from tests.e2e.controlplane.test_coordinate import as_agent
+from tests.e2e.controlplane.test_coordinate import as_agent, close_frame_code
 
 pytestmark = pytest.mark.e2e
 
@@ -81,17 +77,6 @@ async def test_a_new_build_closes_the_old_builds_socket(world: World) -> None:
         spec: AgentSpec = old.spec
         await world.cp.store.create_build(old.workspace_id, [spec])
         assert await close_frame_code(agent) == 1001
-
-
-async def close_frame_code(peer: Any, timeout: float = 10.0) -> int:
-    """The code in the server's close frame. (Not ``ws.close_code``: when the client reads
-    late, its reply to the close can find the transport gone, and that says 1006.)"""
-    async with asyncio.timeout(timeout):
-        while True:
-            msg = await peer.ws.receive()
-            if msg.type == aiohttp.WSMsgType.CLOSE:
-                return int(msg.data)
-            assert msg.type == aiohttp.WSMsgType.BINARY, msg
 
 
 async def _refreshed(world: World) -> None:
