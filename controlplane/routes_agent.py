@@ -251,8 +251,10 @@ async def coordinate(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=1 << 20, compress=False)
     await ws.prepare(request)
     coordinator = request.app[COORDINATOR]
-    peer = await coordinator.serve_agent(agent.id, ws)
+    # Recorded before the socket is registered: once clients can reach the agent through
+    # it (nodes, terminals), its status already says connected, never "connecting".
     await store.agent_connected(agent.id, datetime.now(UTC))
+    peer = await coordinator.serve_agent(agent.id, ws)
     log.info("agent.connected", agent_id=agent.id, workspace=workspace.name)
 
     refresher = request.app[REFRESHER]
